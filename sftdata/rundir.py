@@ -1,0 +1,116 @@
+"""Run directory writing (DESIGN.md §4): atomic files and the manifest.
+
+Every file is written to a temporary name in the same directory and renamed into place, so a
+crash never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+PACKAGES = ("sftlab", "transformers", "tokenizers", "trl", "peft", "torch", "datasets", "datasketch")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    f: BinaryIO | Any = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def write_parquet(path: str | os.PathLike[str], table: Any) -> None:
+    """Write a pyarrow Table atomically."""
+    import pyarrow.parquet as pq
+
+    with atomic_open(path, "wb") as f:
+        pq.write_table(table, f)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def update_manifest(run_dir: str | os.PathLike[str], stage: str, *, command: list[str] | None = None,
+                    config: dict[str, Any] | None = None, inputs: Iterable[str] = ()) -> dict[str, Any]:
+    """Add or refresh `stage` in RUN/manifest.json (created on first use), atomically."""
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    manifest: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            manifest = {}
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest.setdefault("schema_version", 1)
+    manifest.setdefault("created", now)
+    manifest["updated"] = now
+    manifest["packages"] = package_versions()
+    stages = manifest.setdefault("stages", {})
+    stages[stage] = {
+        "command": command if command is not None else sys.argv,
+        "config": config or {},
+        "inputs": [{"path": str(p), "sha256": sha256_file(p)} for p in inputs],
+        "finished": now,
+    }
+    manifest["stages_present"] = sorted(stages)
+    write_json(path, manifest)
+    return manifest
