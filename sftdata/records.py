@@ -93,6 +93,7 @@ class Tokenized:
     truncated: bool
     n_trained: int
     n_tokens_full: int = 0  # length before truncation
+    findings: tuple[Finding, ...] = ()  # what tokenizing noticed (template.*, mask.boundary-mismatch)
 
 
 @dataclass(frozen=True)

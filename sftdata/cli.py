@@ -1,0 +1,45 @@
+"""`sftdata` console script: dispatches to one module per command (each exposes main(argv))."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Explicit list, no registry: name -> (module, one-line help).
+COMMANDS = {
+    "audit": ("sftdata.cmd_audit", "run every check in one pass and write audit/ of a run directory"),
+    "convert": ("sftdata.cmd_convert", "convert between SFT formats (messages, sharegpt, alpaca, ...)"),
+    "dedup": ("sftdata.cmd_dedup", "exact and MinHash near-duplicates, eval contamination"),
+    "show": ("sftdata.cmd_show", "show one example token by token: ids, trained or masked, message"),
+    "models": ("sftdata.cmd_models", "list built-in model aliases and their cache state"),
+}
+
+USAGE = "usage: sftdata {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
+    f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()
+) + "\n\nRun `sftdata COMMAND --help` for a command's options.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from sftdata import __version__
+
+        print(f"sftdata {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(name, COMMANDS, n=1)
+        sys.stderr.write(f"sftdata: unknown command {name!r}" + (f"; did you mean {near[0]!r}?" if near else "") + "\n")
+        sys.stderr.write(USAGE)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""Tokenize with the loss mask: the single path from a Conversation to trained tokens (DESIGN.md §2).
+
+How the mask is found, without `{% generation %}` markers:
+
+1. Render `messages[:i+1]` for every i. Each render must extend the previous one; the characters
+   message i adds are its span. For an assistant message, what `add_generation_prompt=True`
+   appends to `messages[:i]` is header glue; the rest of the span up to and including the
+   end-of-turn token is trained; whitespace after it is glue.
+2. If the template is not prefix-preserving, fall back to diffing the full render against a copy
+   with that assistant's content replaced, and report `template.not-prefix-preserving`.
+3. Tokenize the full render once (no added special tokens, exactly as `apply_chat_template`
+   does) and map character regions to tokens through the offsets. A token that straddles a
+   trained/untrained boundary is reported (`mask.boundary-mismatch`) and left untrained.
+
+Speed: conversations of plain text messages share a *layout* (the template output with every
+content replaced by a placeholder). The layout is derived once per role sequence with the
+incremental renders above; each conversation then needs one real render, which must equal the
+layout with its contents filled in (else the exact per-conversation path runs). So the common case
+costs one render and one batched encode, like `apply_chat_template` itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sftdata.records import POLICIES, Conversation, Finding, Tokenized
+
+log = logging.getLogger(__name__)
+
+# Tokens that close a turn in the major template families. Used only to extend a trained span
+# over an end-of-turn token that a template emits at the start of the *next* message.
+EOT_STRINGS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>",
+               "<|endoftext|>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>", "<|return|>", "<|turn_end|>")
+
+_PLACEHOLDER = "\ue000{}\ue001"  # private-use code points: no template trims or alters them
+
+
+class TemplateError(ValueError):
+    """The chat template raised or is missing; carries the check id to report."""
+
+    def __init__(self, check: str, message: str, hint: str):
+        super().__init__(message)
+        self.check, self.message, self.hint = check, message, hint
+
+
+@dataclass(frozen=True)
+class Region:
+    """A character range of the rendered text: which message it belongs to, trained or not."""
+
+    start: int
+    end: int
+    message_index: int  # -1 = template glue
+    trained: bool
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One conversation rendered, with its regions and what was noticed on the way."""
+
+    text: str
+    regions: tuple[Region, ...]
+    findings: tuple[Finding, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def template_of(tokenizer: Any) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    if not template:
+        raise TemplateError(
+            "template.missing",
+            "the tokenizer has no chat template (base models usually have none)",
+            "pick the template of the model family you will serve with: copy the instruct model's "
+            "chat_template into tokenizer_config.json (or chat_template.jinja), or train on `text` rows",
+        )
+    return template
+
+
+def _special_kwargs(tokenizer: Any) -> dict[str, Any]:
+    kw = {k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
+    return kw
+
+
+def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = None,
+           add_generation_prompt: bool = False, template: str | None = None) -> str:
+    """Render like `tokenizer.apply_chat_template(..., tokenize=False)`; TemplateError if it raises."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    template = template or template_of(tokenizer)
+    compiled = _compile_jinja_template(template)
+    try:
+        return compiled.render(messages=list(messages), tools=tools, documents=None,
+                               add_generation_prompt=add_generation_prompt, **_special_kwargs(tokenizer))
+    except Exception as e:  # noqa: BLE001 - any template exception is a finding about the data/template
+        raise TemplateError(
+            "template.render-error",
+            f"the chat template raised {type(e).__name__}: {e}",
+            "the template cannot render this conversation (often: a role it does not support, such as "
+            "system, or roles that do not alternate); fix the data or use a template that supports it",
+        ) from e
+
+
+def _template_messages(conv: Conversation) -> list[dict[str, Any]]:
+    out = []
+    for m in conv.messages:
+        d = m.to_dict()
+        d.pop("train", None)
+        out.append(d)
+    return out
+
+
+def _is_eot_start(text: str, pos: int, extra: tuple[str, ...]) -> str | None:
+    for s in extra + EOT_STRINGS:
+        if s and text.startswith(s, pos):
+            return s
+    return None
+
+
+def _ends_with_eot(text: str, extra: tuple[str, ...]) -> bool:
+    return any(s and text.endswith(s) for s in extra + EOT_STRINGS)
+
+
+def _trained(policy: str, role: str, override: bool | None, is_last_assistant: bool) -> bool:
+    if override is not None:
+        return override
+    if policy == "all":
+        return True
+    if role != "assistant":
+        return False
+    return policy == "assistant" or is_last_assistant
+
+
+def _find_content(span: str, content: str) -> tuple[int, int] | None:
+    """Where a message's content sits in its rendered span (templates may trim it)."""
+    for needle in (content, content.strip()):
+        if needle:
+            k = span.find(needle)
+            if k >= 0:
+                return k, k + len(needle)
+    return None
+
+
+def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
+                         policy: str, overrides: Sequence[bool | None], eot_extra: tuple[str, ...],
+                         example_id: str | None = None, source: Any = None) -> Rendered:
+    """The exact per-conversation path (step 1 and 2 of the module docstring)."""
+    findings: list[Finding] = []
+    full = render(tokenizer, messages, tools=tools, template=template)
+    n = len(messages)
+    last_asst = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    prefix_ok, prefix_renders = True, True
+    renders: list[str] = []
+    for i in range(n):
+        try:
+            r = full if i == n - 1 else render(tokenizer, messages[: i + 1], tools=tools, template=template)
+        except TemplateError:
+            # Some templates refuse partial conversations (Llama-3.1 with tools and no user turn
+            # yet) while rendering the whole one fine: not a defect, derive spans by diffing.
+            prefix_ok = prefix_renders = False
+            break
+        if not r.startswith(renders[-1] if renders else "") or not full.startswith(r):
+            prefix_ok = False
+            break
+        renders.append(r)
+    regions: list[Region] = []
+
+    def add(start: int, end: int, idx: int, trained: bool) -> None:
+        if end > start:
+            regions.append(Region(start, end, idx, trained))
+
+    if prefix_ok:
+        pos = 0
+        for i, m in enumerate(messages):
+            end = len(renders[i])
+            trained = _trained(policy, m["role"], overrides[i], i == last_asst)
+            span = full[pos:end]
+            if m["role"] == "assistant":
+                gp = render(tokenizer, messages[:i], tools=tools, add_generation_prompt=True, template=template) if i else None
+                if gp is not None and gp.startswith(full[:pos]) and full.startswith(gp) and len(gp) <= end:
+                    body_start = len(gp)
+                else:
+                    if i:
+                        findings.append(Finding(
+                            "template.generation-prompt-mismatch", "warning",
+                            f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render",
+                            "train/inference skew: at inference the model sees a different header than in training; "
+                            "use a template whose generation prompt matches its assistant header",
+                            example_id, source))
+                    found = _find_content(span, m.get("content") or "")
+                    body_start = pos + (found[0] if found else 0)
+                body_end = pos + len(span.rstrip())
+                # A template that emits the end-of-turn token at the start of the *next* message
+                # still closes this turn with it: train it here (the model must learn to stop).
+                if i + 1 < n and not _ends_with_eot(full[body_start:body_end], eot_extra):
+                    s = _is_eot_start(full, end, eot_extra)
+                    if s:
+                        body_end = end + len(s)
+                add(pos, body_start, -1, policy == "all")
+                add(body_start, body_end, i, trained)
+                pos = body_end
+                # whitespace (or the borrowed EOT) up to the message end is glue
+                if pos < end:
+                    add(pos, end, -1, policy == "all")
+                    pos = end
+            else:
+                start = pos
+                found = _find_content(span, m.get("content") or "")
+                if found:
+                    add(pos, start + found[0], -1, policy == "all")
+                    add(start + found[0], start + found[1], i, trained)
+                    add(start + found[1], end, -1, policy == "all")
+                else:
+                    add(pos, end, i, trained)
+                pos = max(pos, end)
+        add(pos, len(full), -1, policy == "all")
+        return Rendered(full, tuple(regions), tuple(findings))
+
+    # Not prefix-preserving: diff the full render against copies with one assistant replaced.
+    if prefix_renders:
+        findings.append(Finding(
+            "template.not-prefix-preserving", "warning",
+            "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)",
+            "multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
+            "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template",
+            example_id, source))
+    spans: list[tuple[int, int, int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        # Replace everything the message renders (content, tool calls, reasoning) by a placeholder.
+        marked = [dict(x) for x in messages]
+        marked[i] = {"role": "assistant", "content": _PLACEHOLDER.format(i)}
+        other = render(tokenizer, marked, tools=tools, template=template)
+        a = 0
+        while a < min(len(full), len(other)) and full[a] == other[a]:
+            a += 1
+        b = 0
+        while b < min(len(full), len(other)) - a and full[-1 - b] == other[-1 - b]:
+            b += 1
+        start, stop = a, len(full) - b
+        s = _is_eot_start(full, stop, eot_extra)
+        if s:
+            stop += len(s)
+        spans.append((start, stop, i))
+    pos = 0
+    for start, stop, i in spans:
+        if start < pos:
+            continue
+        trained = _trained(policy, "assistant", overrides[i], i == last_asst)
+        add(pos, start, -1, policy == "all")
+        add(start, stop, i, trained)
+        pos = stop
+    add(pos, len(full), -1, policy == "all")
+    return Rendered(full, tuple(regions), tuple(findings))
+
+
+# --------------------------------------------------------------------------------------------
+# Layout fast path
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: str | None  # None = the content of message `message_index`
+    message_index: int
+    role_trained: str  # "glue", "content" or "body": how the policy decides training
+
+
+def _layout_key(conv: Conversation) -> tuple[Any, ...] | None:
+    if conv.tools:
+        return None
+    key = []
+    for m in conv.messages:
+        if m.tool_calls or m.reasoning or m.name or m.tool_call_id or not m.content:
+            return None
+        key.append(m.role)
+    return tuple(key)
+
+
+def _derive_layout(tokenizer: Any, template: str, roles: tuple[str, ...], eot_extra: tuple[str, ...]) -> list[_Piece] | None:
+    """Render a placeholder conversation with every message trained, split it into pieces."""
+    messages = [{"role": r, "content": _PLACEHOLDER.format(i)} for i, r in enumerate(roles)]
+    rendered = _regions_incremental(tokenizer, template, messages, None, "assistant",
+                                    [True] * len(roles), eot_extra)
+    if rendered.findings:
+        return None
+    text = rendered.text
+    pieces: list[_Piece] = []
+    for reg in rendered.regions:
+        seg = text[reg.start:reg.end]
+        if reg.message_index < 0:
+            pieces.append(_Piece(seg, -1, "glue"))
+            continue
+        ph = _PLACEHOLDER.format(reg.message_index)
+        k = seg.find(ph)
+        if k < 0 or seg.find(ph, k + 1) >= 0:
+            return None
+        role = roles[reg.message_index]
+        kind = "body" if role == "assistant" else "content"
+        if seg[:k]:
+            pieces.append(_Piece(seg[:k], reg.message_index, kind))
+        pieces.append(_Piece(None, reg.message_index, kind))
+        if seg[k + len(ph):]:
+            pieces.append(_Piece(seg[k + len(ph):], reg.message_index, kind))
+    if any(_PLACEHOLDER.format(i) in (p.text or "") for p in pieces for i in range(len(roles))):
+        return None
+    return pieces
+
+
+def _fill_layout(pieces: list[_Piece], conv: Conversation, policy: str) -> Rendered:
+    msgs = conv.messages
+    last_asst = max((i for i, m in enumerate(msgs) if m.role == "assistant"), default=-1)
+    regions: list[Region] = []
+    parts: list[str] = []
+    pos = 0
+    for p in pieces:
+        s = msgs[p.message_index].content if p.text is None else p.text
+        if p.role_trained == "glue":
+            trained = policy == "all"
+        else:
+            m = msgs[p.message_index]
+            trained = _trained(policy, m.role, m.train, p.message_index == last_asst)
+        end = pos + len(s)
+        if end > pos:
+            if regions and regions[-1].message_index == p.message_index and regions[-1].trained == trained:
+                regions[-1] = Region(regions[-1].start, end, p.message_index, trained)
+            else:
+                regions.append(Region(pos, end, p.message_index, trained))
+        parts.append(s)
+        pos = end
+    return Rendered("".join(parts), tuple(regions))
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing
+
+
+@dataclass
+class Tokenizer:
+    """A tokenizer prepared for tokenize_batch: its template, layouts cache and EOT strings."""
+
+    hf: Any
+    template: str | None
+    template_error: TemplateError | None
+    layouts: dict[tuple[Any, ...], list[_Piece] | None]
+    eot_extra: tuple[str, ...]
+
+
+def prepare(tokenizer: Any) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    try:
+        template, err = template_of(tokenizer), None
+    except TemplateError as e:
+        template, err = None, e
+    eos = getattr(tokenizer, "eos_token", None)
+    return Tokenizer(tokenizer, template, err, {}, (eos,) if isinstance(eos, str) else ())
+
+
+def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
+    if t.template is None:
+        raise t.template_error  # type: ignore[misc]
+    key = _layout_key(conv)
+    if key is not None:
+        if key not in t.layouts:
+            try:
+                t.layouts[key] = _derive_layout(t.hf, t.template, key, t.eot_extra)
+            except TemplateError:
+                t.layouts[key] = None
+        pieces = t.layouts[key]
+        if pieces is not None:
+            filled = _fill_layout(pieces, conv, policy)
+            real = render(t.hf, _template_messages(conv), template=t.template)
+            if real == filled.text:
+                return filled
+    return _regions_incremental(t.hf, t.template, _template_messages(conv),
+                                list(conv.tools) if conv.tools else None, policy,
+                                [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+
+
+def is_text_row(conv: Conversation) -> bool:
+    return conv.meta.get("kind") == "text" and len(conv.messages) == 1
+
+
+def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, policy: str = "assistant",
+                   max_length: int | None = None) -> list[Tokenized]:
+    """Tokenize conversations with their loss masks. Never raises on bad data: a conversation the
+    template cannot render comes back with no tokens and a `template.*` finding."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    t = prepare(tokenizer)
+    rendered: list[Rendered | None] = []
+    errors: list[Finding | None] = []
+    for conv in conversations:
+        try:
+            rendered.append(None if is_text_row(conv) else _render_one(t, conv, policy))
+            errors.append(None)
+        except TemplateError as e:
+            rendered.append(None)
+            errors.append(Finding(e.check, "error", e.message, e.hint, conv.id, conv.source))
+    texts = [r.text if r is not None else "" for r in rendered]  # text rows are encoded below
+    backend = t.hf.backend_tokenizer
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    out: list[Tokenized] = []
+    for conv, r, enc, err in zip(conversations, rendered, encodings, errors):
+        if err is not None:
+            out.append(Tokenized(conv.id, (), (), (), False, 0, 0, (err,)))
+        elif r is None:
+            out.append(_tokenize_text_row(t, conv, max_length))
+        else:
+            out.append(_mask(conv.id, conv, r, enc.ids, enc.offsets, max_length))
+    return out
+
+
+def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None) -> Tokenized:
+    enc = t.hf(conv.messages[0].content, add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    eos = t.hf.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    bos = t.hf.bos_token_id
+    mask = [not (k == 0 and i == bos) for k, i in enumerate(ids)]
+    msg_idx = [0] * len(ids)
+    return _finish(conv.id, ids, mask, msg_idx, max_length, ())
+
+
+def _mask(example_id: str, conv: Conversation, r: Rendered, ids: list[int],
+          offsets: list[tuple[int, int]], max_length: int | None) -> Tokenized:
+    n = len(ids)
+    mask = [False] * n
+    msg_idx = [-1] * n
+    starts = [o[0] for o in offsets]
+    findings = list(r.findings)
+    for reg in r.regions:
+        a = bisect.bisect_left(starts, reg.start)
+        b = bisect.bisect_left(starts, reg.end)
+        if b > a:
+            msg_idx[a:b] = [reg.message_index] * (b - a)
+            if reg.trained:
+                mask[a:b] = [True] * (b - a)
+        # a token that starts before this region but ends inside it straddles the boundary
+        if a > 0 and offsets[a - 1][1] > reg.start and offsets[a - 1][0] < reg.start:
+            prev_trained = mask[a - 1]
+            if prev_trained != reg.trained:
+                mask[a - 1] = False
+                findings.append(Finding(
+                    "mask.boundary-mismatch", "warning",
+                    f"token {a - 1} ({offsets[a - 1]}) straddles the boundary at character {reg.start} between "
+                    f"trained and untrained text; it was left untrained",
+                    "the template glues content to a header or end-of-turn token so that one token spans both; "
+                    "usually harmless for one token, but check the template's whitespace",
+                    example_id, conv.source, {"token_index": a - 1, "char": reg.start}))
+    return _finish(example_id, ids, mask, msg_idx, max_length, tuple(findings))
+
+
+def _finish(example_id: str, ids: list[int], mask: list[bool], msg_idx: list[int],
+            max_length: int | None, findings: tuple[Finding, ...]) -> Tokenized:
+    n_full = len(ids)
+    truncated = max_length is not None and n_full > max_length
+    if truncated:
+        ids, mask, msg_idx = ids[:max_length], mask[:max_length], msg_idx[:max_length]
+    return Tokenized(example_id, tuple(ids), tuple(mask), tuple(msg_idx), truncated, sum(mask), n_full, findings)
+
+
+def tokenize(conversation: Conversation, tokenizer: Any, *, policy: str = "assistant",
+             max_length: int | None = None) -> Tokenized:
+    """Tokenize one conversation (see tokenize_batch)."""
+    return tokenize_batch([conversation], tokenizer, policy=policy, max_length=max_length)[0]
+
+
+def tokenize_stream(conversations: Iterable[Conversation], tokenizer: Any, *, policy: str = "assistant",
+                    max_length: int | None = None, batch_size: int = 256) -> Iterable[tuple[Conversation, Tokenized]]:
+    """Tokenize a stream in batches (bounded memory), yielding (conversation, tokenized) pairs."""
+    t = prepare(tokenizer)
+    batch: list[Conversation] = []
+    for conv in conversations:
+        batch.append(conv)
+        if len(batch) >= batch_size:
+            yield from zip(batch, tokenize_batch(batch, t, policy=policy, max_length=max_length))
+            batch = []
+    if batch:
+        yield from zip(batch, tokenize_batch(batch, t, policy=policy, max_length=max_length))
+
+
+def trained_text(tok: Tokenized, tokenizer: Any) -> list[str]:
+    """Decode each contiguous run of trained tokens (for verification and `sftdata show`)."""
+    runs: list[str] = []
+    cur: list[int] = []
+    for i, m in zip(tok.input_ids, tok.loss_mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs.append(tokenizer.decode(cur, skip_special_tokens=False))
+            cur = []
+    if cur:
+        runs.append(tokenizer.decode(cur, skip_special_tokens=False))
+    return runs

@@ -1,0 +1,207 @@
+"""Golden tests for the single tokenize-with-mask path on real chat templates of several families."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sftdata import masks
+from sftdata.families import FAMILIES, family_tokenizer
+from sftdata.pytest_plugin import new_conversation
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+SINGLE = [("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris.")]
+MULTI = [
+    ("user", "Give me a synonym for happy."), ("assistant", "Joyful."),
+    ("user", "And one for sad?"), ("assistant", "Melancholy, or simply: down."),
+]
+SYSTEM = [("system", "You answer in one short sentence.")] + MULTI
+# Families whose templates are prefix-preserving and keep assistant content verbatim.
+EXACT = ["smollm2", "llama3", "llama3_1", "mistral", "gemma", "qwen2_5", "phi3"]
+
+
+@pytest.fixture(scope="module")
+def fam(sft_tokenizer):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = family_tokenizer(sft_tokenizer, name)
+        return cache[name]
+
+    return get
+
+
+def eot(name):
+    # Phi-3 closes turns with <|end|>; its tokenizer EOS <|endoftext|> ends the whole text.
+    return "<|end|>" if name == "phi3" else FAMILIES[name].eos
+
+
+@pytest.mark.parametrize("name", EXACT)
+@pytest.mark.parametrize("turns", [SINGLE, MULTI, SYSTEM], ids=["single", "multi", "system"])
+def test_trained_tokens_are_exactly_answers_plus_eot(fam, name, turns):
+    if turns is SYSTEM and not FAMILIES[name].supports_system:
+        pytest.skip(f"{name}'s template rejects a system role (covered by test_render_error_is_a_finding)")
+    tok = fam(name)
+    conv = new_conversation(turns)
+    t = masks.tokenize(conv, tok)
+    assert not [f for f in t.findings if f.check != "template.not-prefix-preserving"]
+    assert masks.trained_text(t, tok) == [c.strip() + eot(name) for r, c in turns if r == "assistant"]
+    # every trained token belongs to an assistant message, and every answer token is trained
+    for m, idx in zip(t.loss_mask, t.message_index):
+        if m:
+            assert turns[idx][0] == "assistant"
+    assert len(t.input_ids) == len(t.loss_mask) == len(t.message_index)
+    assert t.n_trained == sum(t.loss_mask)
+    # the full token sequence is exactly what apply_chat_template produces for inference/training
+    assert list(t.input_ids) == list(tok.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=True, return_dict=False))
+
+
+@pytest.mark.parametrize("name", ["phi3", "qwen3"])
+def test_not_prefix_preserving_templates_are_reported(fam, name):
+    t = masks.tokenize(new_conversation(MULTI), fam(name))
+    assert "template.not-prefix-preserving" in {f.check for f in t.findings}
+    runs = masks.trained_text(t, fam(name))
+    assert [r.endswith(eot(name)) for r in runs] == [True, True]
+    assert runs[0] == "Joyful." + eot(name)
+    assert "Melancholy, or simply: down." in runs[1]
+
+
+def test_qwen3_single_turn_trains_the_empty_think_block(fam):
+    # The generation prompt is `<|im_start|>assistant\n`: at inference the model must itself
+    # produce the (empty) think block, so it is trained along with the answer.
+    tok = fam("qwen3")
+    t = masks.tokenize(new_conversation(SINGLE), tok)
+    assert masks.trained_text(t, tok) == ["<think>\n\n</think>\n\nThe capital of France is Paris.<|im_end|>"]
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma"])
+def test_render_error_is_a_finding(fam, name):
+    t = masks.tokenize(new_conversation(SYSTEM), fam(name))
+    assert [f.check for f in t.findings] == ["template.render-error"]
+    assert t.input_ids == () and t.n_trained == 0
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOL_TURNS = [
+    {"role": "system", "content": "You can call tools."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+                                                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": '{"temp_c": 21}', "tool_call_id": "call_1", "name": "get_weather"},
+    {"role": "assistant", "content": "It is 21 degrees in Paris."},
+]
+
+
+@pytest.mark.parametrize("name", ["qwen2_5", "llama3_1", "qwen3"])
+def test_tool_turns(fam, name):
+    tok = fam(name)
+    t = masks.tokenize(new_conversation(TOOL_TURNS, tools=TOOLS), tok)
+    runs = masks.trained_text(t, tok)
+    assert len(runs) == 2, runs
+    assert "get_weather" in runs[0] and "Paris" in runs[0] and runs[0].endswith(eot(name))
+    assert runs[1].endswith("It is 21 degrees in Paris." + eot(name))
+    trained_msgs = {i for m, i in zip(t.loss_mask, t.message_index) if m}
+    assert trained_msgs == {2, 4}  # never the tool response, user or system
+    assert list(t.input_ids) == list(tok.apply_chat_template(TOOL_TURNS, tools=TOOLS, tokenize=True, return_dict=False))
+
+
+def test_policies_and_overrides(fam):
+    tok = fam("llama3")
+    conv = new_conversation(MULTI)
+    assert masks.trained_text(masks.tokenize(conv, tok, policy="last"), tok) == ["Melancholy, or simply: down.<|eot_id|>"]
+    t_all = masks.tokenize(conv, tok, policy="all")
+    assert all(t_all.loss_mask)
+    over = new_conversation([("user", "Q1"), {"role": "assistant", "content": "A1", "train": False},
+                             {"role": "user", "content": "Q2", "train": True}, ("assistant", "A2")])
+    assert masks.trained_text(masks.tokenize(over, tok), tok) == ["Q2", "A2<|eot_id|>"]
+
+
+def test_truncation_is_right_and_marked(sft_tokenizer):
+    conv = new_conversation(MULTI)
+    full = masks.tokenize(conv, sft_tokenizer)
+    cut = masks.tokenize(conv, sft_tokenizer, max_length=len(full.input_ids) - 5)
+    assert cut.truncated and not full.truncated
+    assert cut.input_ids == full.input_ids[:-5] and cut.loss_mask == full.loss_mask[:-5]
+    assert cut.n_tokens_full == len(full.input_ids)
+    assert cut.n_trained == sum(full.loss_mask[:-5])
+
+
+def test_no_double_bos(fam):
+    tok = fam("llama3")
+    t = masks.tokenize(new_conversation(SINGLE), tok)
+    assert t.input_ids[0] == tok.bos_token_id and t.input_ids[1] != tok.bos_token_id
+    assert t.input_ids.count(tok.bos_token_id) == 1
+
+
+def test_trimmed_content_falls_back_to_exact_path(fam):
+    # Llama-3's template trims content: the layout fast path must notice and not mis-place spans.
+    tok = fam("llama3")
+    conv = new_conversation([("user", "  padded question  \n"), ("assistant", "\n  padded answer \n")])
+    t = masks.tokenize(conv, tok)
+    assert masks.trained_text(t, tok) == ["padded answer<|eot_id|>"]
+
+
+def test_eot_emitted_with_next_message_is_still_trained(sft_tokenizer):
+    # A template that closes each turn at the start of the next message (a real pattern in some
+    # community templates): the end-of-turn token that closes an assistant turn is still trained.
+    tok = family_tokenizer(sft_tokenizer, "smollm2")
+    tok.chat_template = (
+        "{% for m in messages %}{% if not loop.first %}<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% endfor %}{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}"
+    )
+    t = masks.tokenize(new_conversation(MULTI), tok)
+    runs = masks.trained_text(t, tok)
+    assert runs[0] == "Joyful.<|im_end|>"
+
+
+def test_missing_template_is_a_finding(sft_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(sft_tokenizer)
+    tok.chat_template = None
+    t = masks.tokenize(new_conversation(SINGLE), tok)
+    assert [f.check for f in t.findings] == ["template.missing"]
+
+
+def test_text_rows_train_everything_and_end_with_eos(sft_tokenizer):
+    conv = new_conversation([("assistant", "Plain pre-training text.")], meta={"kind": "text"})
+    t = masks.tokenize(conv, sft_tokenizer)
+    assert t.input_ids[-1] == sft_tokenizer.eos_token_id
+    assert all(t.loss_mask)
+    assert sft_tokenizer.decode(t.input_ids) == "Plain pre-training text.<|im_end|>"
+
+
+def test_fast_layout_path_equals_exact_path_on_real_data(sft_tokenizer):
+    path = SHARED / "llamafactory" / "alpaca_en_demo.json"
+    if not path.is_file():
+        pytest.skip("../shared/data not present (only on the project's machines)")
+    rows = json.loads(path.read_text())[:200]
+    convs = []
+    for i, r in enumerate(rows):
+        q = r["instruction"] + ("\n" + r["input"] if r["input"] else "")
+        convs.append(new_conversation([("user", q), ("assistant", r["output"])], line=i + 1))
+    fast = masks.tokenize_batch(convs, sft_tokenizer)
+    prepared = masks.prepare(sft_tokenizer)
+    slow = []
+    for c in convs:
+        r = masks._regions_incremental(sft_tokenizer, prepared.template, masks._template_messages(c), None,
+                                       "assistant", [None] * len(c.messages), prepared.eot_extra, c.id, c.source)
+        enc = sft_tokenizer.backend_tokenizer.encode(r.text, add_special_tokens=False)
+        slow.append(masks._mask(c.id, c, r, enc.ids, enc.offsets, None))
+    assert fast == slow
+    for c, t in zip(convs, fast):
+        assert masks.trained_text(t, sft_tokenizer) == [c.messages[1].content.strip() + "<|im_end|>"] or \
+            c.messages[1].content != c.messages[1].content.strip()
+
+
+def test_import_sftdata_does_not_import_torch():
+    code = "import sys, sftdata, sftdata.masks, sftdata.models, sftdata.records; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
