@@ -22,6 +22,7 @@ costs one render and one batched encode, like `apply_chat_template` itself.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -113,8 +114,29 @@ def _template_messages(conv: Conversation) -> list[dict[str, Any]]:
     for m in conv.messages:
         d = m.to_dict()
         d.pop("train", None)
+        if m.tool_calls:
+            d["tool_calls"] = [_parsed_arguments(c) for c in m.tool_calls]
         out.append(d)
     return out
+
+
+def _parsed_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI data keeps tool-call `arguments` as a JSON string; chat templates (Qwen, Llama-3.1)
+    apply `tojson` to them and expect an object, as serving stacks pass it. Parse a string that
+    holds a JSON object; leave anything else as it is."""
+    fn = call.get("function") if isinstance(call.get("function"), dict) else None
+    args = (fn or call).get("arguments")
+    if not isinstance(args, str):
+        return call
+    try:
+        parsed = json.loads(args)
+    except ValueError:
+        return call
+    if not isinstance(parsed, dict):
+        return call
+    if fn is not None:
+        return {**call, "function": {**fn, "arguments": parsed}}
+    return {**call, "arguments": parsed}
 
 
 def _is_eot_start(text: str, pos: int, extra: tuple[str, ...]) -> str | None:

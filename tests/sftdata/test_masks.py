@@ -205,3 +205,13 @@ def test_fast_layout_path_equals_exact_path_on_real_data(sft_tokenizer):
 def test_import_sftdata_does_not_import_torch():
     code = "import sys, sftdata, sftdata.masks, sftdata.models, sftdata.records; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_string_tool_arguments_render_as_objects(fam):
+    # OpenAI-format data stores arguments as a JSON string; rendering must not double-encode it.
+    tok = fam("qwen2_5")
+    turns = [dict(t) for t in TOOL_TURNS]
+    turns[2] = {**turns[2], "tool_calls": [{"id": "call_1", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+    runs = masks.trained_text(masks.tokenize(new_conversation(turns, tools=TOOLS), tok), tok)
+    assert '"arguments": {"city": "Paris"}' in runs[0]

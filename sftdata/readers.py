@@ -1,0 +1,342 @@
+"""Raw records out of container files: JSONL (streamed), JSON arrays, CSV, parquet, HF datasets.
+
+This layer knows files, not SFT formats: it yields one `RawRecord` per record with its 1-based
+record number and where it came from, and turns unreadable records (broken JSON, invalid UTF-8,
+a CSV row with too many fields) into `RawRecord.error` instead of raising. `sftdata.formats`
+turns rows into Conversations.
+
+JSONL (plain or gzipped) is read line by line, so memory stays bounded on any file size; parquet
+is read in batches; a JSON array is loaded whole (its elements are located with
+`json.JSONDecoder.raw_decode` so each keeps the line it starts on).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sftdata.clikit import UsageError
+from sftdata.records import Source
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Parquet files written by sftdata.formats mark the columns that hold JSON text.
+PARQUET_JSON_COLUMNS_KEY = b"sftdata.json_columns"
+_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as the container holds it. `row` is the parsed value (normally a dict);
+    `error` says why it could not be parsed (then `row` is None)."""
+
+    number: int  # 1-based record number within the file (bad records count too)
+    source: Source
+    row: Any = None
+    error: str | None = None
+
+
+def container_of(path: str) -> tuple[str, bool]:
+    """(container, gzipped) for a path, from its extension or what it is on disk.
+
+    Raises UsageError when the path does not exist and does not look like a hub id."""
+    name = path.lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    if os.path.isdir(path):
+        return "hf-disk", False
+    for ext, container in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
+                           (".parquet", "parquet")):
+        if name.endswith(ext):
+            if not os.path.isfile(path):
+                raise UsageError(f"{path}: file not found (working directory {os.getcwd()}); check the path")
+            return container, gz
+    if os.path.isfile(path):
+        raise UsageError(f"{path}: unknown file extension; sftdata reads .jsonl, .json, .csv, .parquet "
+                         "(optionally .gz) and `datasets.save_to_disk` directories")
+    if _HUB_ID.match(path) and "/" in path:
+        return "hf-hub", False
+    raise UsageError(f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
+                     ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name")
+
+
+def iter_records(path: str, split: str = "train") -> Iterator[RawRecord]:
+    """Every record of `path` in file order. Never raises on bad data (only UsageError for a
+    missing path and for hub/disk datasets that cannot be loaded)."""
+    container, gz = container_of(path)
+    if container == "jsonl":
+        return _iter_jsonl(path, gz)
+    if container == "json":
+        return _iter_json(path, gz)
+    if container == "csv":
+        return _iter_csv(path, gz)
+    if container == "parquet":
+        return _iter_parquet(path, gz)
+    return _iter_hf(path, container, split)
+
+
+# --- JSONL ------------------------------------------------------------------------------------
+
+
+def _iter_jsonl(path: str, gz: bool) -> Iterator[RawRecord]:
+    f = gzip.open(path, "rb") if gz else open(path, "rb")
+    with f:
+        yield from _jsonl_records(path, f)
+
+
+def _jsonl_records(path: str, lines: Any, first_line: int = 1) -> Iterator[RawRecord]:
+    number = 0
+    lineno = first_line - 1
+    it = iter(lines)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip stream
+            yield RawRecord(number + 1, Source(path, lineno + 1), error=f"cannot read past this line: {e}")
+            return
+        lineno += 1
+        if isinstance(raw, bytes):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            number += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRecord(number, Source(path, lineno),
+                                error=f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start:e.start + 4]!r})")
+                continue
+        else:
+            text = raw
+            if not text.strip():
+                continue
+            number += 1
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield RawRecord(number, Source(path, lineno), error=f"not valid JSON: {e.msg} at column {e.colno}")
+            continue
+        except RecursionError:
+            yield RawRecord(number, Source(path, lineno), error="not readable JSON: nested too deeply")
+            continue
+        yield RawRecord(number, Source(path, lineno), row)
+
+
+# --- JSON array -------------------------------------------------------------------------------
+
+
+def _iter_json(path: str, gz: bool) -> Iterator[RawRecord]:
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        yield RawRecord(1, Source(path, 1), error=f"cannot read the file: {e}")
+        return
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield RawRecord(1, Source(path, line), error=f"invalid UTF-8 ({data[e.start:e.start + 4]!r}); "
+                        "the rest of the JSON file cannot be read")
+        return
+    start = _skip_ws(text, 0)
+    if start == len(text):
+        return
+    if text[start] == "{":
+        # One object, or JSON Lines saved with a .json name (common): try the whole first.
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            log.info("%s: not a JSON array; reading it as JSON Lines", path)
+            yield from _jsonl_records(path, io.StringIO(text))
+            return
+        yield RawRecord(1, Source(path, text.count("\n", 0, start) + 1, 0), row)
+        return
+    if text[start] != "[":
+        line = text.count("\n", 0, start) + 1
+        yield RawRecord(1, Source(path, line),
+                        error=f"expected a JSON array ('[') or JSON Lines, found {text[start]!r}")
+        return
+    yield from _array_records(path, text, start + 1)
+
+
+def _skip_ws(text: str, i: int) -> int:
+    n = len(text)
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
+    """Elements of a JSON array one by one, each with the line it starts on. A syntax error
+    cannot be resynchronised inside an array: it becomes the last record."""
+    decoder = json.JSONDecoder()
+    line, counted = 1, 0
+    number = 0
+    i = _skip_ws(text, i)
+    if i < len(text) and text[i] == "]":
+        return
+    while True:
+        line += text.count("\n", counted, i)
+        counted = i
+        number += 1
+        try:
+            row, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            where = text.count("\n", 0, e.pos) + 1
+            yield RawRecord(number, Source(path, where, number - 1),
+                            error=f"not valid JSON: {e.msg} (line {where} column {e.colno}); "
+                                  "the rest of the array cannot be read")
+            return
+        except RecursionError:
+            yield RawRecord(number, Source(path, line, number - 1), error="not readable JSON: nested too deeply")
+            return
+        yield RawRecord(number, Source(path, line, number - 1), row)
+        i = _skip_ws(text, end)
+        if i < len(text) and text[i] == ",":
+            i = _skip_ws(text, i + 1)
+            continue
+        if i < len(text) and text[i] == "]":
+            return
+        where = text.count("\n", 0, i) + 1
+        found = repr(text[i]) if i < len(text) else "end of file"
+        yield RawRecord(number + 1, Source(path, where, number),
+                        error=f"not valid JSON: expected ',' or ']' after element {number}, found {found}")
+        return
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def _iter_csv(path: str, gz: bool) -> Iterator[RawRecord]:
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # SFT cells can be long
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, OSError, EOFError, zlib.error) as e:
+            yield RawRecord(1, Source(path, 1), error=f"cannot read the CSV header: {e}")
+            return
+        number = 0
+        while True:
+            start = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                number += 1
+                yield RawRecord(number, Source(path, start), error=f"not valid CSV: {e}")
+                continue
+            except (OSError, EOFError, zlib.error) as e:
+                yield RawRecord(number + 1, Source(path, start), error=f"cannot read past this line: {e}")
+                return
+            if not cells:
+                continue  # blank line
+            number += 1
+            src = Source(path, start)
+            if any(_has_surrogates(c) for c in cells):
+                yield RawRecord(number, src, error="invalid UTF-8 in this row")
+                continue
+            if len(cells) > len(header):
+                yield RawRecord(number, src, error=f"{len(cells)} fields, the header has {len(header)}")
+                continue
+            yield RawRecord(number, src, dict(zip(header, cells, strict=False)))  # short rows: keys absent
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+# --- parquet ----------------------------------------------------------------------------------
+
+
+def _iter_parquet(path: str, gz: bool) -> Iterator[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if gz:
+            with gzip.open(path, "rb") as f:
+                pf = pq.ParquetFile(io.BytesIO(f.read()))
+        else:
+            pf = pq.ParquetFile(path)
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as e:
+        yield RawRecord(1, Source(path, None, 0), error=f"cannot read the parquet file: {e}")
+        return
+    meta = pf.schema_arrow.metadata or {}
+    json_columns = set(json.loads(meta[PARQUET_JSON_COLUMNS_KEY])) if PARQUET_JSON_COLUMNS_KEY in meta else None
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield _parquet_record(path, index, row, json_columns)
+                index += 1
+    except (OSError, pa.ArrowException) as e:
+        yield RawRecord(index + 1, Source(path, None, index), error=f"cannot read past this row: {e}")
+
+
+def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: set[str] | None) -> RawRecord:
+    src = Source(path, None, index)
+    if json_columns is None:
+        return RawRecord(index + 1, src, row)
+    # Written by sftdata: JSON columns hold JSON text, None means "absent".
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is None:
+            continue
+        if key in json_columns:
+            try:
+                value = json.loads(value)
+            except (TypeError, json.JSONDecodeError) as e:
+                return RawRecord(index + 1, src, error=f"column {key!r} is not valid JSON: {e}")
+        out[key] = value
+    return RawRecord(index + 1, src, out)
+
+
+# --- Hugging Face datasets ----------------------------------------------------------------------
+
+
+def _iter_hf(path: str, container: str, split: str) -> Iterator[RawRecord]:
+    ds = _load_hf(path, container, split)
+    for index, row in enumerate(ds):
+        yield RawRecord(index + 1, Source(path, None, index), row)
+
+
+def _load_hf(path: str, container: str, split: str) -> Any:
+    import datasets
+
+    try:
+        if container == "hf-disk":
+            ds = datasets.load_from_disk(path)
+        else:
+            ds = datasets.load_dataset(path, split=split)
+    except FileNotFoundError as e:
+        raise UsageError(f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
+                         "check the path, or set HF_HUB_OFFLINE=0 where the hub is reachable") from e
+    except (OSError, ValueError, ConnectionError) as e:
+        raise UsageError(f"{path}: cannot load the dataset ({type(e).__name__}: {e})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UsageError(f"{path}: no split {split!r}; it has {sorted(ds)}; pass one of them as the split")
+        ds = ds[split]
+    return ds

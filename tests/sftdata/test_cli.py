@@ -1,0 +1,82 @@
+"""`sftdata` dispatcher, `show` and `models`: --help, exit codes, JSON shape, colours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftdata import cli, cmd_models, cmd_show
+
+ROWS = [
+    {"messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."}]},
+    {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"},
+                  {"role": "assistant", "content": "6"}]},
+]
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "chat.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n{not json\n", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_every_command_has_help(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_dispatcher_usage_and_unknown_command(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "convert" in capsys.readouterr().out
+    assert cli.main(["shwo"]) == 2
+    assert "did you mean 'show'" in capsys.readouterr().err
+    assert cli.main([]) == 2
+
+
+def test_show_json_lists_every_token(data, capsys, sft_tokenizer):
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "2", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["schema_version"] == 1 and obj["source"]["line"] == 2
+    toks = obj["tokens"]
+    assert set(toks[0]) == {"id", "text", "trained", "message_index"}
+    trained = "".join(t["text"] for t in toks if t["trained"])
+    assert trained == "4<|im_end|>6<|im_end|>"
+    assert {t["message_index"] for t in toks if t["trained"]} == {2, 4}
+    assert "".join(t["text"] for t in toks) == sft_tokenizer.apply_chat_template(ROWS[1]["messages"], tokenize=False)
+
+
+def test_show_policy_last_and_id(data, capsys):
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--id", "chat/2", "--policy", "last", "--json"]) == 0
+    toks = json.loads(capsys.readouterr().out)["tokens"]
+    assert "".join(t["text"] for t in toks if t["trained"]) == "6<|im_end|>"
+
+
+def test_show_human_output_and_colours(data, capsys):
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "1", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "chat.jsonl:1" in out and "message 1 · assistant" in out and "trained: 3" in out
+    assert "\x1b[" not in out
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "1", "--color", "always"]) == 0
+    assert "\x1b[" in capsys.readouterr().out
+
+
+def test_show_errors_are_usage_errors(data, tmp_path, capsys):
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "chat.jsonl:3" in err  # the broken line is named
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "99"]) == 2
+    assert "--line 99" in capsys.readouterr().err
+    assert cmd_show.main([str(tmp_path / "missing.jsonl"), "--model", "smollm2-135m-instruct"]) == 2
+    assert cmd_show.main([str(data), "--model", str(tmp_path / "no-such-model")]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_models_lists_the_demo_alias(capsys, sft_tokenizer):
+    assert cmd_models.main(["--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    (alias,) = obj["models"]
+    assert alias["alias"] == "smollm2-135m-instruct" and alias["gguf"] and alias["tokenizer_cached"]
