@@ -408,7 +408,11 @@ def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
 
 
 def is_text_row(conv: Conversation) -> bool:
-    return conv.meta.get("kind") == "text" and len(conv.messages) == 1
+    """Rows trained without a chat template: plain `text`, and plain-string prompt/completion."""
+    kind = conv.meta.get("kind")
+    if kind == "text":
+        return len(conv.messages) == 1
+    return kind == "prompt-completion" and [m.role for m in conv.messages] == ["user", "assistant"]
 
 
 def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, policy: str = "assistant",
@@ -442,15 +446,37 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
 
 
 def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None) -> Tokenized:
-    enc = t.hf(conv.messages[0].content, add_special_tokens=True)
-    ids = list(enc["input_ids"])
+    """Raw rows, no chat template (as TRL treats them): `text` rows train every token;
+    plain-string prompt/completion rows train the completion. The tokenizer adds its own special
+    tokens (BOS where it does) and EOS closes the text, trained."""
+    msgs = conv.messages
+    text = "".join(m.content for m in msgs)
+    prompt_len = 0 if conv.meta.get("kind") == "text" else len(msgs[0].content)
+    enc = t.hf(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    specials = set(t.hf.all_special_ids)
+    findings: list[Finding] = []
+    mask, msg_idx = [], []
+    for i, (a, b) in zip(ids, offsets):
+        if a == b and i in specials:  # added by the tokenizer (BOS): glue
+            mask.append(False)
+            msg_idx.append(-1)
+            continue
+        if a < prompt_len < b:
+            findings.append(Finding(
+                "mask.boundary-mismatch", "warning",
+                f"a token spans the prompt/completion boundary at character {prompt_len}; it was left untrained",
+                "end the prompt with a space or newline so the completion starts on a token boundary",
+                conv.id, conv.source))
+        trained = a >= prompt_len
+        mask.append(trained)
+        msg_idx.append(1 if trained and prompt_len else 0)
     eos = t.hf.eos_token_id
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)
-    bos = t.hf.bos_token_id
-    mask = [not (k == 0 and i == bos) for k, i in enumerate(ids)]
-    msg_idx = [0] * len(ids)
-    return _finish(conv.id, ids, mask, msg_idx, max_length, ())
+        mask.append(True)
+        msg_idx.append(len(msgs) - 1)
+    return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
 def _mask(example_id: str, conv: Conversation, r: Rendered, ids: list[int],

@@ -215,3 +215,12 @@ def test_string_tool_arguments_render_as_objects(fam):
                                             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
     runs = masks.trained_text(masks.tokenize(new_conversation(turns, tools=TOOLS), tok), tok)
     assert '"arguments": {"city": "Paris"}' in runs[0]
+
+
+def test_plain_prompt_completion_rows_train_the_completion_raw(sft_tokenizer):
+    conv = new_conversation([("user", "Translate to French: cat =>"), ("assistant", " chat")],
+                            meta={"kind": "prompt-completion"})
+    t = masks.tokenize(conv, sft_tokenizer)
+    assert "<|im_start|>" not in sft_tokenizer.decode(t.input_ids)  # no chat template
+    assert masks.trained_text(t, sft_tokenizer) == [" chat<|im_end|>"]
+    assert sft_tokenizer.decode(t.input_ids) == "Translate to French: cat => chat<|im_end|>"
