@@ -29,7 +29,7 @@ def _select(path: str, fmt: str | None, line: int | None, ex_id: str | None) -> 
     first: Conversation | None = None
     for item in formats.read(path, fmt):
         if isinstance(item, Finding):
-            if line is not None and item.source is not None and item.source.line == line:
+            if item.severity == "error" and line is not None and item.source is not None and item.source.line == line:
                 raise clikit.UsageError(f"{item.location()}: this record could not be read: {item.message} ({item.hint})")
             skipped.append(item)
             continue
@@ -60,7 +60,8 @@ def _print_human(conv: Conversation, tok: Tokenized, rows: list[dict[str, Any]],
     from rich.console import Console
     from rich.text import Text
 
-    console = Console(force_terminal=color, no_color=not color, highlight=False, soft_wrap=True,
+    # markup=False: token text such as "[/INST]" or "[b]" is data, never a style tag
+    console = Console(force_terminal=color, no_color=not color, highlight=False, soft_wrap=True, markup=False,
                       width=100 if not color else None)
     console.print(f"{conv.source}  id={conv.id}  model={model}  policy={policy}")
     console.print(f"tokens: {len(tok.input_ids)}  trained: {tok.n_trained}  truncated: "
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sel.add_argument("--id", dest="ex_id", help="example id (file stem/record number, e.g. data/3)")
     p.add_argument("--from", dest="fmt", help="input format (default: detected)")
     p.add_argument("--policy", default="assistant", choices=POLICIES, help="mask policy (default: assistant)")
-    p.add_argument("--max-length", type=int, help="truncate at this many tokens, as training would")
+    p.add_argument("--max-length", type=clikit.positive_int, help="truncate at this many tokens, as training would")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour output (default: auto = when stdout is a terminal)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every token")
 
@@ -121,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                    "tokens": [{k: r[k] for k in ("id", "text", "trained", "message_index")} for r in rows],
                    "findings": [f.to_dict() for f in tok.findings]}
             sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            return 0
-        color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-        _print_human(conv, tok, rows, args.model, args.policy, color)
+        else:
+            color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+            _print_human(conv, tok, rows, args.model, args.policy, color)
         return 1 if any(f.severity == "error" for f in tok.findings) else 0
 
     return clikit.run(body)

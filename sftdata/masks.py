@@ -71,10 +71,13 @@ class Rendered:
 # Rendering
 
 
-def template_of(tokenizer: Any) -> str:
+def template_of(tokenizer: Any, *, tools: bool = False) -> str:
+    """The chat template `apply_chat_template` would use: of several named templates, `tool_use`
+    when the conversation offers tools and the tokenizer has one, else `default`."""
     template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # several named templates: the default one
-        template = template.get("default") or next(iter(template.values()), None)
+    if isinstance(template, dict):
+        named = template
+        template = (named.get("tool_use") if tools else None) or named.get("default") or next(iter(named.values()), None)
     if not template:
         raise TemplateError(
             "template.missing",
@@ -160,55 +163,99 @@ def _trained(policy: str, role: str, override: bool | None, is_last_assistant: b
     return policy == "assistant" or is_last_assistant
 
 
-def _find_content(span: str, content: str) -> tuple[int, int] | None:
-    """Where a message's content sits in its rendered span (templates may trim it)."""
-    for needle in (content, content.strip()):
-        if needle:
-            k = span.find(needle)
-            if k >= 0:
-                return k, k + len(needle)
+def _prefix_renders(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any, full: str,
+                    tails: tuple[str, ...]) -> tuple[list[str] | None, bool]:
+    """Renders of messages[:i+1] for every i, if each extends the previous one (else None), and
+    whether every partial conversation could be rendered at all.
+
+    A template that appends one end-of-text token after the *whole* conversation (Phi-3 adds
+    its EOS once at the very end) is still prefix-preserving once that tail is set aside."""
+    n = len(messages)
+    renders: list[str] = []
+    for i in range(n - 1):
+        try:
+            renders.append(render(tokenizer, messages[: i + 1], tools=tools, template=template))
+        except TemplateError:
+            # Some templates refuse partial conversations (Llama-3.1 with tools and no user turn
+            # yet) while rendering the whole one fine: not a defect, derive spans by diffing.
+            return None, False
+    renders.append(full)
+    for tail in ("",) + tuple(t for t in tails if t):
+        if tail and not all(r.endswith(tail) for r in renders):
+            continue
+        cut = [r[: len(r) - len(tail)] for r in renders]
+        if all(cut[i + 1].startswith(cut[i]) for i in range(n - 1)):
+            return cut, True
+    return None, True
+
+
+def _locate_content(tokenizer: Any, template: str, messages: list[dict[str, Any]], i: int, tools: Any,
+                    rendered: str) -> tuple[int, int] | None:
+    """Where message i's content sits in `rendered` (the render of messages[:i+1] or more), found
+    by rendering the same prefix with that content replaced by a placeholder: no substring
+    search, which would match headers or a default system prompt first."""
+    content = messages[i].get("content") or ""
+    if not content:
+        return None
+    marked = list(messages[:i]) + [{**messages[i], "content": _PLACEHOLDER.format(i)}]
+    try:
+        other = render(tokenizer, marked, tools=tools, template=template)
+    except TemplateError:
+        return None
+    k = other.find(_PLACEHOLDER.format(i))
+    if k < 0 or other[:k] != rendered[:k]:
+        return None
+    for needle in (content, content.strip(), content.lstrip()):
+        if needle and rendered.startswith(needle, k):
+            return k, k + len(needle)
     return None
+
+
+def _not_found(i: int, role: str, example_id: str | None, source: Any) -> Finding:
+    return Finding(
+        "mask.boundary-mismatch", "warning",
+        f"message {i} ({role}): its content does not appear verbatim in the template's render, so its "
+        f"tokens could not be located; none of them is trained",
+        "the chat template rewrites or drops this content (e.g. strips reasoning or tool calls); "
+        "check the render with `sftdata show` and use a template that keeps it",
+        example_id, source)
 
 
 def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
                          policy: str, overrides: Sequence[bool | None], eot_extra: tuple[str, ...],
                          example_id: str | None = None, source: Any = None) -> Rendered:
-    """The exact per-conversation path (step 1 and 2 of the module docstring)."""
+    """The exact per-conversation path (steps 1 and 2 of the module docstring)."""
     findings: list[Finding] = []
     full = render(tokenizer, messages, tools=tools, template=template)
     n = len(messages)
     last_asst = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-    prefix_ok, prefix_renders = True, True
-    renders: list[str] = []
-    for i in range(n):
-        try:
-            r = full if i == n - 1 else render(tokenizer, messages[: i + 1], tools=tools, template=template)
-        except TemplateError:
-            # Some templates refuse partial conversations (Llama-3.1 with tools and no user turn
-            # yet) while rendering the whole one fine: not a defect, derive spans by diffing.
-            prefix_ok = prefix_renders = False
-            break
-        if not r.startswith(renders[-1] if renders else "") or not full.startswith(r):
-            prefix_ok = False
-            break
-        renders.append(r)
+    renders, prefix_renders = _prefix_renders(tokenizer, template, messages, tools, full, eot_extra)
     regions: list[Region] = []
+    glue_trained = policy == "all"
 
     def add(start: int, end: int, idx: int, trained: bool) -> None:
         if end > start:
             regions.append(Region(start, end, idx, trained))
 
-    if prefix_ok:
+    def generation_prompt_end(i: int, pos: int, limit: int) -> int | None:
+        """End of the assistant header: what add_generation_prompt=True appends to messages[:i]."""
+        if i == 0:
+            return None
+        try:
+            gp = render(tokenizer, messages[:i], tools=tools, add_generation_prompt=True, template=template)
+        except TemplateError:
+            return None
+        ok = full.startswith(gp) and pos <= len(gp) <= limit
+        return len(gp) if ok else None
+
+    if renders is not None:
         pos = 0
         for i, m in enumerate(messages):
-            end = len(renders[i])
+            end = max(len(renders[i]), pos)
             trained = _trained(policy, m["role"], overrides[i], i == last_asst)
-            span = full[pos:end]
             if m["role"] == "assistant":
-                gp = render(tokenizer, messages[:i], tools=tools, add_generation_prompt=True, template=template) if i else None
-                if gp is not None and gp.startswith(full[:pos]) and full.startswith(gp) and len(gp) <= end:
-                    body_start = len(gp)
-                else:
+                body_start = generation_prompt_end(i, pos, end)
+                if body_start is None:
                     if i:
                         findings.append(Finding(
                             "template.generation-prompt-mismatch", "warning",
@@ -216,33 +263,38 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
                             "train/inference skew: at inference the model sees a different header than in training; "
                             "use a template whose generation prompt matches its assistant header",
                             example_id, source))
-                    found = _find_content(span, m.get("content") or "")
-                    body_start = pos + (found[0] if found else 0)
-                body_end = pos + len(span.rstrip())
+                    found = _locate_content(tokenizer, template, messages, i, tools, renders[i])
+                    if found is None and not m.get("tool_calls"):
+                        findings.append(_not_found(i, "assistant", example_id, source))
+                        add(pos, end, -1, glue_trained)
+                        pos = end
+                        continue
+                    body_start = found[0] if found else pos
+                body_end = body_start + len(full[body_start:end].rstrip())
                 # A template that emits the end-of-turn token at the start of the *next* message
                 # still closes this turn with it: train it here (the model must learn to stop).
                 if i + 1 < n and not _ends_with_eot(full[body_start:body_end], eot_extra):
                     s = _is_eot_start(full, end, eot_extra)
                     if s:
                         body_end = end + len(s)
-                add(pos, body_start, -1, policy == "all")
+                add(pos, body_start, -1, glue_trained)
                 add(body_start, body_end, i, trained)
                 pos = body_end
-                # whitespace (or the borrowed EOT) up to the message end is glue
-                if pos < end:
-                    add(pos, end, -1, policy == "all")
+                if pos < end:  # whitespace after the end-of-turn token is glue
+                    add(pos, end, -1, glue_trained)
                     pos = end
             else:
-                start = pos
-                found = _find_content(span, m.get("content") or "")
-                if found:
-                    add(pos, start + found[0], -1, policy == "all")
-                    add(start + found[0], start + found[1], i, trained)
-                    add(start + found[1], end, -1, policy == "all")
+                found = _locate_content(tokenizer, template, messages, i, tools, renders[i])
+                if found is None or found[0] < pos:
+                    if trained and m.get("content"):
+                        findings.append(_not_found(i, m["role"], example_id, source))
+                    add(pos, end, -1, glue_trained)
                 else:
-                    add(pos, end, i, trained)
-                pos = max(pos, end)
-        add(pos, len(full), -1, policy == "all")
+                    add(pos, found[0], -1, glue_trained)
+                    add(found[0], found[1], i, trained)
+                    add(found[1], end, -1, glue_trained)
+                pos = end
+        add(pos, len(full), -1, glue_trained)
         return Rendered(full, tuple(regions), tuple(findings))
 
     # Not prefix-preserving: diff the full render against copies with one assistant replaced.
@@ -260,7 +312,11 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
         # Replace everything the message renders (content, tool calls, reasoning) by a placeholder.
         marked = [dict(x) for x in messages]
         marked[i] = {"role": "assistant", "content": _PLACEHOLDER.format(i)}
-        other = render(tokenizer, marked, tools=tools, template=template)
+        try:
+            other = render(tokenizer, marked, tools=tools, template=template)
+        except TemplateError:
+            findings.append(_not_found(i, "assistant", example_id, source))
+            continue
         a = 0
         while a < min(len(full), len(other)) and full[a] == other[a]:
             a += 1
@@ -268,6 +324,11 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
         while b < min(len(full), len(other)) - a and full[-1 - b] == other[-1 - b]:
             b += 1
         start, stop = a, len(full) - b
+        # The header ends where the generation prompt ends (the diff alone would leave a
+        # template-inserted prefix such as Qwen3's empty think block untrained).
+        header_end = generation_prompt_end(i, 0, start)
+        if header_end is not None and header_end >= (spans[-1][1] if spans else 0):
+            start = header_end
         s = _is_eot_start(full, stop, eot_extra)
         if s:
             stop += len(s)
@@ -277,10 +338,10 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
         if start < pos:
             continue
         trained = _trained(policy, "assistant", overrides[i], i == last_asst)
-        add(pos, start, -1, policy == "all")
+        add(pos, start, -1, glue_trained)
         add(start, stop, i, trained)
         pos = stop
-    add(pos, len(full), -1, policy == "all")
+    add(pos, len(full), -1, glue_trained)
     return Rendered(full, tuple(regions), tuple(findings))
 
 
@@ -370,6 +431,7 @@ class Tokenizer:
 
     hf: Any
     template: str | None
+    tool_template: str | None  # differs from `template` only for tokenizers with a `tool_use` template
     template_error: TemplateError | None
     layouts: dict[tuple[Any, ...], list[_Piece] | None]
     eot_extra: tuple[str, ...]
@@ -379,11 +441,11 @@ def prepare(tokenizer: Any) -> Tokenizer:
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     try:
-        template, err = template_of(tokenizer), None
+        template, tool_template, err = template_of(tokenizer), template_of(tokenizer, tools=True), None
     except TemplateError as e:
-        template, err = None, e
+        template, tool_template, err = None, None, e
     eos = getattr(tokenizer, "eos_token", None)
-    return Tokenizer(tokenizer, template, err, {}, (eos,) if isinstance(eos, str) else ())
+    return Tokenizer(tokenizer, template, tool_template, err, {}, (eos,) if isinstance(eos, str) else ())
 
 
 def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
@@ -402,9 +464,27 @@ def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
             real = render(t.hf, _template_messages(conv), template=t.template)
             if real == filled.text:
                 return filled
-    return _regions_incremental(t.hf, t.template, _template_messages(conv),
+    template = t.tool_template if conv.tools else t.template
+    return _regions_incremental(t.hf, template, _template_messages(conv),
                                 list(conv.tools) if conv.tools else None, policy,
                                 [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+
+
+def _check_encodable(conv: Conversation) -> None:
+    """Text that cannot be UTF-8 encoded (an unpaired surrogate such as a JSON "\\ud83d" escape
+    from truncated scraped text) would make the tokenizer raise for the whole batch."""
+    for i, m in enumerate(conv.messages):
+        for text in (m.content, m.reasoning or ""):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise TemplateError(
+                    "format.parse-error",
+                    f"message {i} ({m.role}) holds an unpaired surrogate {text[e.start:e.end]!r} at character {e.start}: "
+                    "not valid Unicode text",
+                    "the text was cut in the middle of an emoji or other astral character (a lone \\ud8xx JSON escape); "
+                    "repair or drop the character",
+                ) from None
 
 
 def is_text_row(conv: Conversation) -> bool:
@@ -426,6 +506,7 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
     errors: list[Finding | None] = []
     for conv in conversations:
         try:
+            _check_encodable(conv)
             rendered.append(None if is_text_row(conv) else _render_one(t, conv, policy))
             errors.append(None)
         except TemplateError as e:

@@ -163,6 +163,7 @@ def load_tokenizer(spec: str) -> Any:
     """Load a fast tokenizer for `spec`. Errors name the flag, the value and what to try next."""
     if not spec:
         raise UsageError("--model is required: " + _hint(spec))
+    spec = os.path.expanduser(spec)
     local = Path(spec)
     if spec not in ALIASES and not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
         raise UsageError(f"--model {spec!r}: no such directory. " + _hint(spec))
@@ -171,7 +172,7 @@ def load_tokenizer(spec: str) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a broken model dir is an input error (exit 2), not a crash
         raise UsageError(f"could not load a tokenizer for {_hint(spec)}. ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if not getattr(tok, "is_fast", False):
         raise UsageError(f"--model {spec!r}: sftlab needs a fast (Rust) tokenizer for character offsets; this one is slow")
@@ -183,7 +184,7 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> An
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(spec)
+    path = resolve_model_path(os.path.expanduser(spec))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as e:
@@ -194,8 +195,11 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> An
 
 
 def has_weights(spec: str) -> bool:
-    """True when `spec` is an alias (weights come with the package) or a dir with weight files."""
+    """True when `spec` is an alias (weights come with the package) or a dir with weight files.
+    A hub id is not probed (that would download): pass a local directory to use weights."""
     if spec in ALIASES:
         return gguf_path(ALIASES[spec]) is not None
-    p = Path(spec)
-    return p.is_dir() and any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin")) if p.is_dir() else False
+    p = Path(os.path.expanduser(spec))
+    if not p.is_dir():
+        return False
+    return any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin"))

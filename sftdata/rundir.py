@@ -10,12 +10,15 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("sftlab", "transformers", "tokenizers", "trl", "peft", "torch", "datasets", "datasketch")
 
@@ -33,6 +36,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         f.flush()
         os.fsync(f.fileno())
         f.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         f.close()
@@ -97,7 +103,11 @@ def update_manifest(run_dir: str | os.PathLike[str], stage: str, *, command: lis
     if path.is_file():
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError) as e:
+            # keep the unreadable one beside the new one rather than losing its stages silently
+            backup = path.with_name(f"manifest.corrupt-{int(_dt.datetime.now().timestamp())}.json")
+            os.replace(path, backup)
+            log.warning("%s was unreadable (%s); moved to %s and started a new manifest", path, e, backup)
             manifest = {}
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     manifest.setdefault("schema_version", 1)

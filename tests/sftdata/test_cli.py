@@ -80,3 +80,43 @@ def test_models_lists_the_demo_alias(capsys, sft_tokenizer):
     obj = json.loads(capsys.readouterr().out)
     (alias,) = obj["models"]
     assert alias["alias"] == "smollm2-135m-instruct" and alias["gguf"] and alias["tokenizer_cached"]
+
+
+def test_show_token_text_is_never_markup(tmp_path, sft_tokenizer, capsys):
+    # Mistral's [INST] / [/INST] control tokens look like Rich markup tags.
+    from sftdata.families import family_tokenizer
+
+    model = tmp_path / "mistral-tok"
+    family_tokenizer(sft_tokenizer, "mistral").save_pretrained(model)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n")
+    assert cmd_show.main([str(data), "--model", str(model), "--line", "1", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "[INST]" in out and "[/INST]" in out
+    # a system turn makes Mistral's template raise: a finding, exit 1, in both output modes
+    assert cmd_show.main([str(data), "--model", str(model), "--line", "2", "--color", "never"]) == 1
+    assert "[error] template.render-error" in capsys.readouterr().out
+    assert cmd_show.main([str(data), "--model", str(model), "--line", "2", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["findings"][0]["check"] == "template.render-error"
+
+
+def test_show_a_record_with_only_a_warning(tmp_path, capsys):
+    data = tmp_path / "w.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}) + "\n")
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"]["line"] == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "ten"])
+def test_show_rejects_bad_max_length(data, bad, capsys):
+    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", f"--max-length={bad}"]) == 2
+    assert "--max-length" in capsys.readouterr().err
+
+
+def test_broken_model_dir_is_an_input_error(data, tmp_path, capsys):
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    (model / "tokenizer_config.json").write_text("{}")
+    assert cmd_show.main([str(data), "--model", str(model)]) == 2
+    assert "--model" in capsys.readouterr().err

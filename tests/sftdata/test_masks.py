@@ -56,21 +56,30 @@ def test_trained_tokens_are_exactly_answers_plus_eot(fam, name, turns):
     # every trained token belongs to an assistant message, and every answer token is trained
     for m, idx in zip(t.loss_mask, t.message_index):
         if m:
-            assert turns[idx][0] == "assistant"
+            assert idx >= 0 and turns[idx][0] == "assistant"
     assert len(t.input_ids) == len(t.loss_mask) == len(t.message_index)
     assert t.n_trained == sum(t.loss_mask)
     # the full token sequence is exactly what apply_chat_template produces for inference/training
     assert list(t.input_ids) == list(tok.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=True, return_dict=False))
 
 
-@pytest.mark.parametrize("name", ["phi3", "qwen3"])
-def test_not_prefix_preserving_templates_are_reported(fam, name):
-    t = masks.tokenize(new_conversation(MULTI), fam(name))
+def test_not_prefix_preserving_template_is_reported_and_headers_stay_glue(fam):
+    # Qwen3 drops the (empty) think block from earlier turns once later turns exist.
+    tok = fam("qwen3")
+    t = masks.tokenize(new_conversation(MULTI), tok)
     assert "template.not-prefix-preserving" in {f.check for f in t.findings}
-    runs = masks.trained_text(t, fam(name))
-    assert [r.endswith(eot(name)) for r in runs] == [True, True]
-    assert runs[0] == "Joyful." + eot(name)
-    assert "Melancholy, or simply: down." in runs[1]
+    # the last turn trains what the model must generate after the generation prompt: the empty
+    # think block too, exactly as in a single-turn conversation
+    assert masks.trained_text(t, tok) == ["Joyful.<|im_end|>", "<think>\n\n</think>\n\nMelancholy, or simply: down.<|im_end|>"]
+
+
+def test_phi3_final_eos_tail_is_not_a_prefix_violation(fam):
+    # Phi-3 appends its EOS once after the whole conversation; earlier turns render identically.
+    tok = fam("phi3")
+    t = masks.tokenize(new_conversation(MULTI), tok)
+    assert t.findings == ()
+    assert tok.decode(t.input_ids).endswith("<|end|>\n<|endoftext|>")
+    assert masks.trained_text(t, tok) == ["Joyful.<|end|>", "Melancholy, or simply: down.<|end|>"]
 
 
 def test_qwen3_single_turn_trains_the_empty_think_block(fam):
@@ -224,3 +233,61 @@ def test_plain_prompt_completion_rows_train_the_completion_raw(sft_tokenizer):
     assert "<|im_start|>" not in sft_tokenizer.decode(t.input_ids)  # no chat template
     assert masks.trained_text(t, sft_tokenizer) == [" chat<|im_end|>"]
     assert sft_tokenizer.decode(t.input_ids) == "Translate to French: cat => chat<|im_end|>"
+
+
+def exact(conv, tok, policy="assistant"):
+    """The exact per-conversation path, bypassing the layout fast path."""
+    p = masks.prepare(tok)
+    r = masks._regions_incremental(tok, p.template, masks._template_messages(conv), list(conv.tools) if conv.tools else None,
+                                   policy, [m.train for m in conv.messages], p.eot_extra, conv.id, conv.source)
+    enc = tok.backend_tokenizer.encode(r.text, add_special_tokens=False)
+    return masks._mask(conv.id, conv, r, enc.ids, enc.offsets, None)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "gemma", "qwen2_5"])
+def test_exact_path_never_matches_content_inside_headers(fam, name):
+    # Short contents that also occur inside header tokens or a default system prompt ("a",
+    # "user", "system", "assistant") must be located where the template put them.
+    tok = fam(name)
+    from sftdata.records import Message
+    for content in ["a", "user", "system", "assistant", "You", "s", " b "]:
+        conv = new_conversation([Message("user", content, name="u"), ("assistant", content),
+                                 {"role": "user", "content": content, "train": True}, ("assistant", "ok")])
+        t = exact(conv, tok)
+        runs = masks.trained_text(t, tok)
+        want = content.strip() if name in ("llama3", "gemma") else content  # these templates trim content
+        assert runs[0].startswith(want) and runs[0].endswith(eot(name)) and len(runs[0]) == len(want) + len(eot(name)), (content, runs)
+        assert want in runs[1] and len(runs[1]) <= len(want) + 1, (content, runs)
+        # and the fast path, where it applies, agrees token for token
+        plain = new_conversation([("user", content), ("assistant", content), ("user", content), ("assistant", "ok")])
+        assert masks.tokenize(plain, tok) == exact(plain, tok)
+
+
+def test_assistant_first_conversation_does_not_train_the_system_prompt(sft_tokenizer):
+    from sftdata.records import Message
+    conv = new_conversation([Message("assistant", "a", name="bot"), ("user", "x"), ("assistant", "y")])
+    assert masks.trained_text(masks.tokenize(conv, sft_tokenizer), sft_tokenizer) == ["a<|im_end|>", "y<|im_end|>"]
+
+
+def test_fast_and_exact_paths_agree_on_random_short_content(fam):
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["a", "s", "user", "assistant", " ", "\n", "<", "|", "im", "end", "é", "字", "🙂", "x y", "  z  "]
+    for name in ["smollm2", "llama3", "qwen2_5", "gemma"]:
+        tok = fam(name)
+        for _ in range(60):
+            turns = []
+            for k in range(rng.choice([2, 4])):
+                content = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+                turns.append(("user" if k % 2 == 0 else "assistant", content))
+            conv = new_conversation(turns)
+            assert masks.tokenize(conv, tok) == exact(conv, tok), (name, turns)
+
+
+def test_unpaired_surrogate_is_a_finding_not_a_crash(sft_tokenizer):
+    bad = new_conversation([("user", "cut emoji \ud83d"), ("assistant", "ok")], line=2)
+    good = new_conversation(SINGLE)
+    out = masks.tokenize_batch([good, bad, good], sft_tokenizer)
+    assert out[0] == out[2] and out[0].n_trained > 0
+    assert [f.check for f in out[1].findings] == ["format.parse-error"] and out[1].input_ids == ()
