@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the built-in demo model and the bundled examples.
+# The main job, end to end, on the built-in demo model and the bundled examples:
+# convert -> show -> audit (finds the defects planted in examples/defects.jsonl) -> dedup ->
+# train a LoRA adapter on CPU (the trainer audits its own data first) -> merge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 RUN=${RUN:-runs/demo}
-rm -rf "$RUN"
-set -x
+rm -rf "$RUN" "$RUN-merged"
+# exit code 1 means "ran and found problems": expected where the demo plants them
+found_problems() { local rc=$?; [ "$rc" -eq 1 ] || exit "$rc"; }
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+step "built-in models"
 sftdata models
+step "convert: alpaca and sharegpt into canonical messages JSONL"
 sftdata convert examples/alpaca.json -o "$RUN/converted/alpaca.messages.jsonl"
 sftdata convert examples/sharegpt.jsonl -o "$RUN/converted/sharegpt.messages.jsonl"
+step "show: one example token by token (green = trained)"
 sftdata show examples/messages.jsonl --model smollm2-135m-instruct --line 2
+step "audit: every bundled example file (examples/defects.jsonl carries planted defects)"
+sftdata audit examples/*.jsonl examples/alpaca.json --model smollm2-135m-instruct --max-length 256 --run-dir "$RUN" || found_problems
+step "dedup: exact and near-duplicates across the bundled examples"
+sftdata dedup examples/messages.jsonl examples/sharegpt.jsonl examples/alpaca.json --run-dir "$RUN" || found_problems
+step "train: a LoRA adapter on the demo model, on CPU (the trainer audits its data first)"
+sfttrain run configs/demo.yaml --output-dir "$RUN"
+step "merge the adapter into the base weights"
+sfttrain merge "$RUN" -o "$RUN-merged"
+step "done: run directory $RUN"
+find "$RUN" -maxdepth 2 -not -path '*/checkpoints/*' | sort

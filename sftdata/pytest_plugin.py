@@ -22,10 +22,7 @@ import pytest
 
 from sftdata.records import Conversation, Message, Source, make_id
 
-try:  # the audit fixture lives with the audit code
-    from sftdata.pytest_audit import sftdata_audit  # noqa: F401
-except ImportError:  # pragma: no cover - only while the audit module is absent
-    pass
+from sftdata.pytest_audit import sftdata_audit  # noqa: F401  (the audit fixture lives with the audit code)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,223 @@
+"""`sftdata dedup INPUT... [--against FILE...]`: exact and near-duplicates, eval contamination.
+
+Prints counts and the closest pairs (both sides file:line, verified Jaccard, a snippet);
+`--json` prints one JSON object instead. `-o KEPT` writes one example per duplicate cluster plus
+every example without a duplicate, minus those contaminated by --against, in the input's format.
+`--run-dir DIR` writes dedup/clusters.parquet, dedup/findings.jsonl and dedup/summary.json there
+(nothing is written without it). Exit 0 when nothing was found, 1 when duplicates, contamination
+or unreadable records were, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from sftdata import clikit, dedup, formats, rundir
+from sftdata.records import Conversation, Finding
+
+EXAMPLES = """\
+examples:
+  sftdata dedup data/train.jsonl
+  sftdata dedup data/train.jsonl --against data/eval.jsonl -o runs/train.dedup.jsonl
+  sftdata dedup shard-*.jsonl --fields prompt --threshold 0.7 --run-dir runs/exp1 --json
+  sftdata dedup shard-3.jsonl --lsh-storage redis://127.0.0.1:6379/0   # index shared by several workers
+
+how it decides:
+  text      --fields prompt (non-assistant messages), answer (assistant messages) or all, normalised:
+            NFKC, casefolded, punctuation removed, whitespace collapsed
+  exact     identical normalised texts                                   -> dedup.exact (warning)
+  near      MinHash + LSH candidates, each verified by the exact Jaccard
+            similarity of the shingle sets >= --threshold                -> dedup.near (warning)
+  against   any training example exact- or near-duplicating an --against
+            example                                                      -> dedup.contamination (error)
+  shingles  --shingle words:N (default words:5) or chars:N; texts that are mostly Chinese/Japanese
+            use chars:3; a text shorter than N units is a single shingle
+  LSH       bands x rows derived from --threshold so a pair at exactly the threshold is a
+            candidate with probability >= 0.95
+"""
+TOP_PAIRS = 10
+SHOW_LOCATIONS = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    return clikit.run(lambda: _dedup(argv))
+
+
+def _parser() -> Any:
+    p = clikit.parser("sftdata dedup", "Find exact and near-duplicate examples and evaluation-set contamination.")
+    p.epilog = EXAMPLES
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="training data files (any format sftdata reads)")
+    p.add_argument("--against", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="evaluation sets / probe suites: training examples duplicating them are contamination")
+    p.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity for a near-duplicate (default 0.8)")
+    p.add_argument("--fields", default="all", choices=dedup.FIELDS,
+                   help="compare prompts (non-assistant messages), answers, or all (default)")
+    p.add_argument("--shingle", default="words:5", help="words:N or chars:N (default words:5)")
+    p.add_argument("--keep", default="first", choices=dedup.KEEP,
+                   help="which example of a cluster -o keeps: the first or the longest (default first)")
+    p.add_argument("-o", "--output", metavar="KEPT", help="write the kept examples here, in the input's format")
+    p.add_argument("--json", action="store_true", help="print one JSON object (summary + findings) on stdout")
+    p.add_argument("--run-dir", metavar="DIR", help="write dedup/clusters.parquet, findings and summary into DIR")
+    p.add_argument("--lsh-storage", metavar="URL",
+                   help="redis://HOST:PORT/DB: a datasketch MinHashLSH index in Redis, shared by several workers")
+    p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    p.add_argument("--seed", type=int, default=1, help="MinHash seed (default 1, datasketch's default)")
+    return p
+
+
+def _dedup(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    config = dedup.DedupConfig(threshold=args.threshold, fields=args.fields, shingle=args.shingle, keep=args.keep,
+                               num_perm=args.num_perm, seed=args.seed, lsh_storage=args.lsh_storage)
+    problems = config.problems()
+    if problems:
+        raise clikit.UsageError("; ".join(problems))
+    if args.output:
+        _check_output(args.output)  # a bad -o fails before the work
+
+    read_findings: list[Finding] = []
+    train = _read_all(args.inputs, "INPUT", read_findings)
+    against = _read_all(args.against, "--against", read_findings)
+    try:
+        result = dedup.dedup(train, against, config)
+    except _redis_errors() as e:
+        raise clikit.UsageError(f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); "
+                                "start redis-server or fix the URL") from None
+
+    findings = list(read_findings) + list(result.findings)
+    summary = dict(result.summary)
+    summary["inputs"] = list(args.inputs)
+    summary["against"] = list(args.against)
+    summary["unreadable_records"] = sum(f.severity == "error" for f in read_findings)
+    if args.output:
+        out_fmt = _output_format(args.output, args.inputs[0])
+        kept = [result.examples[i] for i in result.kept]
+        written = formats.write(kept, args.output, out_fmt)
+        findings.extend(written.skipped)
+        summary.update(output=args.output, output_format=formats.output_format(args.output, out_fmt),
+                       written=written.written, not_written=len(written.skipped))
+    if args.run_dir:
+        _write_run_dir(args.run_dir, result, findings, summary, config, argv, args.inputs + args.against)
+        summary["run_dir"] = args.run_dir
+
+    if args.json:
+        clikit.print_json("dedup", summary, [f.to_dict() for f in findings])
+    else:
+        _print_report(summary, result, read_findings)
+    found = result.findings or summary["unreadable_records"] or summary.get("not_written")
+    return clikit.EXIT_FINDINGS if found else clikit.EXIT_OK
+
+
+def _check_output(output: str) -> None:
+    try:
+        formats.output_format(output)
+    except clikit.UsageError as e:
+        raise clikit.UsageError(f"-o: {e}") from None
+
+
+def _output_format(output: str, first_input: str) -> str | None:
+    """-o writes the first input's format (detected again from its first records); a .parquet
+    output holds the messages format, and so does a .jsonl/.json output of an undetectable input."""
+    fmt = formats.detect_file_format(first_input)
+    if fmt is None or output.lower().removesuffix(".gz").endswith(".parquet"):
+        return None
+    try:
+        formats.output_format(output, fmt)
+    except clikit.UsageError:
+        return None  # e.g. a format the output container cannot hold: the default format
+    return fmt
+
+
+def _read_all(paths: list[str], flag: str, findings: list[Finding]) -> list[Conversation]:
+    out: list[Conversation] = []
+    for path in paths:
+        try:
+            items = formats.read(path)
+        except clikit.UsageError as e:
+            raise clikit.UsageError(f"{flag} {e}") from None
+        for item in items:
+            if isinstance(item, Conversation):
+                out.append(item)
+            else:
+                findings.append(item)
+    return out
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import redis
+    except ImportError:
+        return (ImportError,)
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError,
+            ImportError)
+
+
+def _write_run_dir(run_dir: str, result: dedup.DedupResult, findings: list[Finding], summary: dict[str, Any],
+                   config: dedup.DedupConfig, argv: list[str] | None, inputs: list[str]) -> None:
+    import pyarrow as pa
+
+    schema = pa.schema([
+        ("cluster_id", pa.int64()), ("example_id", pa.string()), ("source_file", pa.string()),
+        ("source_line", pa.int64()), ("representative", pa.bool_()), ("representative_id", pa.string()),
+        ("estimated_jaccard", pa.float64()), ("verified_jaccard", pa.float64()), ("contaminated", pa.bool_()),
+    ])
+    table = pa.Table.from_pydict(result.clusters, schema=schema)
+    rundir.write_parquet(os.path.join(run_dir, "dedup", "clusters.parquet"), table)
+    rundir.write_jsonl(os.path.join(run_dir, "dedup", "findings.jsonl"), (f.to_dict() for f in findings))
+    rundir.write_json(os.path.join(run_dir, "dedup", "summary.json"), summary)
+    command = ["sftdata", "dedup", *(argv if argv is not None else sys.argv[1:])]
+    rundir.update_manifest(run_dir, "dedup", command=command, config=dataclasses.asdict(config), inputs=inputs)
+
+
+def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findings: list[Finding]) -> None:
+    out = sys.stdout
+    s = summary
+    rows = [
+        ("examples", s["examples"], f"from {len(s['inputs'])} file(s)"
+         + (f"; {s['against_examples']} --against examples" if s["against"] else "")),
+        ("exact duplicates", s["exact_duplicates"], "examples whose normalised text repeats an earlier one"),
+        ("near pairs", s["near_pairs"], f"pairs with verified Jaccard >= {s['threshold']}"),
+        ("clusters", s["clusters"], f"{s['examples_in_clusters']} examples in clusters, the largest has "
+                                    f"{s['largest_cluster']}"),
+        ("contaminated", s["contaminated"], "training examples duplicating an --against example"),
+        ("kept", s["kept"], f"{s['removed']} dropped"
+         + (f"; wrote {s['written']} to {s['output']}" if "output" in s else " with -o KEPT")),
+    ]
+    for label, n, note in rows:
+        out.write(f"{label:<17}{n:>8}  {note}\n")
+    out.write(f"\nLSH: {s['bands']} bands x {s['rows']} rows, P(candidate | J={s['threshold']}) = "
+              f"{s['recall_at_threshold']:.3f}; {s['lsh_candidates']} candidate pairs verified; "
+              f"fields={s['fields']}, shingle={s['shingle']} ({s['char_shingled_texts']} CJK texts as chars:3)\n")
+    if s.get("lsh_unverified_remote_candidates"):
+        out.write(f"     {s['lsh_unverified_remote_candidates']} candidate links to other workers' examples in the "
+                  "shared index (not verified here: dedup those files together)\n")
+
+    by_kind = [result.pairs.top(kind, TOP_PAIRS) for kind in ("contamination", "near", "exact")]
+    share = max(1, TOP_PAIRS // max(1, sum(bool(k) for k in by_kind)))
+    top = [p for k in by_kind for p in k[:share]]
+    if top:
+        out.write("\nclosest pairs (--json lists every finding):\n")
+        for p in top:
+            a, b = result.examples[p.left], result.examples[p.right]
+            out.write(f"  {p.kind:<13}  J={p.verified_jaccard:.3f}  {a.source}  {_snip(a, s['fields'])}\n")
+            out.write(f"  {'':<13}           {b.source}  {_snip(b, s['fields'])}\n")
+    if read_findings:
+        groups: dict[str, list[Finding]] = {}
+        for f in read_findings:
+            groups.setdefault(f.check, []).append(f)
+        out.write(f"\nreading: {len(read_findings)} findings ({s['unreadable_records']} records skipped)\n")
+        for check, group in sorted(groups.items()):
+            out.write(f"  {check}: {len(group)}\n")
+            for f in group[:SHOW_LOCATIONS]:
+                out.write(f"    {f.location()}  {f.message}\n")
+    if not result.findings:
+        out.write("\nno duplicates found\n")
+    elif "output" not in s:
+        out.write("\nhint: -o KEPT writes one example per cluster, minus contaminated ones\n")
+
+
+def _snip(conversation: Conversation, fields: str) -> str:
+    return repr(dedup.snippet(dedup.text_of(conversation, fields), 70))

@@ -1,0 +1,534 @@
+"""sftdata.dedup and `sftdata dedup`: datasketch-identical signatures, LSH recall, planted exact /
+near / contaminated pairs in real data, CJK shingles, Redis shared index, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sftdata import cmd_dedup, dedup
+from sftdata.dedup import DedupConfig, ShingleSpec, minhash_signatures, normalize, shingles
+from sftdata.records import Conversation, Message, Source
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+ALPACA_EN = SHARED / "llamafactory" / "alpaca_en_demo.json"
+ALPACA_ZH = SHARED / "llamafactory" / "alpaca_zh_demo.json"
+T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+WORDS5 = ShingleSpec("words", 5)
+
+
+def conv(i: int, user: str, assistant: str, file: str = "t.jsonl") -> Conversation:
+    return Conversation(f"t/{i}", (Message("user", user), Message("assistant", assistant)), Source(file, i))
+
+
+def alpaca_rows(path: Path = ALPACA_EN) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def as_messages(row: dict) -> dict:
+    user = row["instruction"] + ("\n" + row["input"] if row.get("input") else "")
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def true_jaccard(a: str, b: str, spec: ShingleSpec = WORDS5) -> float:
+    x, y = set(shingles(normalize(a), spec)), set(shingles(normalize(b), spec))
+    return len(x & y) / len(x | y)
+
+
+def change_words(text: str, every: int, start: int = 3) -> str:
+    """Replace every `every`-th word (from `start`) by a new word: a near-duplicate."""
+    words = text.split(" ")
+    for k in range(start, len(words), every):
+        words[k] = f"zq{k}x"
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------------------------
+# Signatures
+# --------------------------------------------------------------------------------------------
+
+SAMPLE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog, again and again!",
+    "short one",
+    "a",
+    "",
+    "word " * 3 + "x" * 150 + " tail words here now",  # a shingle longer than one SHA-1 block
+    "é" * 70,
+    "Ünïcödé text with ﬁ ligature and ＦＵＬＬＷＩＤＴＨ letters",
+    "我们今天去公园散步，天气非常好。然后我们一起吃了午饭。",
+    "日本語のテキストです。ひらがなとカタカナ。",
+    "mixed English text with 一点中文 inside",
+]
+
+
+def datasketch_hashvalues(text: str, spec: ShingleSpec, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed)
+    for s in shingles(text, spec):
+        m.update(s)
+    return m.hashvalues
+
+
+@pytest.mark.parametrize("spec", [WORDS5, ShingleSpec("words", 1), ShingleSpec("chars", 3), ShingleSpec("chars", 9)])
+def test_signatures_equal_datasketch_update(spec):
+    texts = [normalize(t) for t in SAMPLE_TEXTS]
+    sig = minhash_signatures(texts, spec)
+    for i, t in enumerate(texts):
+        assert np.array_equal(sig.hashvalues[i], datasketch_hashvalues(t, spec)), (spec, t)
+        assert len(sig.shingle_set(i)) == len(set(shingles(t, spec)))
+
+
+def test_signatures_other_seed_num_perm_and_bulk():
+    from datasketch import MinHash
+
+    texts = [normalize(t) for t in SAMPLE_TEXTS if t]
+    sig = minhash_signatures(texts, WORDS5, num_perm=64, seed=7)
+    bulk = MinHash.bulk([shingles(t, WORDS5) for t in texts], num_perm=64, seed=7)
+    for i, m in enumerate(bulk):
+        assert np.array_equal(sig.hashvalues[i], m.hashvalues)
+        assert m.jaccard(m) == 1.0
+
+
+@needs_shared
+def test_signatures_equal_datasketch_on_real_data_batched_threaded():
+    """Many small batches on two threads give datasketch's values for every text."""
+    import hashlib
+
+    from datasketch import MinHash
+
+    texts = [normalize(r["instruction"] + "\n" + r["input"] + "\n" + r["output"])
+             for r in alpaca_rows()[:150] + alpaca_rows(ALPACA_ZH)[:150]]
+    plain = minhash_signatures(texts, WORDS5, threads=1)
+    batched = minhash_signatures(texts, WORDS5, threads=2, batch_bytes=4000)
+    assert np.array_equal(plain.hashvalues, batched.hashvalues)
+    a, b = dedup.shingle_sets(plain), dedup.shingle_sets(batched)
+    assert np.array_equal(a.keys, b.keys) and np.array_equal(a.offsets, b.offsets)
+    bulk = MinHash.bulk([shingles(t, WORDS5) for t in texts], num_perm=128)
+    assert np.array_equal(plain.hashvalues, np.stack([m.hashvalues for m in bulk]))
+    # a few zh rows are mostly code: they keep word shingles
+    assert plain.char_shingled[150:300].mean() > 0.9 and not plain.char_shingled[:150].any()
+    for i in (0, 151):  # fingerprints: the first 8 bytes of each shingle's SHA-1
+        want = {int.from_bytes(hashlib.sha1(s).digest()[:8], "big") for s in shingles(texts[i], WORDS5)}
+        assert set(plain.shingle_set(i).tolist()) == want
+
+
+def test_shared_passages_are_signed_once_and_still_exactly():
+    """Texts built from one passage with different prefixes and suffixes (what T0 looks like):
+    segments shared between texts, crossing shingles, short texts, CJK, a text of one repeated
+    word (a cut after every unit) -- all equal to datasketch, shingle sets included."""
+    import random
+
+    rng = random.Random(0)
+    vocab = [f"w{k}" for k in range(400)] + ["a", "of", "the", "and"]
+    passage = " ".join(rng.choice(vocab) for _ in range(600))
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30))) + " " + passage + " "
+             + " ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30))) for _ in range(12)]
+    texts += [passage[: rng.randrange(1, 200)] for _ in range(10)]  # cut anywhere, even mid-word
+    texts += ["了" * 50 + "我们今天去公园散步天气非常好" * 3, "the " * 40, "a b", "x"]
+    texts = [normalize(t) for t in texts]
+    sig = minhash_signatures(texts, WORDS5, batch_bytes=3000)
+    assert len(sig.seg_off) < len(sig.occ_seg)  # some segments were shared
+    for i, t in enumerate(texts):
+        assert np.array_equal(sig.hashvalues[i], datasketch_hashvalues(t, WORDS5)), t[:40]
+        assert len(sig.shingle_set(i)) == len(set(shingles(t, WORDS5)))
+
+
+def test_empty_text_gets_empty_signature_and_is_never_paired():
+    sig = minhash_signatures(["", "hello world"], WORDS5)
+    assert (sig.hashvalues[0] == 0xFFFFFFFF).all() and len(sig.shingle_set(0)) == 0
+    r = dedup.dedup([conv(1, "", ""), conv(2, "", ""), conv(3, "x", "y")])
+    assert r.summary["empty_texts"] == 2 and not r.findings
+
+
+def test_normalize_and_short_texts_are_one_shingle():
+    assert normalize("  Hello,\tWORLD!!  ﬁne\n") == "hello world fine"
+    assert shingles("two words", WORDS5) == [b"two words"]
+    assert shingles("a b c d e f", WORDS5) == [b"a b c d e", b"b c d e f"]
+    assert shingles("我们今天去公园", WORDS5)[:2] == ["我们今".encode(), "们今天".encode()]  # CJK: chars:3
+
+
+# --------------------------------------------------------------------------------------------
+# LSH parameters
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
+@pytest.mark.parametrize("num_perm", [64, 128, 256])
+def test_bands_rows_find_pairs_at_threshold(threshold, num_perm):
+    p = dedup.lsh_params(threshold, num_perm)
+    assert p.bands * p.rows <= num_perm
+    assert dedup.candidate_probability(threshold, p.bands, p.rows) >= 0.95
+    assert dedup.candidate_probability(min(1.0, threshold + 0.05), p.bands, p.rows) >= 0.98
+
+
+def test_default_bands_rows_at_08_and_datasketch_default_is_worse():
+    from datasketch import MinHashLSH
+
+    p = dedup.lsh_params(0.8, 128)
+    assert (p.bands, p.rows) == (13, 7)
+    ds = MinHashLSH(threshold=0.8, num_perm=128)
+    assert dedup.candidate_probability(0.8, ds.b, ds.r) < 0.6  # why we derive our own
+
+
+def test_candidate_pairs_banding_matches_brute_force():
+    rng = np.random.default_rng(0)
+    hv = rng.integers(0, 40, size=(150, 128)).astype(np.uint32)  # few distinct values: many collisions
+    p = dedup.LshParams(16, 2, 0.5, 0.0, 0.0)
+    got = {tuple(x) for x in dedup.candidate_pairs(hv, p).tolist()}
+    want = set()
+    for i in range(150):
+        for j in range(i + 1, 150):
+            if any((hv[i, k * 2:(k + 1) * 2] == hv[j, k * 2:(k + 1) * 2]).all() for k in range(16)):
+                want.add((i, j))
+    assert got == want
+
+
+# --------------------------------------------------------------------------------------------
+# Planted pairs in real data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """300 alpaca_en rows (messages JSONL) with planted duplicates, and an eval set."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not present")
+    rows = [as_messages(r) for r in alpaca_rows()[:300]]
+    long_rows = [i for i, r in enumerate(rows) if len(r["messages"][1]["content"].split()) > 150]
+    a, b, c = long_rows[:3]
+    exact = json.loads(json.dumps(rows[a]))
+    exact["messages"][1]["content"] = exact["messages"][1]["content"].upper().replace(".", " . ")
+    near = json.loads(json.dumps(rows[b]))
+    near["messages"][1]["content"] = change_words(near["messages"][1]["content"], 60)
+    train = rows + [exact, near]
+    contaminated = json.loads(json.dumps(rows[c]))
+    contaminated["messages"][1]["content"] = change_words(contaminated["messages"][1]["content"], 80, start=7)
+    seen = {json.dumps(r, sort_keys=True) for r in rows}  # alpaca_en repeats some rows: keep eval clean
+    other = [m for m in (as_messages(r) for r in alpaca_rows()[600:700]) if json.dumps(m, sort_keys=True) not in seen]
+    other = other[:20]
+    d = tmp_path_factory.mktemp("planted")
+    return {
+        "train": write_jsonl(d / "train.jsonl", train), "eval": write_jsonl(d / "eval.jsonl", other + [contaminated]),
+        "a": a, "b": b, "c": c, "n": len(train), "rows": train, "dir": d,
+    }
+
+
+@needs_shared
+def test_planted_exact_near_and_contaminated_pairs_are_found(planted, capsys):
+    code = cmd_dedup.main([str(planted["train"]), "--against", str(planted["eval"]), "--json"])
+    obj = json.loads(capsys.readouterr().out)
+    assert code == 1 and obj["command"] == "dedup" and obj["schema_version"] == 1
+    by_check: dict[str, list[dict]] = {}
+    for f in obj["findings"]:
+        by_check.setdefault(f["check"], []).append(f)
+    n = planted["n"]
+    # exact: the upper-cased copy (line n-1) names its original (line a+1)
+    exact = [f for f in by_check["dedup.exact"] if f["source"]["line"] == n - 1]
+    assert exact and exact[0]["data"]["other"]["source"]["line"] == planted["a"] + 1
+    assert exact[0]["severity"] == "warning" and f"train.jsonl:{planted['a'] + 1}" in exact[0]["message"]
+    # near: the copy with a few words changed (line n) names its original with the verified Jaccard
+    near = [f for f in by_check["dedup.near"] if f["source"]["line"] == n]
+    assert near and near[0]["data"]["other"]["source"]["line"] == planted["b"] + 1
+    j = near[0]["data"]["verified_jaccard"]
+    rows = planted["rows"]
+    want = true_jaccard(dedup.text_of(_to_conv(rows[planted["b"]])), dedup.text_of(_to_conv(rows[n - 1])))
+    assert 0.8 <= j < 1.0 and j == pytest.approx(want, abs=1e-4)
+    assert f"{j:.3f}" in near[0]["message"]
+    # contamination: training example c is a near copy of the last eval example
+    cont = by_check["dedup.contamination"]
+    assert [f["source"]["line"] for f in cont] == [planted["c"] + 1]
+    assert cont[0]["severity"] == "error" and cont[0]["data"]["other"]["source"]["line"] == 21
+    assert "eval.jsonl:21" in cont[0]["message"]
+    s = obj["summary"]
+    assert s["contaminated"] == 1 and s["near_pairs"] >= 1 and s["exact_duplicates"] >= 1
+
+
+def _to_conv(row: dict) -> Conversation:
+    return Conversation("x", tuple(Message(m["role"], m["content"]) for m in row["messages"]), Source("x"))
+
+
+@needs_shared
+def test_every_reported_pair_is_similar_and_unrelated_examples_never_pair(planted):
+    from sftdata import formats
+
+    train = [c for c in formats.read(str(planted["train"])) if isinstance(c, Conversation)]
+    r = dedup.dedup(train)
+    reported = {(p.left, p.right) for p in r.pairs.top()}
+    for p in r.pairs.top():
+        a, b = dedup.text_of(r.examples[p.left]), dedup.text_of(r.examples[p.right])
+        truth = true_jaccard(a, b)
+        assert truth >= 0.8 and p.verified_jaccard == pytest.approx(truth, abs=1e-9), (p, truth)
+    # brute force over all pairs: every pair at J >= 0.85 is reported (nothing at J < 0.8 is)
+    sets = [set(shingles(normalize(dedup.text_of(c)), WORDS5)) for c in train]
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            jac = len(sets[i] & sets[j]) / max(1, len(sets[i] | sets[j]))
+            if jac >= 0.85:
+                assert r.cluster[i] == r.cluster[j] >= 0, (i, j, jac)
+            if jac < 0.8:
+                assert (i, j) not in reported
+    assert r.summary["clusters"] >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# CJK
+# --------------------------------------------------------------------------------------------
+
+
+@needs_shared
+def test_cjk_rows_use_char_shingles_and_near_duplicates_are_found():
+    rows = alpaca_rows(ALPACA_ZH)[:200]
+    convs = [conv(i + 1, r["instruction"] + r["input"], r["output"], "zh.jsonl") for i, r in enumerate(rows)]
+    chinese = [i for i, r in enumerate(rows) if len(dedup._CJK.findall(r["output"])) > 0.8 * len(r["output"])]
+    k = max(chinese, key=lambda i: len(rows[i]["output"]))
+    text = rows[k]["output"]
+    changed = text[:20] + "很" + text[21:60] + "的" + text[61:]  # two characters changed
+    convs.append(conv(len(convs) + 1, rows[k]["instruction"] + rows[k]["input"], changed, "zh.jsonl"))
+    r = dedup.dedup(convs)
+    near = [f for f in r.findings if f.check == "dedup.near"]
+    assert [f.source.line for f in near] == [len(convs)]
+    assert near[0].data["other"]["source"]["line"] == k + 1 and near[0].data["verified_jaccard"] >= 0.8
+    assert r.summary["char_shingled_texts"] >= 180
+    # word shingles (spaces only between clauses) would have missed the pair
+    a, b = (normalize(rows[k]["instruction"] + rows[k]["input"] + "\n" + t).split(" ") for t in (text, changed))
+    wa, wb = ({" ".join(w[i:i + 5]) for i in range(max(1, len(w) - 4))} for w in (a, b))
+    assert len(wa & wb) / len(wa | wb) < 0.8
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters, keep policy, run directory, -o
+# --------------------------------------------------------------------------------------------
+
+
+def _rows(columns: dict[str, list]) -> list[dict]:
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def test_clusters_representatives_and_keep_longest():
+    base = " ".join(f"w{k}" for k in range(60))
+    convs = [
+        conv(1, "q", base),
+        conv(2, "unrelated question", "an answer about something else entirely, with its own words and facts"),
+        conv(3, "q", base + " extra words at the end"),
+        conv(4, "Q!", base.upper()),  # exact duplicate of 1 after normalisation
+    ]
+    first = dedup.dedup(convs, config=DedupConfig(keep="first"))
+    assert first.kept == (0, 1)
+    assert first.cluster[0] == first.cluster[2] == first.cluster[3] >= 0 and first.cluster[1] == -1
+    checks = sorted((f.check, f.source.line, f.data["other"]["source"]["line"]) for f in first.findings)
+    assert checks == [("dedup.exact", 4, 1), ("dedup.near", 3, 1)]
+    longest = dedup.dedup(convs, config=DedupConfig(keep="longest"))
+    assert longest.kept == (1, 2)
+    rows = {row["example_id"]: row for row in _rows(longest.clusters)}
+    assert rows["t/3"]["representative"] and not rows["t/1"]["representative"]
+    want = true_jaccard("q\n" + base, "q\n" + base + " extra words at the end")
+    assert rows["t/1"]["verified_jaccard"] == pytest.approx(want)
+
+
+@needs_shared
+def test_cli_writes_kept_in_input_format_and_run_dir(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    rows = alpaca_rows()[:120]
+    dup = dict(rows[5])
+    dup["output"] = dup["output"] + "!"
+    src = tmp_path / "alpaca.json"
+    src.write_text(json.dumps(rows + [dup], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "kept.json"
+    run = tmp_path / "run"
+    code = cmd_dedup.main([str(src), "-o", str(out), "--run-dir", str(run)])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "exact duplicates" in text and "alpaca.json:" in text
+    kept = json.loads(out.read_text(encoding="utf-8"))
+    assert len(kept) == 120 and set(kept[0]) >= {"instruction", "input", "output"}  # alpaca, like the input
+    table = pq.read_table(run / "dedup" / "clusters.parquet")
+    assert {"cluster_id", "example_id", "source_file", "source_line", "representative",
+            "estimated_jaccard", "verified_jaccard"} <= set(table.column_names)
+    assert table.num_rows == 2 and sum(table.column("representative").to_pylist()) == 1
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "dedup" in manifest["stages_present"] and manifest["stages"]["dedup"]["config"]["threshold"] == 0.8
+    assert len((run / "dedup" / "findings.jsonl").read_text().splitlines()) == 1
+
+
+def test_cli_clean_input_exits_0_and_bad_records_pass_through(tmp_path, capsys):
+    rows = [{"messages": [{"role": "user", "content": f"question number {i} about topic {i * 7}"},
+                          {"role": "assistant", "content": f"answer {i}: " + " ".join(f"w{i}_{k}" for k in range(30))}]}
+            for i in range(20)]
+    clean = write_jsonl(tmp_path / "clean.jsonl", rows)
+    assert cmd_dedup.main([str(clean)]) == 0
+    assert "no duplicates found" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(clean.read_text() + "{not json\n", encoding="utf-8")
+    assert cmd_dedup.main([str(bad), "--json"]) == 1
+    obj = json.loads(capsys.readouterr().out)
+    assert [f["check"] for f in obj["findings"]] == ["format.parse-error"]
+    assert obj["summary"]["unreadable_records"] == 1 and obj["summary"]["examples"] == 20
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--threshold", "1.5"], "--threshold"),
+    (["--shingle", "tokens:5"], "--shingle"),
+    (["--fields", "body"], "--fields"),
+    (["--lsh-storage", "http://x"], "redis://"),
+    (["--num-perm", "1"], "--num-perm"),
+])
+def test_cli_usage_errors_exit_2(tmp_path, capsys, argv, needle):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                            {"role": "assistant", "content": "hello"}]}])
+    assert cmd_dedup.main([str(data), *argv]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_cli_missing_input_exits_2(tmp_path, capsys):
+    assert cmd_dedup.main([str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Redis shared index
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="the redis Python client is not installed (pip install redis)")
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        else:
+            pytest.fail(f"redis-server on port {port} did not answer")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _redis_corpus() -> list[Conversation]:
+    rows = alpaca_rows()[:200] if SHARED.is_dir() else []
+    convs = [conv(i + 1, r["instruction"], r["output"], "r.jsonl") for i, r in enumerate(rows)]
+    base = " ".join(f"token{k}" for k in range(400))
+    for k in range(6):  # six near-duplicates of one text (J ~ 0.9), plus the alpaca rows' own duplicates
+        convs.append(conv(len(convs) + 1, "prompt", change_words(base, 200, start=k + 1), "r.jsonl"))
+    return convs
+
+
+@pytest.mark.redis
+def test_redis_index_finds_the_same_pairs_as_memory(redis_url):
+    convs = _redis_corpus()
+    mem = dedup.dedup(convs)
+    red = dedup.dedup(convs, config=DedupConfig(lsh_storage=redis_url + "?basename=t1"))
+    assert {(p.left, p.right, p.kind) for p in red.pairs.top()} == {(p.left, p.right, p.kind) for p in mem.pairs.top()}
+    assert red.summary["near_pairs"] >= 5 and red.summary["lsh_unverified_remote_candidates"] == 0
+    assert [f.to_dict() for f in red.findings] == [f.to_dict() for f in mem.findings]
+
+
+@pytest.mark.redis
+def test_redis_candidates_equal_datasketch_query(redis_url):
+    """Our pipelined bucket lookups return what datasketch's own MinHashLSH.query returns."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    texts = [normalize(dedup.text_of(c)) for c in _redis_corpus()]
+    sig = minhash_signatures(texts, WORDS5)
+    params = dedup.lsh_params(0.8)
+    keys = [f"k{i}" for i in range(len(texts))]
+    pairs, remote = dedup.redis_candidate_pairs(sig.hashvalues, keys, params, redis_url + "?basename=t2")
+    assert remote == 0
+    cfg, _ = dedup.parse_redis_url(redis_url)
+    lsh = MinHashLSH(num_perm=128, params=(params.bands, params.rows), prepickle=False,
+                     storage_config={"type": "redis", "basename": b"t2", "redis": cfg})
+    want = set()
+    for i, hv in enumerate(sig.hashvalues):
+        for key in lsh.query(LeanMinHash(seed=1, hashvalues=hv, scheme="affine32")):
+            j = int(key.decode()[1:])
+            if j != i:
+                want.add((min(i, j), max(i, j)))
+    assert {tuple(p) for p in pairs.tolist()} == want
+    assert want  # the corpus has candidates
+
+
+@pytest.mark.redis
+def test_redis_two_workers_share_one_index(redis_url, tmp_path, capsys):
+    convs = _redis_corpus()
+    half = len(convs) - 3  # worker 1 holds three of the chain's members, worker 2 the other three
+    url = redis_url + "?basename=t3"
+    one = dedup.dedup(convs[:half], config=DedupConfig(lsh_storage=url))
+    two = dedup.dedup(convs[half:], config=DedupConfig(lsh_storage=url))
+    assert one.summary["lsh_unverified_remote_candidates"] == 0  # it ran first
+    assert two.summary["lsh_unverified_remote_candidates"] > 0  # sees worker 1's examples
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                            {"role": "assistant", "content": "hello"}]}])
+    assert cmd_dedup.main([str(data), "--lsh-storage", redis_url.rsplit(":", 1)[0] + ":1/0"]) == 2
+    assert "--lsh-storage" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# A slice of the T0 corpus (the same passages under several templates)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not T0.is_file(), reason="../shared/data not present")
+def test_t0_slice_templates_of_one_passage_cluster():
+    from sftdata import formats
+
+    convs = []
+    for item in formats.read(str(T0), limit=4000):
+        if isinstance(item, Conversation):
+            convs.append(item)
+    r = dedup.dedup(convs, config=DedupConfig(fields="prompt", threshold=0.7))
+    assert r.summary["near_pairs"] > 50 and r.summary["clusters"] > 20
+    for p in r.pairs.top("near", 200):
+        a, b = (dedup.text_of(r.examples[x], "prompt") for x in (p.left, p.right))
+        assert true_jaccard(a, b) >= 0.7 - 1e-9
+    templates = {r.examples[i].meta["columns"]["template"] for i in np.flatnonzero(r.cluster >= 0)}
+    assert len(templates) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not T0.is_file(), reason="../shared/data not present")
+def test_t0_slice_verified_jaccard_is_exact_for_every_candidate():
+    """The vectorised verification equals Python set arithmetic on the shingles, for every LSH
+    candidate (similar and dissimilar) of 3,000 T0 documents."""
+    from sftdata import formats
+
+    texts = list(dict.fromkeys(normalize(dedup.text_of(c)) for c in formats.read(str(T0), limit=3000)
+                               if isinstance(c, Conversation)))
+    sig = minhash_signatures(texts, WORDS5)
+    cand = dedup.candidate_pairs(sig.hashvalues, dedup.lsh_params(0.8))
+    got = dedup.verified_jaccard(dedup.shingle_sets(sig), cand, threads=2, chunk=1 << 14)
+    sets = [set(shingles(t, WORDS5)) for t in texts]
+    want = np.array([len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in cand.tolist()])
+    assert len(cand) > 1000 and (want < 0.8).any() and (want >= 0.8).any()
+    assert np.array_equal(got, want)
