@@ -8,7 +8,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 RUN=${RUN:-runs/demo}
-rm -rf "$RUN" "$RUN-merged"
+rm -rf "$RUN" "$RUN-examples" "$RUN-merged"
 # exit code 1 means "ran and found problems": expected where the demo plants them
 found_problems() { local rc=$?; [ "$rc" -eq 1 ] || exit "$rc"; }
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -21,12 +21,12 @@ sftdata convert examples/sharegpt.jsonl -o "$RUN/converted/sharegpt.messages.jso
 step "show: one example token by token (green = trained)"
 sftdata show examples/messages.jsonl --model smollm2-135m-instruct --line 2
 step "audit: every bundled example file (examples/defects.jsonl carries planted defects)"
-sftdata audit examples/*.jsonl examples/alpaca.json --model smollm2-135m-instruct --max-length 256 --run-dir "$RUN" || found_problems
-step "dedup: exact and near-duplicates across the bundled examples"
-sftdata dedup examples/messages.jsonl examples/sharegpt.jsonl examples/alpaca.json --run-dir "$RUN" || found_problems
-step "train: a LoRA adapter on the demo model, on CPU (the trainer audits its data first)"
+sftdata audit examples/*.jsonl examples/alpaca.json --model smollm2-135m-instruct --max-length 256 --run-dir "$RUN-examples" || found_problems
+step "dedup: the training data against the other bundled sets (contamination = near-copies of eval data)"
+sftdata dedup examples/messages.jsonl --against examples/sharegpt.jsonl examples/alpaca.json --run-dir "$RUN" || found_problems
+step "train: a LoRA adapter on the demo model, on CPU (the trainer audits its data into $RUN/audit first)"
 sfttrain run configs/demo.yaml --output-dir "$RUN"
 step "merge the adapter into the base weights"
 sfttrain merge "$RUN" -o "$RUN-merged"
 step "done: run directory $RUN"
-find "$RUN" -maxdepth 2 -not -path '*/checkpoints/*' | sort
+find "$RUN" "$RUN-examples" -maxdepth 2 -not -path '*/checkpoints/*' | sort

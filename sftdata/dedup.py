@@ -10,13 +10,10 @@ The pipeline, top to bottom:
    datasketch 2.x `MinHash` (scheme "affine32": SHA-1 of each UTF-8 shingle, first 4 digest bytes
    read little-endian, MurmurHash3 fmix32, then `a * h + b mod 2**32` per permutation, with `a`/`b`
    drawn from `np.random.RandomState(seed)` exactly as datasketch draws them), so the signatures
-   can go into datasketch's own LSH and storage. It is computed for the whole corpus with numpy:
-   shingles are byte ranges of one concatenated buffer, SHA-1 runs vectorised over all shingles
-   (80 rounds of uint32 array operations), and the per-permutation minimum runs over
-   length-bucketed matrices, in batches on several threads (numpy releases the GIL in its loops).
-   Repeated passages are signed once: texts are cut into content-defined segments, each distinct
-   segment is signed once, and a text's signature is the minimum of its segments' signatures
-   and of the few shingles that cross a segment boundary (a MinHash is a minimum).
+   can go into datasketch's own LSH and storage. It runs compiled kernels (numba, imported on first
+   use and cached on disk): per batch of texts, one call without the GIL finds the shingles' byte
+   ranges in the concatenated UTF-8 buffer, hashes them with a SIMD SHA-1 (32 messages at a time)
+   and takes the per-permutation minimum; batches run on several threads.
 3. `lsh_params` turns the user's Jaccard threshold into bands x rows such that a pair at exactly
    the threshold becomes a candidate with probability >= 0.95, with the smallest false-positive
    area. Candidates come from in-memory banding, or from datasketch's `MinHashLSH` with Redis
@@ -40,6 +37,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -65,10 +63,7 @@ KEEP = ("first", "longest")
 MIN_RECALL = 0.95  # probability that a pair at exactly the threshold becomes an LSH candidate
 CJK_SHARE = 0.30  # a text is CJK-heavy above this share of CJK characters
 CJK_CHARS = 3  # character n-gram size used for CJK-heavy texts
-THREADS = min(os.cpu_count() or 1, 8)  # numpy work runs on this many threads by default
-
-_U32 = np.uint32
-_MAX_HASH = np.uint32(0xFFFFFFFF)
+THREADS = min(os.cpu_count() or 1, 8)  # signing and verification run on this many threads by default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +131,9 @@ def spec_for(normalized: str, spec: ShingleSpec) -> ShingleSpec:
 
 
 def shingles(normalized: str, spec: ShingleSpec) -> list[bytes]:
-    """Reference (pure Python) shingles of a normalised text, as UTF-8 bytes. The vectorised path
-    in `minhash_signatures` produces exactly these byte strings; tests and the benchmark feed them
-    to datasketch."""
+    """Reference (pure Python) shingles of a normalised text, as UTF-8 bytes. The kernel in
+    `minhash_signatures` hashes exactly these byte strings; tests and the benchmark feed them to
+    datasketch."""
     if not normalized:
         return []
     spec = spec_for(normalized, spec)
@@ -162,93 +157,61 @@ class Signatures:
     """MinHash signatures of n texts plus their shingle fingerprints for exact verification.
 
     `hashvalues[i]` equals datasketch `MinHash(num_perm, seed).update(s)` over `shingles(text_i)`.
-    A fingerprint is the first 8 SHA-1 digest bytes (big-endian) of a shingle. Text i's shingles
-    are its crossing shingles (`cross_fp` where `cross_text == i`) and the shingles of its
-    segments (`occ_seg` where `occ_text == i`; segment s's are `seg_fp[seg_off[s]:][:seg_size[s]]`);
-    `shingle_set` and `shingle_sets` put them together."""
+    A fingerprint is the first 8 SHA-1 digest bytes (big-endian) of a shingle; text i's shingles
+    have theirs, in order and repeats included, in `fingerprints[offsets[i]:offsets[i + 1]]`.
+    `shingle_set` and `shingle_sets` make sets of them."""
 
     hashvalues: np.ndarray  # (n, num_perm) uint32
-    cross_fp: np.ndarray  # uint64
-    cross_text: np.ndarray  # int64
-    seg_fp: np.ndarray  # uint64
-    seg_off: np.ndarray  # int64, per distinct segment
-    seg_size: np.ndarray  # int64, per distinct segment
-    occ_text: np.ndarray  # int64, per segment occurrence
-    occ_seg: np.ndarray  # int64, per segment occurrence
+    fingerprints: np.ndarray  # (m,) uint64, every shingle of every text
+    offsets: np.ndarray  # (n + 1,) int64
     char_shingled: np.ndarray  # (n,) bool: text used character shingles
     num_perm: int
     seed: int
 
     def shingle_set(self, i: int) -> np.ndarray:
         """Sorted unique fingerprints of text i's shingles."""
-        sid = self.occ_seg[self.occ_text == i]
-        return np.unique(np.concatenate([self.cross_fp[self.cross_text == i],
-                                         self.seg_fp[_ranges(self.seg_off[sid], self.seg_size[sid])]]))
+        return np.unique(self.fingerprints[self.offsets[i]:self.offsets[i + 1]])
 
 
 def minhash_signatures(normalized: Sequence[str], spec: ShingleSpec = ShingleSpec("words", 5), *,
                        num_perm: int = 128, seed: int = 1, threads: int = THREADS,
                        batch_bytes: int = 1 << 20) -> Signatures:
-    """Signatures of normalised texts (see `normalize`), computed in batches of about
-    `batch_bytes` on `threads` threads. Empty texts get the empty signature (all 0xFFFFFFFF, as
-    datasketch) and an empty set.
+    """Signatures of normalised texts (see `normalize`), computed by compiled kernels (numba) in
+    batches of about `batch_bytes` characters on `threads` threads (the kernels release the GIL).
+    Empty texts get the empty signature (all 0xFFFFFFFF, as datasketch) and an empty set.
 
-    Corpora repeat passages (one document under several prompt templates, boilerplate), so each
-    text is cut into segments at content-defined points (after a unit whose first bytes hash to
-    1 in 32: the same passage is cut the same way wherever it appears). A MinHash is a minimum,
-    so a text's signature is the minimum of the signatures of its segments (each distinct segment
-    signed once) and of the shingles that cross a segment boundary (signed with the text)."""
+    The first call in a process loads the kernels from numba's on-disk cache; the first call after
+    installing or editing this file compiles them (seconds, once)."""
+    _jit()
     a, b = permutations(num_perm, seed)
-    specs = [spec_for(t, spec) for t in normalized]
-    encoded = [t.encode("utf-8") for t in normalized]
-    parts = _map(threads, lambda lo, hi: _text_part(encoded[lo:hi], specs[lo:hi], a, b),
-                 _batches(encoded, batch_bytes))
 
-    # one signature per distinct segment: its bytes after "w" (word shingles) or "c" (character
-    # shingles; a run uses one word spec and one char spec at most)
-    index: dict[bytes, int] = {}
-    seg_ids = [np.array([index.setdefault(key, len(index)) for key in part.seg_keys], dtype=np.int64)
-               for part in parts]
-    char_spec = spec if spec.kind == "chars" else ShingleSpec("chars", CJK_CHARS)
-    seg_specs = [char_spec if key[:1] == b"c" else spec for key in index]
-    seg_texts = [key[1:] for key in index]
-    del index
-    signed = _map(threads, lambda lo, hi: _sign_texts(seg_texts[lo:hi], seg_specs[lo:hi], a, b),
-                  _batches(seg_texts, batch_bytes))
-    seg_hv = np.concatenate([h for h, _, _ in signed]) if signed else np.empty((0, num_perm), _U32)
-    seg_fp = np.concatenate([f for _, f, _ in signed]) if signed else np.empty(0, np.uint64)
-    seg_size = np.concatenate([c for _, _, c in signed]) if signed else np.empty(0, np.int64)
-    seg_off = np.cumsum(seg_size) - seg_size
+    def sign(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # the Python part (specs, one encode per batch) holds the GIL while the other threads'
+        # kernels run
+        texts = normalized[lo:hi]
+        specs = [spec_for(t, spec) for t in texts]
+        is_chars = np.array([s.kind == "chars" for s in specs], dtype=bool)
+        size = np.array([s.size for s in specs], dtype=np.int64)
+        buf, off = _pack(texts)
+        return (*_sign_batch(buf, off, is_chars, size, a, b), is_chars)
 
-    # each text: the minimum over its crossing shingles (in part.hashvalues, updated in place) and
-    # its segments
-    def combine(k: int) -> np.ndarray:
-        part, ids = parts[k], seg_ids[k]
-        if len(ids):
-            texts, first = np.unique(part.seg_text, return_index=True)
-            part.hashvalues[texts] = np.minimum(part.hashvalues[texts],
-                                                np.minimum.reduceat(seg_hv[ids], first, axis=0))
-        return part.hashvalues
-
-    hashvalues = _map(threads, combine, [(k,) for k in range(len(parts))])
-    first_text = np.cumsum([len(p.hashvalues) for p in parts]) - [len(p.hashvalues) for p in parts]
+    parts = _map(threads, sign, _batches(normalized, batch_bytes))
+    counts = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
     return Signatures(
-        hashvalues=np.concatenate(hashvalues) if hashvalues else np.empty((0, num_perm), _U32),
-        cross_fp=np.concatenate([p.cross_fp for p in parts]) if parts else np.empty(0, np.uint64),
-        cross_text=np.concatenate([np.repeat(np.arange(len(p.cross_counts)), p.cross_counts) + t
-                                   for p, t in zip(parts, first_text)]) if parts else np.empty(0, np.int64),
-        seg_fp=seg_fp, seg_off=seg_off, seg_size=seg_size,
-        occ_text=(np.concatenate([p.seg_text + t for p, t in zip(parts, first_text)]) if parts
-                  else np.empty(0, np.int64)),
-        occ_seg=np.concatenate(seg_ids) if seg_ids else np.empty(0, np.int64),
-        char_shingled=np.array([s.kind == "chars" for s in specs], dtype=bool), num_perm=num_perm, seed=seed)
+        hashvalues=np.concatenate([p[0] for p in parts]) if parts else np.empty((0, num_perm), np.uint32),
+        fingerprints=np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.uint64),
+        offsets=offsets, char_shingled=np.concatenate([p[3] for p in parts]) if parts else np.empty(0, bool),
+        num_perm=num_perm, seed=seed)
 
 
-def _batches(items: Sequence[bytes], batch_bytes: int) -> list[tuple[int, int]]:
+def _batches(items: Sequence[str], batch_size: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of items, each about batch_size characters long in all."""
     out, start, size = [], 0, 0
     for i, e in enumerate(items):
         size += len(e)
-        if size >= batch_bytes:
+        if size >= batch_size:
             out.append((start, i + 1))
             start, size = i + 1, 0
     if start < len(items):
@@ -264,282 +227,300 @@ def _map(threads: int, fn: Any, calls: list[tuple[int, ...]]) -> list[Any]:
     return [fn(*args) for args in calls]
 
 
-@dataclass(frozen=True)
-class _TextPart:
-    """One batch of texts: signatures over the shingles that cross segment boundaries, their
-    fingerprints, and the segments (each with enough units for a shingle of its own)."""
-
-    hashvalues: np.ndarray  # (n, num_perm), all 0xFFFFFFFF where a text has no crossing shingle
-    cross_fp: np.ndarray  # fingerprints of the crossing shingles, text by text
-    cross_counts: np.ndarray  # (n,)
-    seg_text: np.ndarray  # (s,) the text (index in the batch) each segment belongs to, ascending
-    seg_keys: list[bytes]  # (s,) the segment's bytes after b"w" (word shingles) or b"c" (characters)
+_PAD = 128  # zero bytes after a batch: SHA-1 loads whole words of a message's last 64-byte block
 
 
-_CUT_SHIFT = np.uint32(27)  # a unit ends a segment when the top 5 bits of its hash are 0: 1 in 32
+def _pack(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The texts UTF-8 encoded and concatenated into one buffer (plus _PAD zero bytes), and their
+    (n + 1,) byte offsets. One join and one encode per batch: a text's byte length is its length
+    unless the batch has non-ASCII text."""
+    joined = "".join(texts)
+    data = joined.encode("utf-8")
+    if len(data) == len(joined):
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    else:
+        lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts), dtype=np.int64,
+                              count=len(texts))
+    return _buffer(data), _offsets(lengths)
 
 
-def _text_part(encoded: list[bytes], specs: list[ShingleSpec], a: np.ndarray, b: np.ndarray) -> _TextPart:
-    n = len(encoded)
-    hashvalues = np.full((n, len(a)), _MAX_HASH, dtype=_U32)
-    nonempty = np.flatnonzero(np.fromiter((len(e) for e in encoded), dtype=np.int64, count=n) > 0)
-    cross_counts = np.zeros(n, dtype=np.int64)
-    if len(nonempty) == 0:
-        return _TextPart(hashvalues, np.empty(0, np.uint64), cross_counts, np.empty(0, np.int64), [])
-    ne_specs = [specs[i] for i in nonempty]
-    w = _windows([encoded[i] for i in nonempty], ne_specs)
-    # content-defined cuts: after a unit whose first 4 bytes hash to 0 in the top 5 bits, and at text ends
-    first4 = np.ndarray((len(w.buf) - 3,), dtype="<u4", buffer=w.buf, strides=(1,))[w.unit_pos]
-    cut = (first4 * np.uint32(0x9E3779B1)) >> _CUT_SHIFT == 0
-    cut[w.text_first_unit + w.units - 1] = True
-    segment = np.cumsum(cut) - cut  # segment index of every unit
-    crossing = (segment[w.first] != segment[w.last]) | (w.units < w.size)[w.text]
-    counts = np.bincount(w.text[crossing], minlength=len(nonempty))
-    hv, fp = _sign(w.buf, w.start[crossing], w.length[crossing], counts, a, b)
-    hashvalues[nonempty] = hv
-    cross_counts[nonempty] = counts
-    # segments with at least N units: their own shingles are signed once per distinct segment
-    seg_first = np.concatenate([[0], np.flatnonzero(cut[:-1]) + 1])
-    seg_last = np.flatnonzero(cut)
-    seg_text = w.unit_text[seg_first]
-    keep = seg_last - seg_first + 1 >= w.size[seg_text]
-    raw = w.buf.tobytes()
-    text_of_seg = seg_text[keep]
-    bounds = zip(w.unit_pos[seg_first[keep]].tolist(), w.unit_end[seg_last[keep]].tolist())
-    keys = [b"w" + raw[s:e] for s, e in bounds]
-    for k in np.flatnonzero(w.is_chars[text_of_seg]).tolist():
-        keys[k] = b"c" + keys[k][1:]
-    return _TextPart(hashvalues, fp, cross_counts, nonempty[text_of_seg], keys)
+def _buffer(data: bytes) -> np.ndarray:
+    buf = np.zeros(len(data) + _PAD, dtype=np.uint8)
+    buf[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buf
 
 
-def _sign_texts(encoded: list[bytes], specs: list[ShingleSpec], a: np.ndarray,
-                b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Signatures, fingerprints and shingle counts of non-empty texts, every shingle signed."""
-    w = _windows(encoded, specs)
-    counts = np.bincount(w.text, minlength=len(encoded))
-    hv, fp = _sign(w.buf, w.start, w.length, counts, a, b)
-    return hv, fp, counts
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return off
 
 
-def _sign(buf: np.ndarray, start: np.ndarray, length: np.ndarray, counts: np.ndarray, a: np.ndarray,
-          b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash of groups of shingles (byte ranges of buf; `counts` per group, in order): returns
-    (groups, num_perm) hash values (all 0xFFFFFFFF for an empty group) and every shingle's
-    fingerprint (the first 8 bytes of its SHA-1)."""
-    hashvalues = np.full((len(counts), len(a)), _MAX_HASH, dtype=_U32)
-    if len(start) == 0:
-        return hashvalues, np.empty(0, np.uint64)
-    h0, h1 = _sha1_prefix(buf, start, length)
-    hv = _fmix32(h0.byteswap())  # sha1_hash32 reads the first 4 digest bytes little-endian
-    filled = counts > 0
-    hashvalues[filled] = _min_per_text(hv, counts[filled], a, b)
-    return hashvalues, (h0.astype(np.uint64) << np.uint64(32)) | h1
+def _sha1_prefixes(messages: Sequence[bytes]) -> np.ndarray:
+    """The first 8 SHA-1 digest bytes (big-endian uint64) of each message, computed by the kernel
+    that signs shingles (equal to `hashlib.sha1(m).digest()[:8]`; the tests check it)."""
+    _jit()
+    off = _offsets(np.array([len(m) for m in messages], dtype=np.int64))
+    return _sha1_batch(_buffer(b"".join(messages)), off[:-1].copy(), np.diff(off))
 
 
-@dataclass(frozen=True)
-class _Windows:
-    """Every shingle of a batch of non-empty texts as a byte range of one buffer, with the units
-    (words or characters) it spans."""
+# ---------------------------------------------------------------------------------------------
+# 2b. The compiled kernels (numba)
+#
+# Plain Python functions until `_jit` compiles them (or loads them from numba's cache) and puts the
+# compiled versions in their place in this module, so `import sftdata.dedup` does not import numba.
+# A batch is one uint8 buffer of UTF-8 texts with int64 offsets; `_sign_batch` does the whole batch
+# in one call that releases the GIL:
+#   1. shingles: byte ranges of the buffer. A word unit starts at a text start or after a space
+#      (b" ", as `str.split(" ")`), a character unit at every byte that is not a UTF-8 continuation
+#      byte; shingle j of a text spans units j .. j+N-1 (the whole text if it has fewer than N).
+#   2. SHA-1 of every shingle, _LANES messages at a time with the same number of 64-byte blocks:
+#      every step of the 80 rounds is a loop over the lanes, which LLVM turns into SIMD.
+#   3. MinHash: per text, min over its shingles of (a * fmix32(h) + b) mod 2**32, where h is the
+#      first 4 digest bytes read little-endian (datasketch `sha1_hash32`).
+# ---------------------------------------------------------------------------------------------
 
-    buf: np.ndarray  # uint8: the texts, concatenated, and a zero tail
-    unit_pos: np.ndarray  # (u,) byte offset of each unit
-    unit_end: np.ndarray  # (u,) byte offset just past it
-    unit_text: np.ndarray  # (u,) its text
-    units: np.ndarray  # (n,) units per text
-    text_first_unit: np.ndarray  # (n,)
-    size: np.ndarray  # (n,) the text's shingle size N
-    is_chars: np.ndarray  # (n,) the text uses character shingles
-    text: np.ndarray  # (m,) each shingle's text, ascending
-    first: np.ndarray  # (m,) its first unit
-    last: np.ndarray  # (m,) its last unit
-    start: np.ndarray  # (m,) byte offset
-    length: np.ndarray  # (m,) byte length
-
-
-def _windows(encoded: list[bytes], specs: list[ShingleSpec]) -> _Windows:
-    """A word unit starts at a text start or after a space; a char unit at any byte that is not a
-    UTF-8 continuation byte. Shingle i of a text spans units i .. i+N-1 (or the whole text if it
-    has fewer than N units)."""
-    n = len(encoded)
-    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=n)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    total = int(lengths.sum())
-    buf = np.zeros(total + 128, dtype=np.uint8)  # zero tail: windows past the end stay in bounds
-    buf[:total] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    body = buf[:total]
-    is_chars = np.array([s.kind == "chars" for s in specs], dtype=bool)
-    size = np.array([s.size for s in specs], dtype=np.int64)
-
-    text_start = np.zeros(total, dtype=bool)
-    text_start[starts] = True
-    word_start = text_start.copy()
-    word_start[1:] |= body[:-1] == 0x20
-    char_start = (body & 0xC0) != 0x80
-    unit_start = np.where(np.repeat(is_chars, lengths), char_start, word_start)
-    unit_pos = np.flatnonzero(unit_start)
-    units = np.add.reduceat(unit_start.astype(np.int64), starts)  # every text has >= 1 unit
-    first_unit = np.zeros(n, dtype=np.int64)
-    np.cumsum(units[:-1], out=first_unit[1:])
-    unit_text = np.repeat(np.arange(n), units)
-    # A unit ends where the next unit of its text starts (minus the space for words) or at text end.
-    next_pos = np.append(unit_pos[1:], total)
-    last_of_text = np.zeros(len(unit_pos), dtype=bool)
-    last_of_text[first_unit + units - 1] = True
-    unit_end = np.where(last_of_text, (starts + lengths)[unit_text],
-                        next_pos - (~is_chars[unit_text]).astype(np.int64))
-
-    counts = np.where(units >= size, units - size + 1, 1)
-    text = np.repeat(np.arange(n), counts)
-    first_shingle = np.zeros(n, dtype=np.int64)
-    np.cumsum(counts[:-1], out=first_shingle[1:])
-    i = np.arange(int(counts.sum()), dtype=np.int64) - first_shingle[text]
-    first = first_unit[text] + i
-    last = first_unit[text] + np.minimum(i + size[text] - 1, units[text] - 1)
-    start = unit_pos[first]
-    return _Windows(buf, unit_pos, unit_end, unit_text, units, first_unit, size, is_chars, text, first, last, start,
-                    unit_end[last] - start)
+_LANES = 32  # messages hashed together (SIMD lanes; two AVX-512 or four AVX2 vectors)
+# scratch v: state word s of lane l at v[s*_LANES + l], message schedule word t at v[_SCHED + t*_LANES + l]
+_SCHED = 5 * _LANES
+_HEAD = np.array([0, 0xFF000000, 0xFFFF0000, 0xFFFFFF00], dtype=np.uint64)  # the first 0..3 bytes of a word
+_MARK = np.array([0x80000000, 0x00800000, 0x00008000, 0x00000080], dtype=np.uint64)  # 0x80 at byte 0..3
 
 
-_SHA1_INIT = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
-_SHA1_K = (np.uint32(0x5A827999), np.uint32(0x6ED9EBA1), np.uint32(0x8F1BBCDC), np.uint32(0xCA62C1D6))
-_SHA1_CHUNK = 65536  # messages per vectorised pass: big enough that numpy call overhead is small
+def _rotl(x: Any, n: int) -> Any:
+    """32-bit rotation of a uint64 holding a 32-bit value (bits above 32 are dropped on store)."""
+    return (x << np.uint64(n)) | (x >> np.uint64(32 - n))
 
 
-def _sha1_prefix(buf: np.ndarray, span_start: np.ndarray, span_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First two 32-bit words (big-endian) of SHA-1 of each byte range buf[s:s+len], equal to
-    `hashlib.sha1(...).digest()[:8]`. Messages are grouped by their number of 64-byte blocks."""
-    m = len(span_start)
-    h0 = np.empty(m, dtype=_U32)
-    h1 = np.empty(m, dtype=_U32)
-    n_blocks = (span_len + 8) // 64 + 1
-    for nb in np.unique(n_blocks):
-        group = np.flatnonzero(n_blocks == nb)
-        width = int(nb) * 64
-        if len(buf) < width + int(span_start.max(initial=0)) + 1:
-            buf = np.concatenate([buf, np.zeros(width, dtype=np.uint8)])
-        windows = np.lib.stride_tricks.sliding_window_view(buf, width)
-        for lo in range(0, len(group), _SHA1_CHUNK):
-            idx = group[lo:lo + _SHA1_CHUNK]
-            words = _sha1_pad(windows, span_start[idx], span_len[idx], width)
-            h0[idx], h1[idx] = _sha1_compress(words, int(nb))
-    return h0, h1
+def _load_be(buf: np.ndarray, p: int) -> Any:
+    """Big-endian uint32 at buf[p:p+4]; an unsigned index spares numba's negative-index check, so
+    LLVM merges the four loads into one."""
+    q = np.uint64(p)
+    return ((np.uint64(buf[q]) << np.uint64(24)) | (np.uint64(buf[q + np.uint64(1)]) << np.uint64(16))
+            | (np.uint64(buf[q + np.uint64(2)]) << np.uint64(8)) | np.uint64(buf[q + np.uint64(3)]))
 
 
-_HEAD = np.array([0, 0xFF000000, 0xFFFF0000, 0xFFFFFF00], dtype=_U32)  # the first 0..3 bytes of a word
-_MARK = np.array([0x80000000, 0x00800000, 0x00008000, 0x00000080], dtype=_U32)  # 0x80 at byte 0..3
+def _round(v: np.ndarray, f: int, ia: int, ib: int, ic: int, id_: int, ie: int, t: int) -> None:
+    """SHA-1 round t on every lane. State words rotate through the five slots instead of moving:
+    the new a goes to e's slot and rotl(b, 30) (the new c) stays in b's."""
+    a, b, c, d, e, w = ia * _LANES, ib * _LANES, ic * _LANES, id_ * _LANES, ie * _LANES, _SCHED + t * _LANES
+    for lane in range(_LANES):
+        x, y, z = np.uint64(v[b + lane]), np.uint64(v[c + lane]), np.uint64(v[d + lane])
+        if f == 0:
+            k = (z ^ (x & (y ^ z))) + np.uint64(0x5A827999)
+        elif f == 1:
+            k = (x ^ y ^ z) + np.uint64(0x6ED9EBA1)
+        elif f == 2:
+            k = ((x & y) | (z & (x | y))) + np.uint64(0x8F1BBCDC)
+        else:
+            k = (x ^ y ^ z) + np.uint64(0xCA62C1D6)
+        v[e + lane] = np.uint64(v[e + lane]) + _rotl(np.uint64(v[a + lane]), 5) + k + np.uint64(v[w + lane])
+        v[b + lane] = _rotl(x, 30)
 
 
-def _sha1_pad(windows: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
-    """SHA-1 padded messages as (16 * blocks, m) big-endian words, one column per message: the
-    message, a 0x80 byte, zeros, and the bit length in the last word (messages < 512 MiB)."""
+def _sha1_lanes(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, v: np.ndarray,
+                h: np.ndarray) -> None:
+    """SHA-1 of the _LANES messages buf[start[l]:start[l] + length[l]], each of `nblocks` blocks
+    once padded; leaves digest word s of lane l in h[s*_LANES + l]."""
+    for lane in range(_LANES):
+        h[lane] = 0x67452301
+        h[_LANES + lane] = 0xEFCDAB89
+        h[2 * _LANES + lane] = 0x98BADCFE
+        h[3 * _LANES + lane] = 0x10325476
+        h[4 * _LANES + lane] = 0xC3D2E1F0
+    for blk in range(nblocks):
+        base = blk * 64
+        for lane in range(_LANES):  # the block's 16 words: message bytes, 0x80, zeros, bit length
+            p = start[lane] + base
+            r = length[lane] - base
+            for j in range(16):
+                if r >= 4:
+                    v[_SCHED + j * _LANES + lane] = _load_be(buf, p)
+                elif r >= 0:
+                    v[_SCHED + j * _LANES + lane] = (_load_be(buf, p) & _HEAD[r]) | _MARK[r]
+                else:
+                    v[_SCHED + j * _LANES + lane] = 0
+                p += 4
+                r -= 4
+            if blk == nblocks - 1:
+                bits = np.uint64(length[lane]) * np.uint64(8)
+                v[_SCHED + 14 * _LANES + lane] = bits >> np.uint64(32)
+                v[_SCHED + 15 * _LANES + lane] = bits
+        for t in range(16, 80):
+            w = _SCHED + t * _LANES
+            for lane in range(_LANES):
+                v[w + lane] = _rotl(np.uint64(v[w - 3 * _LANES + lane] ^ v[w - 8 * _LANES + lane]
+                                              ^ v[w - 14 * _LANES + lane] ^ v[w - 16 * _LANES + lane]), 1)
+        for k in range(5 * _LANES):
+            v[k] = h[k]
+        for f in range(4):
+            for t in range(20 * f, 20 * f + 20, 5):
+                _round(v, f, 0, 1, 2, 3, 4, t)
+                _round(v, f, 4, 0, 1, 2, 3, t + 1)
+                _round(v, f, 3, 4, 0, 1, 2, t + 2)
+                _round(v, f, 2, 3, 4, 0, 1, t + 3)
+                _round(v, f, 1, 2, 3, 4, 0, t + 4)
+        for k in range(5 * _LANES):
+            h[k] += v[k]
+
+
+def _sha1_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """First 8 SHA-1 digest bytes (big-endian) of each message buf[start[i]:start[i] + length[i]].
+    Messages are grouped by block count (a counting sort) and hashed _LANES at a time; a group's
+    spare lanes repeat its last message. buf needs _PAD readable bytes after every message."""
     m = len(start)
-    words = np.ascontiguousarray(windows[start].view(">u4").T, dtype=_U32)  # bytes from each start
-    full, rem = length >> 2, length & 3  # the word holding the 0x80 byte, and its position there
-    words *= np.arange(width // 4)[:, None] <= full  # zero the words past the message
-    col = np.arange(m)
-    words[full, col] = (words[full, col] & _HEAD[rem]) | _MARK[rem]
-    words[-1] = (length * 8).astype(_U32)
-    return words
+    nblocks = (length + 8) // 64 + 1
+    top = 0
+    for i in range(m):
+        top = max(top, nblocks[i])
+    first = np.zeros(top + 2, np.int64)
+    for i in range(m):
+        first[nblocks[i] + 1] += 1
+    for q in range(top + 1):
+        first[q + 1] += first[q]
+    fill = first.copy()
+    order = np.empty(m, np.int64)
+    for i in range(m):
+        order[fill[nblocks[i]]] = i
+        fill[nblocks[i]] += 1
+    out = np.empty(m, np.uint64)
+    v = np.empty(85 * _LANES, np.uint32)
+    h = np.empty(5 * _LANES, np.uint32)
+    st = np.empty(_LANES, np.int64)
+    ln = np.empty(_LANES, np.int64)
+    for nb in range(1, top + 1):
+        lo, hi = first[nb], first[nb + 1]
+        for g in range(lo, hi, _LANES):
+            for lane in range(_LANES):
+                i = order[min(g + lane, hi - 1)]
+                st[lane] = start[i]
+                ln[lane] = length[i]
+            _sha1_lanes(buf, st, ln, nb, v, h)
+            for lane in range(min(_LANES, hi - g)):
+                out[order[g + lane]] = (np.uint64(h[lane]) << np.uint64(32)) | np.uint64(h[_LANES + lane])
+    return out
 
 
-def _sha1_compress(words: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """SHA-1 over columns of `words` (16 * n_blocks, m); returns digest words 0 and 1."""
-    m = words.shape[1]
-    state = [np.full(m, v, dtype=_U32) for v in _SHA1_INIT]
-    t1 = np.empty(m, dtype=_U32)
-    t2 = np.empty(m, dtype=_U32)
-    for blk in range(n_blocks):
-        w = [words[16 * blk + i].copy() for i in range(16)]
-        a, b, c, d, e = (s.copy() for s in state)
-        spare = np.empty(m, dtype=_U32)
-        for t in range(80):
-            wt = w[t & 15]
-            if t >= 16:  # message schedule, in place: w[t] = rotl1(w[t-3] ^ w[t-8] ^ w[t-14] ^ w[t-16])
-                wt ^= w[(t - 3) & 15]
-                wt ^= w[(t - 8) & 15]
-                wt ^= w[(t - 14) & 15]
-                np.left_shift(wt, 1, out=t2)
-                wt >>= 31
-                wt |= t2
-            f = spare
-            if t < 20:  # choose: d ^ (b & (c ^ d))
-                np.bitwise_xor(c, d, out=f)
-                f &= b
-                f ^= d
-            elif 40 <= t < 60:  # majority: (b & c) | (d & (b | c))
-                np.bitwise_or(b, c, out=f)
-                f &= d
-                np.bitwise_and(b, c, out=t2)
-                f |= t2
-            else:  # parity
-                np.bitwise_xor(b, c, out=f)
-                f ^= d
-            f += e
-            f += wt
-            f += _SHA1_K[t // 20]
-            np.left_shift(a, 5, out=t2)
-            f += t2
-            np.right_shift(a, 27, out=t2)
-            f += t2  # rotl(a, 5) as a sum: the two halves have no bits in common
-            # new c = rotl(b, 30), written over e (no longer needed)
-            np.left_shift(b, 30, out=e)
-            np.right_shift(b, 2, out=t2)
-            e |= t2
-            a, b, c, d, e, spare = f, a, e, c, d, b
-        for s, v in zip(state, (a, b, c, d, e)):
-            s += v
-    return state[0], state[1]
+def _fmix32(x: Any) -> Any:
+    """datasketch's hash of a shingle from the first digest word x (big-endian): the 4 bytes read
+    little-endian (`sha1_hash32`), then the MurmurHash3 finalizer (`_fmix(hv, 32)`)."""
+    x = (((x & np.uint64(0xFF)) << np.uint64(24)) | ((x & np.uint64(0xFF00)) << np.uint64(8))
+         | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | (x >> np.uint64(24)))
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(13)
+    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    return np.uint32(x)
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3 32-bit finalizer, as datasketch `_fmix(hv, 32)`."""
-    h = h ^ (h >> _U32(16))
-    h *= _U32(0x85EBCA6B)
-    h ^= h >> _U32(13)
-    h *= _U32(0xC2B2AE35)
-    h ^= h >> _U32(16)
-    return h
+def _sign_batch(buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np.ndarray, a: np.ndarray,
+                b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Text i is buf[off[i]:off[i + 1]], shingled by characters if is_chars[i] else by words, size[i]
+    units a shingle. Returns the (n, num_perm) uint32 signatures, every shingle's fingerprint (text
+    by text, in order) and the number of shingles of each text."""
+    n = len(off) - 1
+    counts = np.zeros(n, np.int64)
+    longest = 0
+    for i in range(n):  # 1. count units (and so shingles)
+        s, e = off[i], off[i + 1]
+        if e == s:
+            continue
+        longest = max(longest, e - s)
+        units = 0
+        if is_chars[i]:
+            for p in range(s, e):
+                units += (buf[p] & 0xC0) != 0x80
+        else:
+            units = 1
+            for p in range(s, e):
+                units += buf[p] == 0x20
+        counts[i] = units - size[i] + 1 if units >= size[i] else 1
+    first = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        first[i + 1] = first[i] + counts[i]
+    start = np.empty(first[n], np.int64)
+    length = np.empty(first[n], np.int64)
+    pos = np.empty(longest + 2, np.int64)
+    for i in range(n):  # 2. each shingle's byte range
+        s, e, k = off[i], off[i + 1], first[i]
+        if e == s:
+            continue
+        units = 0
+        if is_chars[i]:  # unit starts, branch-free: write every position, advance past unit starts
+            for p in range(s, e):
+                pos[units] = p
+                units += (buf[p] & 0xC0) != 0x80
+            pos[units] = e
+            sep = 0
+        else:
+            pos[0] = s
+            units = 1
+            for p in range(s, e):
+                pos[units] = p + 1
+                units += buf[p] == 0x20
+            pos[units] = e + 1  # as if a space followed the text
+            sep = 1
+        if units < size[i]:  # one shingle: the whole text
+            start[k] = s
+            length[k] = e - s
+            continue
+        for j in range(counts[i]):
+            start[k + j] = pos[j]
+            length[k + j] = pos[j + size[i]] - sep - pos[j]
+    fps = _sha1_batch(buf, start, length)  # 3. hash them
+    num_perm = len(a)
+    hashvalues = np.full((n, num_perm), 0xFFFFFFFF, np.uint32)
+    mins = np.empty(num_perm, np.uint32)
+    for i in range(n):  # 4. the minimum per permutation, four shingles at a time
+        if counts[i] == 0:
+            continue
+        mins[:] = 0xFFFFFFFF
+        k, end = first[i], first[i + 1]
+        while k + 4 <= end:
+            h0, h1 = _fmix32(fps[k] >> np.uint64(32)), _fmix32(fps[k + 1] >> np.uint64(32))
+            h2, h3 = _fmix32(fps[k + 2] >> np.uint64(32)), _fmix32(fps[k + 3] >> np.uint64(32))
+            for p in range(num_perm):
+                ap, bp = a[p], b[p]
+                low = min(min(np.uint32(ap * h0 + bp), np.uint32(ap * h1 + bp)),
+                          min(np.uint32(ap * h2 + bp), np.uint32(ap * h3 + bp)))
+                mins[p] = min(mins[p], low)
+            k += 4
+        while k < end:
+            h0 = _fmix32(fps[k] >> np.uint64(32))
+            for p in range(num_perm):
+                mins[p] = min(mins[p], np.uint32(a[p] * h0 + b[p]))
+            k += 1
+        hashvalues[i] = mins
+    return hashvalues, fps, counts
 
 
-_MIN_TILE = 1 << 15  # elements per (length x texts) tile in the per-permutation minimum
-_MIN_WORK = 1 << 15  # elements per numpy call there: short tiles take several permutations at once
+_JIT_LOCK = threading.Lock()
+_jitted = False
 
 
-def _min_per_text(hv: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """min over each text's shingles of (a_k * h + b_k) mod 2**32 for every permutation k.
+def _jit() -> None:
+    """Compile the kernels (or load them from numba's cache: `__pycache__` next to this file, or
+    NUMBA_CACHE_DIR) and put them in place of the Python functions. Idempotent, thread-safe."""
+    global _jitted
+    with _JIT_LOCK:
+        if _jitted:
+            return
+        try:
+            import numba
+        except ImportError as e:  # a dependency of sftlab; no slow fallback
+            raise ImportError("sftdata dedup computes MinHash signatures with numba: pip install 'numba>=0.60'") from e
 
-    Texts are sorted by shingle count and tiled into (length, texts) matrices; a shorter text's
-    column is filled by repeating its own hashes, which leaves its minimum unchanged. The minimum
-    then runs down the columns (element-wise, SIMD) instead of over ragged segments, for a block
-    of permutations per numpy call."""
-    n, num_perm = len(counts), len(a)
-    out = np.empty((num_perm, n), dtype=_U32)
-    offsets = np.zeros(n, dtype=np.int64)
-    np.cumsum(counts[:-1], out=offsets[1:])
-    order = np.argsort(counts, kind="stable")
-    i = 0
-    while i < n:
-        # a tile: texts of similar length (padding under 1/2), at most _MIN_TILE elements
-        cap = int(counts[order[i]]) + max(8, int(counts[order[i]]) // 2)
-        j = i + 1
-        while j < n and counts[order[j]] <= cap and (j + 1 - i) * counts[order[j]] <= _MIN_TILE:
-            j += 1
-        texts = order[i:j]
-        length = int(counts[texts].max())
-        rows = np.arange(length)[:, None] % counts[texts][None, :]
-        tile = hv[offsets[texts][None, :] + rows]  # (length, texts)
-        block = max(1, min(num_perm, _MIN_WORK // tile.size))
-        work = np.empty((block,) + tile.shape, dtype=_U32)
-        col = np.empty((block, len(texts)), dtype=_U32)
-        for k in range(0, num_perm, block):
-            m = min(block, num_perm - k)
-            np.multiply(tile[None], a[k:k + m, None, None], out=work[:m])
-            work[:m] += b[k:k + m, None, None]
-            np.minimum.reduce(work[:m], axis=1, out=col[:m])
-            out[k:k + m, texts] = col[:m]
-        i = j
-    return np.ascontiguousarray(out.T)
+        g = globals()
+        for name in ("_rotl", "_load_be", "_round", "_fmix32"):
+            g[name] = numba.njit(inline="always")(g[name])
+        g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_sha1_lanes)
+        g["_sha1_batch"] = numba.njit("uint64[::1](uint8[::1], int64[::1], int64[::1])",
+                                      nogil=True, cache=True)(_sha1_batch)
+        g["_sign_batch"] = numba.njit("Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
+                                      "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
+                                      nogil=True, cache=True)(_sign_batch)
+        _jitted = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,15 +719,13 @@ def shingle_sets(signatures: Signatures, texts: np.ndarray | None = None) -> Shi
     """The shingle sets of `texts` (default: all); the others are left empty."""
     sig = signatures
     n = len(sig.hashvalues)
-    need = np.ones(n, dtype=bool)
-    if texts is not None:
-        need[:] = False
-        need[texts] = True
-    cross = need[sig.cross_text]
-    occ = need[sig.occ_text]
-    sid = sig.occ_seg[occ]
-    text = np.concatenate([sig.cross_text[cross], np.repeat(sig.occ_text[occ], sig.seg_size[sid])])
-    fp = np.concatenate([sig.cross_fp[cross], sig.seg_fp[_ranges(sig.seg_off[sid], sig.seg_size[sid])]])
+    counts = np.diff(sig.offsets)
+    if texts is None:
+        text, fp = np.repeat(np.arange(n), counts), sig.fingerprints
+    else:
+        chosen = np.unique(texts)
+        text = np.repeat(chosen, counts[chosen])
+        fp = sig.fingerprints[_ranges(sig.offsets[chosen], counts[chosen])]
     text_bits = max(1, (n - 1).bit_length())
     fp_bits = 64 - text_bits
     keys = (text.astype(np.uint64) << np.uint64(fp_bits)) | (fp >> np.uint64(text_bits))

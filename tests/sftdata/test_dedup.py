@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,10 +128,10 @@ def test_signatures_equal_datasketch_on_real_data_batched_threaded():
         assert set(plain.shingle_set(i).tolist()) == want
 
 
-def test_shared_passages_are_signed_once_and_still_exactly():
-    """Texts built from one passage with different prefixes and suffixes (what T0 looks like):
-    segments shared between texts, crossing shingles, short texts, CJK, a text of one repeated
-    word (a cut after every unit) -- all equal to datasketch, shingle sets included."""
+def test_shared_passages_short_texts_and_cjk_equal_datasketch():
+    """Texts built from one passage with different prefixes and suffixes (what T0 looks like),
+    texts cut anywhere (even mid-word), CJK, a text of one repeated word, texts shorter than a
+    shingle -- in small batches: all equal to datasketch, shingle sets included."""
     import random
 
     rng = random.Random(0)
@@ -142,10 +143,73 @@ def test_shared_passages_are_signed_once_and_still_exactly():
     texts += ["了" * 50 + "我们今天去公园散步天气非常好" * 3, "the " * 40, "a b", "x"]
     texts = [normalize(t) for t in texts]
     sig = minhash_signatures(texts, WORDS5, batch_bytes=3000)
-    assert len(sig.seg_off) < len(sig.occ_seg)  # some segments were shared
     for i, t in enumerate(texts):
         assert np.array_equal(sig.hashvalues[i], datasketch_hashvalues(t, WORDS5)), t[:40]
         assert len(sig.shingle_set(i)) == len(set(shingles(t, WORDS5)))
+
+
+def test_unnormalised_spaces_give_empty_units_like_str_split():
+    """Texts that were not normalised (double, leading and trailing spaces) are shingled as
+    `str.split(" ")` splits them (empty words included), still equal to datasketch."""
+    texts = ["  two  spaces here and  there ", " ", "  ", "a  b", "tail space ", " lead space"]
+    for spec in (WORDS5, ShingleSpec("words", 2), ShingleSpec("chars", 3)):
+        sig = minhash_signatures(texts, spec)
+        for i, t in enumerate(texts):
+            assert np.array_equal(sig.hashvalues[i], datasketch_hashvalues(t, spec)), (spec, t)
+
+
+def _sha1_edge_messages() -> list[bytes]:
+    import random
+
+    rng = random.Random(1)
+    out = [b"", b"a", b"abc", b"abcd", b"abcde"]
+    # every length around the padding boundaries: 55 (fits one block), 56..64 (the length field
+    # spills into a second block), 119/120 (two vs three blocks), and several multi-block lengths
+    for n in (3, 4, 5, 54, 55, 56, 57, 60, 63, 64, 65, 118, 119, 120, 127, 128, 129, 183, 184, 200, 1000, 4097):
+        out.append(bytes(rng.randrange(256) for _ in range(n)))
+        out.append(bytes(rng.randrange(32, 127) for _ in range(n)))
+    out += [b"\x00" * 70, b"\xff" * 64, b"\x80" * 55]
+    out += [s.encode("utf-8") for s in ("é", "é" * 28, "é" * 60, "我们今天去公园散步" * 3, "日本語のテキスト", "😀" * 14,
+                                        "😀" * 16, "mixed ascii and 中文 and émojis 😀 here")]
+    out += [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(500)]
+    return out
+
+
+def test_sha1_kernel_equals_hashlib():
+    """The SIMD SHA-1 kernel (32 messages at a time, grouped by block count) gives hashlib's first
+    8 digest bytes on edge cases: empty, 55/56/64-byte padding boundaries, multi-block, non-ASCII,
+    and messages of many lengths hashed together."""
+    import hashlib
+
+    msgs = _sha1_edge_messages()
+    got = dedup._sha1_prefixes(msgs)
+    want = np.array([int.from_bytes(hashlib.sha1(m).digest()[:8], "big") for m in msgs], dtype=np.uint64)
+    assert got.dtype == np.uint64 and np.array_equal(got, want)
+    # one at a time (spare lanes) and in reverse order (other neighbours in the buffer)
+    for m in msgs[:40]:
+        assert int(dedup._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
+    assert np.array_equal(dedup._sha1_prefixes(msgs[::-1]), want[::-1])
+
+
+def test_long_shingles_equal_datasketch():
+    """Shingles of one to many SHA-1 blocks (long words, a text shorter than one shingle) in one
+    batch, word and character shingles."""
+    import random
+
+    rng = random.Random(2)
+    texts = [" ".join("".join(rng.choice("abcdé中") for _ in range(rng.choice([1, 5, 11, 12, 13, 14, 30, 60])))
+                      for _ in range(rng.randrange(1, 40))) for _ in range(60)]
+    for spec in (WORDS5, ShingleSpec("chars", 20)):
+        sig = minhash_signatures(texts, spec, batch_bytes=2000)
+        bulk = np.stack([datasketch_hashvalues(t, spec) for t in texts])
+        assert np.array_equal(sig.hashvalues, bulk), spec
+
+
+def test_import_does_not_import_numba():
+    """numba is imported when signatures are first computed, not by `import sftdata.dedup`."""
+    code = "import sys, sftdata.dedup, sftdata.cmd_dedup; assert 'numba' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_empty_text_gets_empty_signature_and_is_never_paired():
