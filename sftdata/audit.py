@@ -236,9 +236,16 @@ class _Example:
     last_trained: int  # index of the last trained token before truncation, -1 = none
 
 
-def _audit_batch(batch: list[Conversation], ctx: _Context) -> list[_Example]:
+def _tokenize(batch: list[Conversation], ctx: _Context) -> list[Tokenized]:
+    return masks.tokenize_batch(batch, ctx.tokenizer, policy=ctx.policy, max_length=None)
+
+
+def _audit_batch(batch: list[Conversation], ctx: _Context, tokenized: list[Tokenized] | None = None) -> list[_Example]:
+    """Tokenize (unless `tokenized` is given: what _tokenize returned for this batch) and check."""
     out = []
-    for conv, full in zip(batch, masks.tokenize_batch(batch, ctx.tokenizer, policy=ctx.policy, max_length=None)):
+    if tokenized is None:
+        tokenized = _tokenize(batch, ctx)
+    for conv, full in zip(batch, tokenized):
         kept = truncate(full, ctx.max_length)
         own: list[Finding] = []
         template: list[Finding] = []
@@ -293,12 +300,15 @@ def _workers(requested: int | None) -> int:
 
 
 @contextlib.contextmanager
-def _single_threaded_tokenizers() -> Iterator[None]:
-    """Tokenizers encode on one thread while the audit runs (restored after): parallelism comes
-    from worker processes, and on a busy machine the Rust thread pool only adds contention.
-    Setting it also keeps tokenizers from warning when workers are forked."""
+def _single_threaded_tokenizers(single: bool = True) -> Iterator[None]:
+    """TOKENIZERS_PARALLELISM while the audit runs (restored after). With worker processes
+    (`single`), tokenizers encode on one thread: parallelism comes from the workers, and setting it
+    keeps tokenizers from warning when they are forked. In one process the Rust thread pool encodes
+    on every core while this thread checks the previous batch (_pipelined), unless the caller set
+    TOKENIZERS_PARALLELISM=false."""
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    off = (saved or "").strip().lower() in ("0", "false", "off", "no")  # the caller's explicit choice is kept
+    os.environ["TOKENIZERS_PARALLELISM"] = "false" if single or off else "true"
     try:
         yield
     finally:
@@ -314,12 +324,11 @@ def _audited(batches: Iterator[_Batch], ctx: _Context, workers: int,
     `in_process_first` batches run here (small inputs never start workers); the rest in `workers`
     forked processes, a few batches in flight."""
     global _WORKER_CONTEXT
+    if workers <= 1:
+        yield from _pipelined(batches, ctx)
+        return
     for batch in itertools.islice(batches, in_process_first):
         yield batch.read_findings, _audit_batch(batch.conversations, ctx)
-    if workers <= 1:
-        for batch in batches:
-            yield batch.read_findings, _audit_batch(batch.conversations, ctx)
-        return
     first = next(batches, None)
     if first is None:
         return
@@ -340,6 +349,26 @@ def _audited(batches: Iterator[_Batch], ctx: _Context, workers: int,
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _WORKER_CONTEXT = None
+
+
+def _pipelined(batches: Iterator[_Batch], ctx: _Context, ahead: int = 2) -> Iterator[tuple[list[Finding], list[_Example]]]:
+    """In one process: a thread tokenizes the next batches (the Rust encode releases the GIL)
+    while this thread reads, checks and writes the current one. Same results, in input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sftdata-tokenize")
+    try:
+        pending: deque[tuple[_Batch, Any]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_tokenize, batch.conversations, ctx)))
+            if len(pending) > ahead:
+                done, future = pending.popleft()
+                yield done.read_findings, _audit_batch(done.conversations, ctx, future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield done.read_findings, _audit_batch(done.conversations, ctx, future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,7 +581,8 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     audit_dir = Path(run_dir) / "audit" if run_dir else None
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_single_threaded_tokenizers())
+        n_workers = _workers(workers)
+        stack.enter_context(_single_threaded_tokenizers(n_workers > 1))
         out = writer = None
         if audit_dir is not None:
             import pyarrow.parquet as pq
@@ -579,7 +609,7 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         pending: list[Any] = []
         pending_rows = pending_tokens = 0
         batches = _batches(inputs, streams, _BATCH)
-        for read, examples in _audited(batches, ctx, _workers(workers), _IN_PROCESS_BATCHES):
+        for read, examples in _audited(batches, ctx, n_workers, _IN_PROCESS_BATCHES):
             for f in read:
                 found.add(f)
                 counts["unreadable"] += f.severity == "error"

@@ -103,6 +103,26 @@ def test_worker_processes_give_the_same_result(tmp_path, sft_tokenizer, monkeypa
     assert pq.read_table(tmp_path / "one/audit/examples.parquet").equals(pq.read_table(tmp_path / "two/audit/examples.parquet"))
 
 
+def test_pipelined_single_process_matches_serial(tmp_path, sft_tokenizer, monkeypatch):
+    """workers=1 tokenizes the next batches in a thread (_pipelined): same findings, order and
+    parquet as auditing each batch in turn; TOKENIZERS_PARALLELISM is restored afterwards."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(audit_mod, "_BATCH", 2)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    piped = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "piped"), workers=1)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setattr(audit_mod, "_pipelined", lambda batches, ctx: (
+        (b.read_findings, audit_mod._audit_batch(b.conversations, ctx)) for b in batches))
+    serial = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "serial"), workers=1)
+    assert [f.to_dict() for f in piped.findings] == [f.to_dict() for f in serial.findings]
+    drop = ("elapsed_s", "examples_per_s", "run_dir")
+    assert {k: v for k, v in piped.summary.items() if k not in drop} == {k: v for k, v in serial.summary.items() if k not in drop}
+    assert pq.read_table(tmp_path / "piped/audit/examples.parquet").equals(pq.read_table(tmp_path / "serial/audit/examples.parquet"))
+
+
 def test_findings_in_memory_are_bounded_but_errors_always_kept(tmp_path, sft_tokenizer, monkeypatch, capsys, model_dir):
     monkeypatch.setattr(audit_mod, "MAX_FINDINGS_IN_MEMORY", 1)
     r = run_audit([DEFECTS], sft_tokenizer, run_dir=str(tmp_path))
