@@ -15,7 +15,7 @@ import pytest
 
 from sftdata import formats, masks
 from sftdata.audit import run_audit
-from sftdata.families import family_tokenizer
+
 from sftdata.records import Conversation, replace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,18 +66,6 @@ def with_message(row: dict, index: int, **changes) -> dict:
     row = copy.deepcopy(row)
     row["messages"][index].update(changes)
     return row
-
-
-@pytest.fixture(scope="module")
-def fam(sft_tokenizer):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = family_tokenizer(sft_tokenizer, name)
-        return cache[name]
-
-    return get
 
 
 def with_template(tokenizer, template: str):

@@ -26,18 +26,6 @@ SYSTEM = [("system", "You answer in one short sentence.")] + MULTI
 EXACT = ["smollm2", "llama3", "llama3_1", "mistral", "gemma", "qwen2_5", "phi3"]
 
 
-@pytest.fixture(scope="module")
-def fam(sft_tokenizer):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = family_tokenizer(sft_tokenizer, name)
-        return cache[name]
-
-    return get
-
-
 def eot(name):
     # Phi-3 closes turns with <|end|>; its tokenizer EOS <|endoftext|> ends the whole text.
     return "<|end|>" if name == "phi3" else FAMILIES[name].eos
