@@ -1023,17 +1023,21 @@ def _name_arguments(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def _encode_sharegpt(conv: Conversation) -> dict[str, Any]:
-    style = {**_SHAREGPT_STYLE, **conv.meta.get("sharegpt", {})}
-    msgs = list(conv.messages)
-    row: dict[str, Any] = {}
-    offset = 0
-    if msgs and msgs[0].role == "system" and style["system_at"] == "column":
-        row["system"] = msgs.pop(0).content
-        offset = 1
+    style, msgs, row, offset = _sharegpt_start(conv)
     row = {style["messages"]: _sharegpt_turns(conv, msgs, offset, style, "sharegpt"), **row}
     if conv.tools is not None:
         row["tools"] = json.dumps(list(conv.tools), ensure_ascii=False)
     return _with_columns(row, conv)
+
+
+def _sharegpt_start(conv: Conversation) -> tuple[dict[str, str], list[Message], dict[str, Any], int]:
+    """The row's style, its messages, and a leading system turn moved to the `system` column
+    where the source kept it there (offset = how many messages that took)."""
+    style = {**_SHAREGPT_STYLE, **conv.meta.get("sharegpt", {})}
+    msgs = list(conv.messages)
+    if msgs and msgs[0].role == "system" and style["system_at"] == "column":
+        return style, msgs[1:], {"system": msgs[0].content}, 1
+    return style, msgs, {}, 0
 
 
 def _sharegpt_turns(conv: Conversation, msgs: list[Message], offset: int, style: dict[str, str],
@@ -1067,13 +1071,7 @@ def _encode_sharegpt_ranking(conv: Conversation) -> dict[str, Any]:
     rejected = _rejected(conv, "sharegpt-ranking")
     if len(rejected) != 1 or conv.messages[-1].role != "assistant":
         raise _cannot("sharegpt-ranking", "sharegpt-ranking needs exactly one chosen and one rejected final turn")
-    style = {**_SHAREGPT_STYLE, **conv.meta.get("sharegpt", {})}
-    msgs = list(conv.messages)
-    row: dict[str, Any] = {}
-    offset = 0
-    if msgs and msgs[0].role == "system" and style["system_at"] == "column":
-        row["system"] = msgs.pop(0).content
-        offset = 1
+    style, msgs, row, offset = _sharegpt_start(conv)
     chosen = msgs.pop()
     rejected_msg = _openai_message(rejected[0], "rejected", len(conv.messages) - 1, {})
     row = {style["messages"]: _sharegpt_turns(conv, msgs, offset, style, "sharegpt-ranking"), **row,

@@ -89,8 +89,8 @@ def template_of(tokenizer: Any, *, tools: bool = False) -> str:
 
 
 def _special_kwargs(tokenizer: Any) -> dict[str, Any]:
-    kw = {k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
-    return kw
+    """bos_token, eos_token, ... as apply_chat_template passes them to the template."""
+    return {k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
 
 
 def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = None,

@@ -7,8 +7,6 @@ what a check reports.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,13 +130,6 @@ def make_id(file: str, record_number: int) -> str:
         if name.endswith(ext):
             name = name[: -len(ext)]
     return f"{name}/{record_number}"
-
-
-def content_hash(messages: list[dict[str, Any]] | tuple[Message, ...], tools: Any = None) -> str:
-    """First 16 hex chars of sha256 of the canonical JSON of messages (+ tools)."""
-    payload = [m.to_dict() if isinstance(m, Message) else m for m in messages]
-    blob = json.dumps({"m": payload, "t": tools}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def replace(obj: Any, **changes: Any) -> Any:
