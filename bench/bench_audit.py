@@ -107,6 +107,7 @@ def side_by_side(n: int, repeats: int, work: Path) -> dict:
         "all_runs_s": {"trl": [round(x, 2) for x in trl], "audit": [round(x, 2) for x in audit]},
         "audit_findings": summary["by_severity"],
         "embedding_check": summary["embedding_check"],
+        "audit_workers": summary["workers"],
     }
 
 

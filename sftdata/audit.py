@@ -26,7 +26,7 @@ import sys
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ MAX_FINDINGS_IN_MEMORY = 100_000  # per group (errors / the rest) kept in AuditR
 _BATCH = 256  # conversations per tokenize batch
 _ROW_GROUP_ROWS = 8192
 _ROW_GROUP_TOKENS = 4_000_000
-_IN_PROCESS_BATCHES = 4  # audited here before any worker process is started
 
 
 @dataclass(frozen=True, repr=False)
@@ -274,26 +273,64 @@ def _audit_batch(batch: list[Conversation], ctx: _Context, tokenized: list[Token
 
 
 _WORKER_CONTEXT: _Context | None = None  # set in the parent right before forking workers
+_AUTO_WORKERS_MIN_BYTES = 1 << 20  # smaller inputs (about 2k examples) are audited in this process
 
 
-def _worker_batch(batch: list[Conversation]) -> list[_Example]:
-    if _WORKER_CONTEXT is None:  # only forked children run this
-        raise RuntimeError("audit worker started without its context")
-    return _audit_batch(batch, _WORKER_CONTEXT)
+@dataclass(frozen=True)
+class _CpuSample:
+    """Busy CPU time of the whole machine and of this process at one moment (for _idle_cpus)."""
+
+    at: float
+    machine_busy: float | None  # seconds, all CPUs together, from /proc/stat; None where unreadable
+    own: float
 
 
-def _workers(requested: int | None) -> int:
-    """Worker processes: `workers`, else $SFTLAB_AUDIT_WORKERS, else the idle CPUs (CPUs minus the
-    whole part of the 1-minute load average, at most 8): on a busy machine more processes only
-    add overhead. 1 = in this process. Forking needs Linux."""
+def _cpu_sample() -> _CpuSample:
+    busy = None
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return _CpuSample(time.monotonic(), busy, t.user + t.system)
+
+
+def _idle_cpus(since: _CpuSample) -> int:
+    """CPUs that other processes left idle since `since`: all CPUs minus what the machine was busy
+    with, not counting this process's own work (reading the tokenizer, the last audit). The
+    load average counts this process too, and lags: after a busy minute here it would say the
+    machine is busy. Falls back to the load average without /proc/stat or a long enough window."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    others = _others_busy(since, _cpu_sample())
+    if others is not None:
+        return cpus - int(others + 0.5)
+    return cpus - (int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0)
+
+
+def _others_busy(since: _CpuSample, now: _CpuSample) -> float | None:
+    """CPUs other processes kept busy between two samples; None without /proc/stat or when the
+    window is under 50 ms."""
+    window = now.at - since.at
+    if now.machine_busy is None or since.machine_busy is None or window < 0.05:
+        return None
+    return max(0.0, (now.machine_busy - since.machine_busy) - (now.own - since.own)) / window
+
+
+def _workers(requested: int | None, inputs: list[str], since: _CpuSample) -> int:
+    """Worker processes: `requested`, else $SFTLAB_AUDIT_WORKERS, else the CPUs other processes
+    leave idle (at most 8; on a busy machine more processes only add overhead), and 1 (this
+    process) for files under 1 MiB in all. Forking needs Linux."""
     if requested is None:
         env = os.environ.get("SFTLAB_AUDIT_WORKERS", "")
         if env.isdigit():
             requested = int(env)
+        elif all(os.path.isfile(p) for p in inputs) and sum(os.path.getsize(p) for p in inputs) < _AUTO_WORKERS_MIN_BYTES:
+            requested = 1
         else:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-            requested = min(8, cpus - busy)
+            requested = min(8, _idle_cpus(since))
     if requested > 1 and (sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods()):
         return 1
     return max(1, requested)
@@ -318,37 +355,28 @@ def _single_threaded_tokenizers(single: bool = True) -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
-def _audited(batches: Iterator[_Batch], ctx: _Context, workers: int,
-             in_process_first: int) -> Iterator[tuple[list[Finding], list[_Example]]]:
-    """(reader findings, audited examples) per batch, in input order. The first
-    `in_process_first` batches run here (small inputs never start workers); the rest in `workers`
-    forked processes, a few batches in flight."""
-    global _WORKER_CONTEXT
-    if workers <= 1:
-        yield from _pipelined(batches, ctx)
-        return
-    for batch in itertools.islice(batches, in_process_first):
-        yield batch.read_findings, _audit_batch(batch.conversations, ctx)
-    first = next(batches, None)
-    if first is None:
-        return
-    from concurrent.futures import ProcessPoolExecutor
+@dataclass(frozen=True)
+class _Batch:
+    conversations: list[Conversation]
+    read_findings: list[Finding]  # what the reader reported for these records (bad records, oddities)
 
-    _WORKER_CONTEXT = ctx
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    try:
-        pending = deque([(first.read_findings, pool.submit(_worker_batch, first.conversations))])
-        for batch in batches:
-            pending.append((batch.read_findings, pool.submit(_worker_batch, batch.conversations)))
-            if len(pending) >= 2 * workers:
-                read, future = pending.popleft()
-                yield read, future.result()
-        while pending:
-            read, future = pending.popleft()
-            yield read, future.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _WORKER_CONTEXT = None
+
+def _file_batches(path: str, fmt: str | None, keep: Callable[[int], bool] | None = None) -> Iterator[_Batch]:
+    """The records of one file in blocks of _BATCH record numbers (block b: records
+    b*_BATCH+1 .. (b+1)*_BATCH), each block one batch. `keep` reads only some blocks (a worker's)."""
+    log.info("auditing %s", path)
+    convs: list[Conversation] = []
+    read: list[Finding] = []
+    block = -1
+    for number, item in formats.read_numbered(path, fmt, keep=keep):
+        b = (number - 1) // _BATCH
+        if b != block:
+            if convs or read:
+                yield _Batch(convs, read)
+            convs, read, block = [], [], b
+        (read if isinstance(item, Finding) else convs).append(item)
+    if convs or read:
+        yield _Batch(convs, read)
 
 
 def _pipelined(batches: Iterator[_Batch], ctx: _Context, ahead: int = 2) -> Iterator[tuple[list[Finding], list[_Example]]]:
@@ -369,6 +397,97 @@ def _pipelined(batches: Iterator[_Batch], ctx: _Context, ahead: int = 2) -> Iter
             yield done.read_findings, _audit_batch(done.conversations, ctx, future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _shard_main(k: int, workers: int, inputs: list[str], fmts: list[str | None], out: Any) -> None:
+    """A forked worker: reads, tokenizes and checks blocks k, k+workers, k+2*workers, ... of every
+    file itself (no conversation crosses a process boundary) and sends each result to `out`,
+    then ("eof", file index) after each file."""
+    ctx = _WORKER_CONTEXT
+    try:
+        if ctx is None:
+            raise RuntimeError("audit worker started without its context")
+
+        def keep(number: int) -> bool:
+            return ((number - 1) // _BATCH) % workers == k
+
+        for j, (path, fmt) in enumerate(zip(inputs, fmts)):
+            for batch in _file_batches(path, fmt, keep):
+                out.put(("batch", batch.read_findings, _audit_batch(batch.conversations, ctx)))
+            out.put(("eof", j))
+    except KeyboardInterrupt:
+        pass
+    except BaseException:  # noqa: BLE001 - handed to the parent, which raises it (exit 3)
+        import traceback
+
+        out.put(("crash", traceback.format_exc()))
+    finally:
+        out.close()
+        out.join_thread()
+
+
+def _receive(queue: Any, proc: Any) -> tuple[Any, ...]:
+    import queue as queue_mod
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:
+                    return queue.get(timeout=0.5)
+                except queue_mod.Empty:
+                    raise RuntimeError(f"an audit worker process exited with code {proc.exitcode} without "
+                                       "finishing (killed? out of memory?)") from None
+
+
+class _Sharded:
+    """`workers` forked processes, each auditing every workers-th block of every file; iterating
+    yields (reader findings, audited examples) per block in input order. Each worker has a small
+    queue, so memory stays bounded whatever the input size."""
+
+    def __init__(self, inputs: list[str], fmts: list[str | None], ctx: _Context, workers: int):
+        global _WORKER_CONTEXT
+        mp = multiprocessing.get_context("fork")
+        self.inputs, self.workers = inputs, workers
+        self.queues = [mp.Queue(maxsize=4) for _ in range(workers)]
+        self.procs = [mp.Process(target=_shard_main, args=(k, workers, inputs, fmts, q), daemon=True,
+                                 name=f"sftdata-audit-{k}") for k, q in enumerate(self.queues)]
+        _WORKER_CONTEXT = ctx
+        try:
+            for p in self.procs:
+                p.start()
+        finally:
+            _WORKER_CONTEXT = None
+
+    def _get(self, k: int) -> tuple[Any, ...]:
+        msg = _receive(self.queues[k], self.procs[k])
+        if msg[0] == "crash":
+            raise RuntimeError(f"audit worker {k} failed:\n{msg[1]}")
+        return msg
+
+    def __iter__(self) -> Iterator[tuple[list[Finding], list[_Example]]]:
+        for j in range(len(self.inputs)):
+            b = 0
+            while True:
+                msg = self._get(b % self.workers)
+                if msg[0] == "eof":
+                    for k in range(self.workers):  # the others have nothing more of this file either
+                        if k != b % self.workers and self._get(k)[0] != "eof":
+                            raise RuntimeError(f"audit worker {k} sent blocks of {self.inputs[j]} out of order")
+                    break
+                yield msg[1], msg[2]
+                b += 1
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+        for q in self.queues:
+            q.close()
+            q.cancel_join_thread()
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,37 +643,13 @@ def truncate(tok: Tokenized, max_length: int | None) -> Tokenized:
                    message_index=tok.message_index[:max_length], truncated=True, n_trained=sum(mask))
 
 
-@dataclass(frozen=True)
-class _Batch:
-    conversations: list[Conversation]
-    read_findings: list[Finding]  # what the reader reported while this batch was read (bad records)
-
-
-def _batches(inputs: list[str], streams: list[Iterator[Conversation | Finding]], n: int) -> Iterator[_Batch]:
-    """Conversations in batches of n, each with the reader's findings met on the way."""
-    convs: list[Conversation] = []
-    read: list[Finding] = []
-    for path, stream in zip(inputs, streams):
-        log.info("auditing %s", path)
-        for item in stream:
-            if isinstance(item, Finding):
-                read.append(item)
-                continue
-            convs.append(item)
-            if len(convs) == n:
-                yield _Batch(convs, read)
-                convs, read = [], []
-    if convs or read:
-        yield _Batch(convs, read)
-
-
 def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = None, policy: str = "assistant",
               select: list[str] | None = None, ignore: list[str] | None = None, fail_on: str = "error",
               run_dir: str | None = None, fmt: str | None = None, workers: int | None = None) -> AuditResult:
     """Run every check on `inputs` in one pass. `model` is a model spec or a loaded fast tokenizer.
     With `run_dir`, writes RUN/audit/{summary.json, findings.jsonl, examples.parquet} and the
     manifest. `workers`: processes that tokenize and check (default: $SFTLAB_AUDIT_WORKERS, else
-    the idle CPUs; inputs of about a thousand examples or fewer never start any). Raises
+    the idle CPUs; files under 1 MiB in all never start any). Raises
     UsageError for bad arguments and unreadable paths, never for bad data."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -571,17 +666,20 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         raise UsageError(f"--workers {workers!r}: expected a positive integer")
     selection = Selection(parse_check_list(select, "--select"), parse_check_list(ignore, "--ignore"))
     started = time.perf_counter()
-    streams = [formats.read(p, fmt) for p in inputs]  # UsageError for a bad path now, before any work
+    cpu_at_start = _cpu_sample()
+    fmts = [formats.resolve_format(p, fmt) for p in inputs]  # UsageError for a bad path now, before any work
     tokenizer, spec = _resolve_model(model)
     weights = _weights_dir(spec, tokenizer) if selection.wants("tokens.untrained-embedding") else None
     config_dir = weights or _config_dir(spec, tokenizer)
-    info = checks.tokenizer_info(tokenizer, config_dir)
+    prepared = masks.prepare(tokenizer)
+    prepared.byte_lengths()  # once here, not in every worker
+    info = checks.tokenizer_info(tokenizer, config_dir, prepared)
     limit = max_length or _context_length(info, config_dir)
     limit_name = "--max-length" if max_length else "the model's context length"
     audit_dir = Path(run_dir) / "audit" if run_dir else None
 
     with contextlib.ExitStack() as stack:
-        n_workers = _workers(workers)
+        n_workers = _workers(workers, inputs, cpu_at_start)
         stack.enter_context(_single_threaded_tokenizers(n_workers > 1))
         out = writer = None
         if audit_dir is not None:
@@ -598,7 +696,7 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         lengths = _Lengths()
         counts = {"examples": 0, "unreadable": 0, "chat": 0, "chat_no_system": 0, "chat_with_assistant": 0, "raw": 0}
         ctx = _Context(
-            masks.prepare(tokenizer), info, policy, max_length, limit, limit_name, selection,
+            prepared, info, policy, max_length, limit, limit_name, selection,
             run_roles=selection.wants_any("format.no-assistant", "format.role-order"),
             run_content=selection.wants_any("tokens.special-in-content", "tokens.unknown-special"),
             run_mask=selection.wants_any("mask.no-trained-tokens", "mask.eot-not-trained", "mask.prompt-trained",
@@ -606,10 +704,21 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
             verify_text=selection.wants_any("mask.prompt-trained", "mask.boundary-mismatch"),
             run_length=selection.wants_any("length.truncated-answer", "length.over-max"),
         )
+        if n_workers > 1:
+            sharded = _Sharded(inputs, fmts, ctx, n_workers)
+            stack.callback(sharded.close)
+            results: Iterable[tuple[list[Finding], list[_Example]]] = sharded
+        else:
+            results = _pipelined((b for p, f in zip(inputs, fmts) for b in _file_batches(p, f)), ctx)
+        # What needs no example: done here while worker processes (if any) audit.
+        probes = _template_probes(tokenizer, info, selection)
+        embedding_findings: list[tuple[Finding, int]] = []
+        embedding_note = None
+        if selection.wants("tokens.untrained-embedding") and weights is not None:
+            embedding_findings, embedding_note = _embedding_findings(tokenizer, info, weights)
         pending: list[Any] = []
         pending_rows = pending_tokens = 0
-        batches = _batches(inputs, streams, _BATCH)
-        for read, examples in _audited(batches, ctx, n_workers, _IN_PROCESS_BATCHES):
+        for read, examples in results:
             for f in read:
                 found.add(f)
                 counts["unreadable"] += f.severity == "error"
@@ -638,11 +747,8 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         if writer is not None and pending:
             _write_row_group(writer, pending, pending_rows)
 
-        template_findings = list(_template_findings(tokenizer, info, tally, counts, selection))
-        embedding_note = None
-        if selection.wants("tokens.untrained-embedding") and weights is not None:
-            template_findings_emb, embedding_note = _embedding_findings(tokenizer, info, weights)
-            template_findings.extend(template_findings_emb)
+        template_findings = list(_template_findings(probes, tally, counts))
+        template_findings.extend(embedding_findings)
         for f, n in template_findings:
             found.add(f, examples=n)
 
@@ -671,6 +777,7 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         "token_stats": lengths.summary(max_length),
         "findings_in_memory": len(found.kept),
         "findings_dropped_from_memory": found.dropped,
+        "workers": n_workers,
         "elapsed_s": round(elapsed, 3),
         "examples_per_s": round(counts["examples"] / elapsed, 1) if elapsed > 0 else None,
     }
@@ -688,14 +795,22 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     return AuditResult(findings, summary, passed, str(run_dir) if run_dir else None)
 
 
-def _template_findings(tokenizer: Any, info: checks.TokenizerInfo, tally: _TemplateTally, counts: dict[str, int],
-                       selection: Selection) -> Iterator[tuple[Finding, int]]:
-    """Per-template findings, each once, with the number of examples it affects."""
+def _template_probes(tokenizer: Any, info: checks.TokenizerInfo, selection: Selection) -> dict[str, Finding] | None:
+    """What the tokenizer and template checks find by probing (no data needed); None when no
+    per-template check is selected."""
     if not selection.wants_any(*PER_TEMPLATE):
-        return
+        return None
     probes: dict[str, Finding] = {}
     for f in itertools.chain(checks.check_tokenizer(tokenizer, info), checks.check_template(tokenizer, info)):
         probes.setdefault(f.check, f)
+    return probes
+
+
+def _template_findings(probes: dict[str, Finding] | None, tally: _TemplateTally,
+                       counts: dict[str, int]) -> Iterator[tuple[Finding, int]]:
+    """Per-template findings, each once, with the number of examples it affects."""
+    if probes is None:
+        return
     affected = {
         "template.missing": counts["chat"],
         "template.generation-prompt-mismatch": counts["chat_with_assistant"],

@@ -357,34 +357,12 @@ class TokenizerInfo:
     is_token: Callable[[str], bool]  # is this string one token of the vocabulary
 
 
-def _byte_level_decoder(backend: Any) -> Callable[[Sequence[int]], str] | None:
+def _byte_level_decoder(backend: Any, table: list[bytes] | None = None) -> Callable[[Sequence[int]], str] | None:
     """A table decoder for byte-level BPE (GPT-2, Llama-3, Qwen, SmolLM): bytes per id, joined.
     Several times faster than backend.decode for short sequences, and exact."""
-    from tokenizers import decoders
-
-    if not isinstance(backend.decoder, decoders.ByteLevel):
+    table = table if table is not None else masks.byte_level_table(backend)
+    if table is None:
         return None
-    # GPT-2's byte <-> unicode alphabet
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    to_byte = {chr(c): b for b, c in zip(bs, cs)}
-    vocab = backend.get_vocab(with_added_tokens=False)
-    size = max(backend.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=-1) + 1)
-    table: list[bytes] = [b""] * size
-    for token, i in vocab.items():
-        try:
-            table[i] = bytes(to_byte[ch] for ch in token)
-        except KeyError:  # not a byte-level token: give up on the fast path
-            return None
-    for i, added in backend.get_added_tokens_decoder().items():
-        if i < size:
-            table[i] = added.content.encode("utf-8")
     get = table.__getitem__
 
     def decode(ids: Sequence[int]) -> str:
@@ -415,7 +393,8 @@ def read_generation_eos(model_dir: str | None) -> tuple[int, ...]:
     return ()
 
 
-def tokenizer_info(tokenizer: Any, model_dir: str | None = None) -> TokenizerInfo:
+def tokenizer_info(tokenizer: Any, model_dir: str | None = None, prepared: masks.Tokenizer | None = None) -> TokenizerInfo:
+    """What the checks need from `tokenizer`; `prepared` (masks.prepare(tokenizer)) lends its byte table."""
     backend = tokenizer.backend_tokenizer
     generation_eos = read_generation_eos(model_dir)
     eos = tokenizer.eos_token_id
@@ -454,7 +433,7 @@ def tokenizer_info(tokenizer: Any, model_dir: str | None = None) -> TokenizerInf
         assistant_header=header,
         answer_prefix=header[len(gen):] if gen and header is not None and header.startswith(gen) else "",
         model_dir=model_dir,
-        decode=_byte_level_decoder(backend) or slow_decode,
+        decode=_byte_level_decoder(backend, prepared.byte_table() if prepared is not None else None) or slow_decode,
         count_pieces=count_pieces,
         is_token=lambda s: backend.token_to_id(s) is not None,
     )

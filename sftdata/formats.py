@@ -31,7 +31,7 @@ import gzip
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,38 +84,55 @@ def read(path: str, fmt: str | None = None, *, columns: dict | None = None, spli
     Raises UsageError (before yielding anything) only when the path does not exist, `fmt` is
     unknown, or the format cannot be detected."""
     path = os.fspath(path)
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}")
     if columns and fmt is None:
         raise UsageError("a columns mapping needs its format too: pass fmt= (read_dataset_info returns both)")
-    readers.container_of(path)  # UsageError now, not on first next()
-    if fmt is None:
-        fmt = detect_file_format(path, split)
-    return _read(path, fmt, dict(columns or {}), split, limit)
+    fmt = resolve_format(path, fmt, split)  # UsageError now, not on first next()
+    return (item for _, item in _read(path, fmt, dict(columns or {}), split, limit, None))
+
+
+def resolve_format(path: str, fmt: str | None = None, split: str = "train") -> str | None:
+    """`fmt` checked, or the format detected from the file (None: no record tells). Raises
+    UsageError for an unknown format, a missing path, or records that match no format."""
+    path = os.fspath(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}")
+    readers.container_of(path)
+    return fmt if fmt is not None else detect_file_format(path, split)
+
+
+def read_numbered(path: str, fmt: str | None = None, *, split: str = "train",
+                  keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Conversation | Finding]]:
+    """What read() yields, each item with the 1-based number of the record it came from (one
+    record may yield a Finding and its Conversation). `keep(number)` reads only the records it
+    accepts, skipping the others before they are parsed (shards of one file for worker processes)."""
+    path = os.fspath(path)
+    return _read(path, resolve_format(path, fmt, split), {}, split, None, keep)
 
 
 def _read(path: str, fmt: str | None, columns: dict[str, Any], split: str,
-          limit: int | None) -> Iterator[Conversation | Finding]:
-    for rec in readers.iter_records(path, split):
-        if limit is not None and rec.number > limit:
+          limit: int | None, keep: Callable[[int], bool] | None) -> Iterator[tuple[int, Conversation | Finding]]:
+    for rec in readers.iter_records(path, split, keep):
+        n = rec.number
+        if limit is not None and n > limit:
             return
-        example_id = make_id(path, rec.number)
+        example_id = make_id(path, n)
         if rec.error is not None:
-            yield Finding("format.parse-error", "error", f"record {rec.number} is unreadable: {rec.error}",
-                          "fix or delete this record; the rest of the file is read on", example_id, rec.source)
+            yield n, Finding("format.parse-error", "error", f"record {n} is unreadable: {rec.error}",
+                             "fix or delete this record; the rest of the file is read on", example_id, rec.source)
             continue
         if not isinstance(rec.row, dict):
-            yield Finding("format.parse-error", "error",
-                          f"record {rec.number} is a JSON {_typename(rec.row)}, expected an object",
-                          "every record must be a JSON object such as {\"messages\": [...]}", example_id, rec.source)
+            yield n, Finding("format.parse-error", "error",
+                             f"record {n} is a JSON {_typename(rec.row)}, expected an object",
+                             "every record must be a JSON object such as {\"messages\": [...]}", example_id, rec.source)
             continue
         try:
             conv = _parse_row(rec.row, fmt, columns, example_id, rec.source)
         except RecordError as e:
-            yield Finding(e.check, "error", f"{fmt} record {rec.number}: {e.message}", e.hint, example_id, rec.source)
+            yield n, Finding(e.check, "error", f"{fmt} record {n}: {e.message}", e.hint, example_id, rec.source)
             continue
-        yield from _content_warnings(conv)
-        yield conv
+        for f in _content_warnings(conv):
+            yield n, f
+        yield n, conv
 
 
 def detect_file_format(path: str, split: str = "train") -> str | None:
@@ -355,6 +372,8 @@ def _openai_messages(raw: list[Any], key: str, offset: int, meta: dict[str, Any]
 
 
 def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
+    if type(d) is dict and len(d) == 2 and type(d.get("content")) is str and d.get("role") in ROLES:
+        return Message(d["role"], d["content"])  # the common plain message: nothing else to check
     _typed(d, dict, where)
     role = d.get("role")
     if role is None:

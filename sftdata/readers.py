@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Parquet files written by sftdata.formats mark the columns that hold JSON text.
 PARQUET_JSON_COLUMNS_KEY = b"sftdata.json_columns"
 _BATCH_ROWS = 1024
+Keep = Callable[[int], bool]
 
 
 @dataclass(frozen=True)
@@ -71,31 +72,39 @@ def container_of(path: str) -> tuple[str, bool]:
                      ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name")
 
 
-def iter_records(path: str, split: str = "train") -> Iterator[RawRecord]:
+def iter_records(path: str, split: str = "train", keep: Keep | None = None) -> Iterator[RawRecord]:
     """Every record of `path` in file order. Never raises on bad data (only UsageError for a
-    missing path and for hub/disk datasets that cannot be loaded)."""
+    missing path and for hub/disk datasets that cannot be loaded).
+
+    `keep(number)` (1-based record number) selects records: the others are skipped before they
+    are parsed where the container allows (a JSONL line is not even decoded). Numbers count every
+    record, kept or not, so a shard of a file has the numbers the whole file gives it."""
     container, gz = container_of(path)
     if container == "jsonl":
-        return _iter_jsonl(path, gz)
+        return _iter_jsonl(path, gz, keep)
     if container == "json":
-        return _iter_json(path, gz)
+        return _kept(_iter_json(path, gz, keep), keep)
     if container == "csv":
-        return _iter_csv(path, gz)
+        return _kept(_iter_csv(path, gz), keep)
     if container == "parquet":
-        return _iter_parquet(path, gz)
-    return _iter_hf(path, container, split)
+        return _iter_parquet(path, gz, keep)
+    return _kept(_iter_hf(path, container, split), keep)
+
+
+def _kept(records: Iterator[RawRecord], keep: Keep | None) -> Iterator[RawRecord]:
+    return records if keep is None else (r for r in records if keep(r.number))
 
 
 # --- JSONL ------------------------------------------------------------------------------------
 
 
-def _iter_jsonl(path: str, gz: bool) -> Iterator[RawRecord]:
+def _iter_jsonl(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRecord]:
     f = gzip.open(path, "rb") if gz else open(path, "rb")
     with f:
-        yield from _jsonl_records(path, f)
+        yield from _jsonl_records(path, f, keep=keep)
 
 
-def _jsonl_records(path: str, lines: Any, first_line: int = 1) -> Iterator[RawRecord]:
+def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None = None) -> Iterator[RawRecord]:
     number = 0
     lineno = first_line - 1
     it = iter(lines)
@@ -114,6 +123,8 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1) -> Iterator[RawRe
             if not raw.strip():
                 continue
             number += 1
+            if keep is not None and not keep(number):
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -125,6 +136,8 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1) -> Iterator[RawRe
             if not text.strip():
                 continue
             number += 1
+            if keep is not None and not keep(number):
+                continue
         try:
             row = json.loads(text)
         except json.JSONDecodeError as e:
@@ -139,7 +152,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1) -> Iterator[RawRe
 # --- JSON array -------------------------------------------------------------------------------
 
 
-def _iter_json(path: str, gz: bool) -> Iterator[RawRecord]:
+def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRecord]:
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
             data = f.read()
@@ -164,7 +177,7 @@ def _iter_json(path: str, gz: bool) -> Iterator[RawRecord]:
             row = json.loads(text)
         except json.JSONDecodeError:
             log.info("%s: not a JSON array; reading it as JSON Lines", path)
-            yield from _jsonl_records(path, io.StringIO(text))
+            yield from _jsonl_records(path, io.StringIO(text), keep=keep)
             return
         yield RawRecord(1, Source(path, text.count("\n", 0, start) + 1, 0), row)
         return
@@ -270,7 +283,7 @@ def _has_surrogates(s: str) -> bool:
 # --- parquet ----------------------------------------------------------------------------------
 
 
-def _iter_parquet(path: str, gz: bool) -> Iterator[RawRecord]:
+def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -288,9 +301,20 @@ def _iter_parquet(path: str, gz: bool) -> Iterator[RawRecord]:
     index = 0
     try:
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
-            for row in batch.to_pylist():
-                yield _parquet_record(path, index, row, json_columns)
-                index += 1
+            if keep is None:
+                for row in batch.to_pylist():
+                    yield _parquet_record(path, index, row, json_columns)
+                    index += 1
+                continue
+            for j in range(batch.num_rows):  # convert only the kept rows, a run of them at a time
+                if not keep(index + j + 1) or (j and keep(index + j)):
+                    continue
+                run = 1
+                while j + run < batch.num_rows and keep(index + j + run + 1):
+                    run += 1
+                for k, row in enumerate(batch.slice(j, run).to_pylist()):
+                    yield _parquet_record(path, index + j + k, row, json_columns)
+            index += batch.num_rows
     except (OSError, pa.ArrowException) as e:
         yield RawRecord(index + 1, Source(path, None, index), error=f"cannot read past this row: {e}")
 

@@ -89,18 +89,89 @@ def test_examples_parquet_is_what_masks_tokenize_gives_the_trainer(tmp_path, sft
         assert (row["truncated"], row["n_trained"], row["n_tokens_full"]) == (tok.truncated, tok.n_trained, tok.n_tokens_full)
 
 
-def test_worker_processes_give_the_same_result(tmp_path, sft_tokenizer, monkeypatch):
-    """Forked workers (used on big inputs) produce the same findings, order and parquet."""
+def _all_containers(tmp_path):
+    """The bundled examples in every container the readers shard: JSONL, JSON array, parquet, CSV."""
+    parquet = tmp_path / "defects.parquet"
+    formats.write((c for c in formats.read(DEFECTS) if isinstance(c, Conversation)), str(parquet))
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(7)) + "only one field\n", encoding="utf-8")
+    return [DEFECTS, str(EXAMPLES / "alpaca.json"), str(parquet), CLEAN, str(csv_path), str(EXAMPLES / "sharegpt.jsonl")]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_worker_processes_give_the_same_result(tmp_path, sft_tokenizer, monkeypatch, workers):
+    """Forked workers (each reading every workers-th block of every file itself) produce the same
+    findings, order, summary and parquet as one process, on every container format, with bad
+    records and with more blocks than workers."""
     import pyarrow.parquet as pq
 
     monkeypatch.setattr(audit_mod, "_BATCH", 2)
-    monkeypatch.setattr(audit_mod, "_IN_PROCESS_BATCHES", 1)
-    one = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "one"), workers=1)
-    two = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "two"), workers=2)
+    inputs = _all_containers(tmp_path)
+    one = run_audit(inputs, sft_tokenizer, max_length=128, run_dir=str(tmp_path / "one"), workers=1)
+    two = run_audit(inputs, sft_tokenizer, max_length=128, run_dir=str(tmp_path / "two"), workers=workers)
+    assert (one.summary["workers"], two.summary["workers"]) == (1, workers)
+    assert one.summary["examples"] > 40 and one.summary["records_unreadable"] >= 2
     assert [f.to_dict() for f in one.findings] == [f.to_dict() for f in two.findings]
-    drop = ("elapsed_s", "examples_per_s", "run_dir")
+    drop = ("elapsed_s", "examples_per_s", "run_dir", "workers")
     assert {k: v for k, v in one.summary.items() if k not in drop} == {k: v for k, v in two.summary.items() if k not in drop}
     assert pq.read_table(tmp_path / "one/audit/examples.parquet").equals(pq.read_table(tmp_path / "two/audit/examples.parquet"))
+    assert (tmp_path / "one/audit/findings.jsonl").read_bytes() == (tmp_path / "two/audit/findings.jsonl").read_bytes()
+
+
+def _fail_on_line_5(batch, ctx, tokenized=None):
+    if any(c.source.line == 5 for c in batch):
+        raise ValueError("planted bug on line 5")
+    return _real_audit_batch(batch, ctx, tokenized)
+
+
+_real_audit_batch = audit_mod._audit_batch
+
+
+def test_a_crashing_worker_fails_the_audit_with_its_traceback(tmp_path, sft_tokenizer, monkeypatch):
+    """A bug in a worker process is not swallowed: the audit raises with the worker's traceback
+    (the CLI prints it and exits 3) and leaves no half-written run directory files."""
+    monkeypatch.setattr(audit_mod, "_BATCH", 2)
+    monkeypatch.setattr(audit_mod, "_audit_batch", _fail_on_line_5)
+    with pytest.raises(RuntimeError, match="planted bug on line 5") as info:
+        run_audit([DEFECTS, CLEAN], sft_tokenizer, run_dir=str(tmp_path / "run"), workers=2)
+    assert "Traceback" in str(info.value) and "_fail_on_line_5" in str(info.value)
+    audit_dir = tmp_path / "run" / "audit"
+    assert not (audit_dir / "findings.jsonl").exists() and not (audit_dir / "examples.parquet").exists()
+
+
+def test_a_killed_worker_fails_the_audit(tmp_path, sft_tokenizer, monkeypatch):
+    """A worker that dies without a word (killed, out of memory) fails the audit instead of
+    leaving the parent waiting forever."""
+    import os
+    import signal
+
+    def die(batch, ctx, tokenized=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(audit_mod, "_BATCH", 2)
+    monkeypatch.setattr(audit_mod, "_audit_batch", die)
+    with pytest.raises(RuntimeError, match="exited with code -9"):
+        run_audit([DEFECTS, CLEAN], sft_tokenizer, run_dir=str(tmp_path / "run"), workers=2)
+
+
+def test_worker_count_excludes_this_process_and_small_inputs(tmp_path, monkeypatch):
+    """The automatic worker count: 1 for small files; otherwise the CPUs other processes leave
+    idle, measured from /proc/stat minus this process's own CPU time (the load average would
+    count this process's own recent work as a busy machine)."""
+    monkeypatch.delenv("SFTLAB_AUDIT_WORKERS", raising=False)
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"messages": []}\n')
+    assert audit_mod._workers(None, [str(small)], audit_mod._cpu_sample()) == 1
+    assert audit_mod._workers(3, [str(small)], audit_mod._cpu_sample()) == 3  # asked for: used
+    monkeypatch.setenv("SFTLAB_AUDIT_WORKERS", "2")
+    assert audit_mod._workers(None, [str(small)], audit_mod._cpu_sample()) == 2
+    S = audit_mod._CpuSample
+    # 1 s window: the machine was busy 1.9 CPU-s, 0.9 of them this process's own: others used 1 CPU
+    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(11.0, 101.9, 5.9)) == pytest.approx(1.0)
+    # this process alone kept the machine busy: nobody else uses a CPU
+    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(10.5, 100.5, 5.5)) == pytest.approx(0.0)
+    assert audit_mod._others_busy(S(10.0, None, 5.0), S(11.0, None, 6.0)) is None  # no /proc/stat
+    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(10.01, 100.0, 5.0)) is None  # window too short
 
 
 def test_pipelined_single_process_matches_serial(tmp_path, sft_tokenizer, monkeypatch):

@@ -279,3 +279,59 @@ def test_unpaired_surrogate_is_a_finding_not_a_crash(sft_tokenizer):
     out = masks.tokenize_batch([good, bad, good], sft_tokenizer)
     assert out[0] == out[2] and out[0].n_trained > 0
     assert [f.check for f in out[1].findings] == ["format.parse-error"] and out[1].input_ids == ()
+
+
+def _random_conversations(rng, n, alphabet):
+    convs = []
+    for _ in range(n):
+        turns = []
+        for k in range(rng.choice([2, 4])):
+            content = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            turns.append(("user" if k % 2 == 0 else "assistant", content))
+        convs.append(new_conversation(turns))
+    return convs
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen2_5", "gemma", "phi3"])
+def test_byte_length_mapping_equals_offsets_mapping(fam, name, monkeypatch):
+    """Batches map tokens to text by the tokens' byte lengths (encode without offsets), single
+    conversations through the encoder's char->token map; both must equal the full-offsets _mask
+    token for token, findings included, on content full of multi-byte characters, split emoji,
+    whitespace runs and special-token strings (which create straddling tokens)."""
+    import random
+
+    tok = fam(name)
+    assert masks.prepare(tok).byte_lengths() is not None  # the demo tokenizer is lossless byte-level BPE
+    rng = random.Random(1)
+    alphabet = ["a", " b", "user", " ", "  ", "\n", "\n\n", "é", "字", "漢字", "🙂", "👍🏽", "\u200b", "<|im_end|>",
+                "<|im_start|>", "x y", "\t", "'s", "123", "ü\n"]
+    convs = _random_conversations(rng, 120, alphabet)
+    batched = masks.tokenize_batch(convs, tok)  # the byte-length path
+    singles = [masks.tokenize(c, tok) for c in convs]  # char_to_token path (batch of one)
+    assert batched == singles
+    p = masks.prepare(tok)
+    full = []
+    for c, r in zip(convs, (masks._render_one(p, c, "assistant") for c in convs)):
+        enc = tok.backend_tokenizer.encode(r.text, add_special_tokens=False)
+        full.append(masks._mask(c.id, c, r, enc.ids, enc.offsets, None))
+    assert batched == full
+    assert any(f.check == "mask.boundary-mismatch" for t in batched for f in t.findings) or name != "smollm2"
+
+
+def test_lossy_tokenizers_do_not_use_the_byte_length_mapping(sft_tokenizer):
+    """A tokenizer whose tokens' bytes are not the text's (an added token that strips the
+    whitespace around it; a prefix space) must map through real offsets."""
+    import copy
+
+    from tokenizers import AddedToken, pre_tokenizers
+
+    stripping = copy.deepcopy(sft_tokenizer)
+    stripping.backend_tokenizer.add_special_tokens([AddedToken("<sep>", lstrip=True, rstrip=True)])
+    assert masks.prepare(stripping).byte_lengths() is None
+    prefixed = copy.deepcopy(sft_tokenizer)
+    prefixed.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert masks.prepare(prefixed).byte_lengths() is None
+    convs = [new_conversation([("user", f"q{i} <sep> x"), ("assistant", f" a{i}")]) for i in range(20)]
+    for tok in (stripping, prefixed):
+        assert masks.tokenize_batch(convs, tok) == [masks.tokenize(c, tok) for c in convs]
+        assert masks.trained_text(masks.tokenize_batch(convs, tok)[3], tok)[0].endswith("a3<|im_end|>")
