@@ -11,6 +11,11 @@ Template-level checks run once per tokenizer; findings that describe the templat
 are reported once with the number of examples they affect. The examples are tokenized once without
 truncation (for the length statistics) and truncated here exactly as masks.tokenize(max_length=)
 does (a test proves it), so examples.parquet holds what the trainer trains on.
+
+Parallelism: on inputs of 1 MiB or more, forked worker processes each read every K-th block of
+256 records of every file themselves (records of other blocks are skipped before parsing), tokenize
+and check them, and send the compact results back; this process merges them in input order and
+writes. In one process, a thread tokenizes ahead while this one checks and writes.
 """
 
 from __future__ import annotations
@@ -278,32 +283,58 @@ _AUTO_WORKERS_MIN_BYTES = 1 << 20  # smaller inputs (about 2k examples) are audi
 
 @dataclass(frozen=True)
 class _CpuSample:
-    """Busy CPU time of the whole machine and of this process at one moment (for _idle_cpus)."""
+    """Busy CPU time of the CPUs this process may run on and of this process itself at one
+    moment (for _idle_cpus)."""
 
     at: float
-    machine_busy: float | None  # seconds, all CPUs together, from /proc/stat; None where unreadable
+    machine_busy: float | None  # seconds, those CPUs together, from /proc/stat; None where unreadable
     own: float
+
+
+def _usable_cpus() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 def _cpu_sample() -> _CpuSample:
     busy = None
+    cpus = {f"cpu{i}" for i in _usable_cpus()}
     try:
+        total = 0
         with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+            for line in f:
+                name, _, rest = line.partition(" ")
+                if name in cpus:
+                    fields = [int(x) for x in rest.split()]
+                    total += sum(fields[:8]) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+        busy = total / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         pass
     t = os.times()
     return _CpuSample(time.monotonic(), busy, t.user + t.system)
 
 
+def _cgroup_cpu_limit() -> float | None:
+    """The CPUs a cgroup v2 quota (cpu.max) allows this process, if it sets one."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="ascii").split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
 def _idle_cpus(since: _CpuSample) -> int:
-    """CPUs that other processes left idle since `since`: all CPUs minus what the machine was busy
-    with, not counting this process's own work (reading the tokenizer, the last audit). The
-    load average counts this process too, and lags: after a busy minute here it would say the
-    machine is busy. Falls back to the load average without /proc/stat or a long enough window."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPUs that other processes leave idle: the CPUs this process may use (affinity, cgroup
+    quota) minus what other processes kept them busy with since `since`, this process's own
+    work (loading the tokenizer, an earlier audit) not counted. The load average would count it,
+    and lags a minute behind. The window is made 50 ms at least; without /proc/stat, the load
+    average it is."""
+    cpus = len(_usable_cpus())
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cpus = max(1, min(cpus, int(limit)))
+    wait = 0.05 - (time.monotonic() - since.at)
+    if wait > 0:
+        time.sleep(wait)
     others = _others_busy(since, _cpu_sample())
     if others is not None:
         return cpus - int(others + 0.5)
@@ -319,16 +350,27 @@ def _others_busy(since: _CpuSample, now: _CpuSample) -> float | None:
     return max(0.0, (now.machine_busy - since.machine_busy) - (now.own - since.own)) / window
 
 
+_SHARDED_JSON_MAX_BYTES = 256 << 20  # each worker loads a whole JSON array: above this, one process
+
+
+def _is_json_array(path: str) -> bool:
+    name = path.lower()
+    return name.endswith(".json") or name.endswith(".json.gz")
+
+
 def _workers(requested: int | None, inputs: list[str], since: _CpuSample) -> int:
     """Worker processes: `requested`, else $SFTLAB_AUDIT_WORKERS, else the CPUs other processes
-    leave idle (at most 8; on a busy machine more processes only add overhead), and 1 (this
-    process) for files under 1 MiB in all. Forking needs Linux."""
+    leave idle (at most 8; on a busy machine more processes only add overhead); 1 (this process)
+    for files under 1 MiB in all, and for JSON arrays over 256 MiB (each worker would load the
+    whole array). Forking needs Linux."""
     if requested is None:
         env = os.environ.get("SFTLAB_AUDIT_WORKERS", "")
         if env.isdigit():
             requested = int(env)
         elif all(os.path.isfile(p) for p in inputs) and sum(os.path.getsize(p) for p in inputs) < _AUTO_WORKERS_MIN_BYTES:
             requested = 1
+        elif sum(os.path.getsize(p) for p in inputs if os.path.isfile(p) and _is_json_array(p)) > _SHARDED_JSON_MAX_BYTES:
+            requested = 1  # every worker would hold the whole array in memory
         else:
             requested = min(8, _idle_cpus(since))
     if requested > 1 and (sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods()):
@@ -408,10 +450,12 @@ def _shard_main(k: int, workers: int, inputs: list[str], fmts: list[str | None],
         if ctx is None:
             raise RuntimeError("audit worker started without its context")
 
-        def keep(number: int) -> bool:
-            return ((number - 1) // _BATCH) % workers == k
-
+        _die_with_parent()
         for j, (path, fmt) in enumerate(zip(inputs, fmts)):
+            # Block b of file j goes to worker (b + j) % workers: many small files spread out too.
+            def keep(number: int, j: int = j) -> bool:
+                return ((number - 1) // _BATCH + j) % workers == k
+
             for batch in _file_batches(path, fmt, keep):
                 out.put(("batch", batch.read_findings, _audit_batch(batch.conversations, ctx)))
             out.put(("eof", j))
@@ -424,6 +468,21 @@ def _shard_main(k: int, workers: int, inputs: list[str], fmts: list[str | None],
     finally:
         out.close()
         out.join_thread()
+
+
+def _die_with_parent() -> None:
+    """In a worker: be sent SIGTERM when the parent dies (killed, out of memory), instead of
+    waiting forever on a queue nobody reads (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _receive(queue: Any, proc: Any) -> tuple[Any, ...]:
@@ -470,10 +529,11 @@ class _Sharded:
         for j in range(len(self.inputs)):
             b = 0
             while True:
-                msg = self._get(b % self.workers)
+                owner = (b + j) % self.workers
+                msg = self._get(owner)
                 if msg[0] == "eof":
                     for k in range(self.workers):  # the others have nothing more of this file either
-                        if k != b % self.workers and self._get(k)[0] != "eof":
+                        if k != owner and self._get(k)[0] != "eof":
                             raise RuntimeError(f"audit worker {k} sent blocks of {self.inputs[j]} out of order")
                     break
                 yield msg[1], msg[2]
@@ -648,9 +708,11 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
               run_dir: str | None = None, fmt: str | None = None, workers: int | None = None) -> AuditResult:
     """Run every check on `inputs` in one pass. `model` is a model spec or a loaded fast tokenizer.
     With `run_dir`, writes RUN/audit/{summary.json, findings.jsonl, examples.parquet} and the
-    manifest. `workers`: processes that tokenize and check (default: $SFTLAB_AUDIT_WORKERS, else
-    the idle CPUs; files under 1 MiB in all never start any). Raises
-    UsageError for bad arguments and unreadable paths, never for bad data."""
+    manifest. `workers`: forked processes that read, tokenize and check (each every workers-th
+    block of every file; default: $SFTLAB_AUDIT_WORKERS, else the CPUs other processes leave idle;
+    files under 1 MiB in all are audited in this process). Output is identical whatever the
+    number. Raises UsageError for bad arguments and unreadable paths, never for bad data; a bug in
+    a worker is raised here as a RuntimeError carrying its traceback."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [os.fspath(p) for p in inputs]
@@ -671,8 +733,7 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     tokenizer, spec = _resolve_model(model)
     weights = _weights_dir(spec, tokenizer) if selection.wants("tokens.untrained-embedding") else None
     config_dir = weights or _config_dir(spec, tokenizer)
-    prepared = masks.prepare(tokenizer)
-    prepared.byte_lengths()  # once here, not in every worker
+    prepared = masks.prepare(tokenizer)  # once here (its byte table too), not in every worker
     info = checks.tokenizer_info(tokenizer, config_dir, prepared)
     limit = max_length or _context_length(info, config_dir)
     limit_name = "--max-length" if max_length else "the model's context length"

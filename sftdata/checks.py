@@ -433,7 +433,7 @@ def tokenizer_info(tokenizer: Any, model_dir: str | None = None, prepared: masks
         assistant_header=header,
         answer_prefix=header[len(gen):] if gen and header is not None and header.startswith(gen) else "",
         model_dir=model_dir,
-        decode=_byte_level_decoder(backend, prepared.byte_table() if prepared is not None else None) or slow_decode,
+        decode=_byte_level_decoder(backend, prepared.byte_table if prepared is not None else None) or slow_decode,
         count_pieces=count_pieces,
         is_token=lambda s: backend.token_to_id(s) is not None,
     )

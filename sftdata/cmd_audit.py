@@ -63,8 +63,9 @@ def _parser() -> Any:
     p.add_argument("--run-dir", metavar="DIR", help="run directory to write audit/ into (default: runs/audit-<UTC time>)")
     p.add_argument("--explain", metavar="CHECK", help="print the long explanation of a check id and exit")
     p.add_argument("--from", dest="fmt", metavar="FORMAT", help="input format (default: detected per file)")
-    p.add_argument("--workers", type=int, metavar="N", help="processes that tokenize and check (default: the idle "
-                   "CPUs; 1 = this process; also $SFTLAB_AUDIT_WORKERS)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes that read, tokenize and check, each a share of "
+                   "every file (default: the CPUs other processes leave idle, 1 for inputs under 1 MiB; "
+                   "1 = this process; also $SFTLAB_AUDIT_WORKERS)")
     return p
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -425,9 +426,6 @@ def _fill_layout(pieces: list[_Piece], conv: Conversation, policy: str) -> Rende
 # Tokenizing
 
 
-_BYTE_MAP_MIN_BATCH = 16  # batches this big map tokens to text by byte lengths (the table costs ~50 ms once)
-
-
 def byte_level_table(backend: Any) -> list[bytes] | None:
     """The bytes of every token id for a byte-level BPE tokenizer (GPT-2, Llama-3, Qwen, SmolLM),
     added tokens as their UTF-8 text; None for any other kind of tokenizer."""
@@ -458,27 +456,52 @@ def byte_level_table(backend: Any) -> list[bytes] | None:
     return table
 
 
-def _lossless_byte_lengths(backend: Any, table: list[bytes] | None) -> Any:
-    """Byte length of every token id (numpy), when encoding is lossless: the tokens' bytes are
-    exactly the text's UTF-8 bytes (byte-level BPE, no normaliser, no added prefix space, no added
-    token that strips whitespace around it). Then a token's place in the text follows from the
-    lengths before it, and the encoder need not track offsets. None otherwise."""
+# Byte tables per tokenizer object (building one takes ~50 ms), checked against the backend and
+# its vocabulary size on every use, so a tokenizer given new tokens gets a new table.
+_TABLES: weakref.WeakKeyDictionary[Any, tuple[Any, int, list[bytes] | None, Any]] = weakref.WeakKeyDictionary()
+
+
+def _byte_tables(hf: Any) -> tuple[list[bytes] | None, Any]:
+    """(byte_level_table, numpy byte length per id) of an HF tokenizer, cached per object."""
     import numpy as np
 
+    backend = hf.backend_tokenizer
+    size = backend.get_vocab_size(with_added_tokens=True)
+    try:
+        hit = _TABLES.get(hf)
+    except TypeError:  # not weakly referenceable
+        hit = None
+    if hit is not None and hit[0] is backend and hit[1] == size:
+        return hit[2], hit[3]
+    table = byte_level_table(backend)
+    lengths = np.fromiter(map(len, table), dtype=np.int64, count=len(table)) if table is not None else None
+    try:
+        _TABLES[hf] = (backend, size, table, lengths)
+    except TypeError:
+        pass
+    return table, lengths
+
+
+def _is_lossless(backend: Any, table: list[bytes] | None) -> bool:
+    """Whether the tokens' bytes are exactly the text's UTF-8 bytes (byte-level BPE, no
+    normaliser, no added prefix space, no added token that strips the whitespace around it).
+    Then a token's place in the text follows from the byte lengths of the tokens before it, and
+    the encoder need not track offsets (which a ByteLevel post-processor may also trim)."""
     if table is None or backend.normalizer is not None:
-        return None
+        return False
     if any(t.lstrip or t.rstrip for t in backend.get_added_tokens_decoder().values()):
-        return None
+        return False
     probes = ["Hello world", " two  spaces\n\nand lines", "\u00e9t\u00e9 \u6f22\u5b57 \U0001f600"]
     for text, enc in zip(probes, backend.encode_batch_fast(probes, add_special_tokens=False)):
-        if b"".join(table[i] for i in enc.ids) != text.encode("utf-8"):
-            return None
-    return np.fromiter(map(len, table), dtype=np.int64, count=len(table))  # 0: an id with no text
+        if any(i >= len(table) for i in enc.ids) or b"".join(table[i] for i in enc.ids) != text.encode("utf-8"):
+            return False
+    return True
 
 
 @dataclass
 class Tokenizer:
-    """A tokenizer prepared for tokenize_batch: its template, layouts cache and EOT strings."""
+    """A tokenizer prepared for tokenize_batch: its template, layouts cache and EOT strings, and
+    for byte-level BPE the bytes of every token."""
 
     hf: Any
     template: str | None
@@ -486,21 +509,8 @@ class Tokenizer:
     template_error: TemplateError | None
     layouts: dict[tuple[Any, ...], list[_Piece] | None]
     eot_extra: tuple[str, ...]
-    _byte_table: Any = None  # list[bytes] | False (none) | None (not computed yet)
-    _byte_lengths: Any = None  # numpy array | False | None
-
-    def byte_table(self) -> list[bytes] | None:
-        """byte_level_table of this tokenizer, computed once."""
-        if self._byte_table is None:
-            self._byte_table = byte_level_table(self.hf.backend_tokenizer) or False
-        return self._byte_table or None
-
-    def byte_lengths(self) -> Any:
-        """_lossless_byte_lengths of this tokenizer, computed once."""
-        if self._byte_lengths is None:
-            lengths = _lossless_byte_lengths(self.hf.backend_tokenizer, self.byte_table())
-            self._byte_lengths = lengths if lengths is not None else False
-        return None if self._byte_lengths is False else self._byte_lengths
+    byte_table: list[bytes] | None = None  # byte_level_table
+    byte_lengths: Any = None  # numpy byte length per id when encoding is lossless (_is_lossless), else None
 
 
 def prepare(tokenizer: Any) -> Tokenizer:
@@ -511,7 +521,10 @@ def prepare(tokenizer: Any) -> Tokenizer:
     except TemplateError as e:
         template, tool_template, err = None, None, e
     eos = getattr(tokenizer, "eos_token", None)
-    return Tokenizer(tokenizer, template, tool_template, err, {}, (eos,) if isinstance(eos, str) else ())
+    table, lengths = _byte_tables(tokenizer)
+    lossless = _is_lossless(tokenizer.backend_tokenizer, table)
+    return Tokenizer(tokenizer, template, tool_template, err, {}, (eos,) if isinstance(eos, str) else (),
+                     table, lengths if lossless else None)
 
 
 def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
@@ -580,40 +593,63 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
             errors.append(Finding(e.check, "error", e.message, e.hint, conv.id, conv.source))
     texts = [r.text if r is not None else "" for r in rendered]  # text rows are encoded below
     backend = t.hf.backend_tokenizer
-    lengths = t.byte_lengths() if len(texts) >= _BYTE_MAP_MIN_BATCH else None
-    if lengths is not None:
-        # Lossless byte-level BPE: no offsets needed (the encoder is ~15% faster without them).
-        encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-        ids_list = [e.ids for e in encodings]
-        firsts = _boundaries_by_bytes(lengths, rendered, ids_list)
+    bounds: list[_Bounds | None] | None = None
+    if t.byte_lengths is not None:
+        # Lossless byte-level BPE: token places follow from their byte lengths; the encoder need
+        # not track offsets (~15% faster, and immune to offsets a post-processor trims).
+        ids_list = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        bounds = _bounds_by_bytes(t, rendered, ids_list)
     else:
         encodings = backend.encode_batch(texts, add_special_tokens=False)
-        ids_list = firsts = None
+        ids_list = [e.ids for e in encodings]
     out: list[Tokenized] = []
-    for k, (conv, r, enc, err) in enumerate(zip(conversations, rendered, encodings, errors)):
+    for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors)):
         if err is not None:
             out.append(Tokenized(conv.id, (), (), (), False, 0, 0, (err,)))
         elif r is None:
             out.append(_tokenize_text_row(t, conv, max_length))
-        elif firsts is not None and firsts[k] is not None:
-            out.append(_mask_regions(conv, r, ids_list[k], firsts[k], max_length))
         else:
-            if firsts is not None:  # a boundary inside a token: the exact path, with offsets
-                enc = backend.encode(r.text, add_special_tokens=False)
-            out.append(_mask_encoding(conv, r, enc, max_length))
+            b = bounds[k] if bounds is not None else None
+            if b is None:
+                enc = backend.encode(r.text, add_special_tokens=False) if bounds is not None else encodings[k]
+                b = _bounds_by_offsets(r, enc.offsets)
+            out.append(_mask_regions(t, conv, r, ids_list[k], b, max_length))
     return out
 
 
-def _boundaries_by_bytes(lengths: Any, rendered: Sequence[Rendered | None],
-                         ids_list: Sequence[list[int]]) -> list[dict[int, int] | None]:
-    """For each rendered conversation, its region boundaries (chars) -> the first token starting
-    at or after each, found from the tokens' byte lengths (all of a batch in one numpy pass).
-    None for a conversation where a boundary falls inside a token or the bytes do not add up
-    (then the caller takes the exact offsets path)."""
+@dataclass(frozen=True)
+class _Bounds:
+    """Where a conversation's region boundaries (chars of the render) fall among its tokens:
+    `first[c]` is the first token starting at or after char c; `inside[c]` says the token before
+    it reaches past c (it straddles the boundary)."""
+
+    first: dict[int, int]
+    inside: dict[int, bool]
+
+
+def _boundary_chars(r: Rendered) -> list[int]:
+    return sorted({reg.start for reg in r.regions} | {reg.end for reg in r.regions})
+
+
+def _bounds_by_offsets(r: Rendered, offsets: list[tuple[int, int]]) -> _Bounds:
+    starts = [o[0] for o in offsets]
+    first, inside = {}, {}
+    for c in _boundary_chars(r):
+        a = bisect.bisect_left(starts, c)
+        first[c] = a
+        inside[c] = a > 0 and offsets[a - 1][0] < c < offsets[a - 1][1]
+    return _Bounds(first, inside)
+
+
+def _bounds_by_bytes(t: Tokenizer, rendered: Sequence[Rendered | None], ids_list: Sequence[list[int]]) -> list[_Bounds | None]:
+    """_Bounds of every rendered conversation from its tokens' byte lengths, all of a batch in
+    one numpy pass. None where the bytes do not add up to the text's (never for a lossless
+    tokenizer; the caller then takes the offsets path)."""
     import itertools
 
     import numpy as np
 
+    lengths = t.byte_lengths
     counts = [len(ids) for ids in ids_list]
     flat = np.fromiter(itertools.chain.from_iterable(ids_list), dtype=np.int64, count=sum(counts))
     if flat.size and int(flat.max()) >= len(lengths):
@@ -632,7 +668,7 @@ def _boundaries_by_bytes(lengths: Any, rendered: Sequence[Rendered | None],
             first_token += n
             continue
         text = r.text
-        chars = sorted({reg.start for reg in r.regions} | {reg.end for reg in r.regions})
+        chars = _boundary_chars(r)
         if text.isascii():
             positions = chars
             total = len(text)
@@ -657,17 +693,22 @@ def _boundaries_by_bytes(lengths: Any, rendered: Sequence[Rendered | None],
     has_prev = found > 0
     inside[has_prev] = ends[found[has_prev] - 1] > q[has_prev]
     found_list, inside_list = found.tolist(), inside.tolist()
-    out: list[dict[int, int] | None] = []
+    out: list[_Bounds | None] = []
     for p in plan:
         if p is None:
             out.append(None)
             continue
         at, chars, first = p
-        if any(inside_list[at:at + len(chars)]):
-            out.append(None)
-            continue
-        out.append({c: found_list[at + j] - first for j, c in enumerate(chars)})
+        out.append(_Bounds({c: found_list[at + j] - first for j, c in enumerate(chars)},
+                           {c: inside_list[at + j] for j, c in enumerate(chars)}))
     return out
+
+
+def _token_text(t: Tokenizer, token_id: int) -> str:
+    """One token as text, for messages (the same whichever way tokens were mapped)."""
+    if t.byte_table is not None and token_id < len(t.byte_table):
+        return t.byte_table[token_id].decode("utf-8", errors="replace")
+    return t.hf.backend_tokenizer.decode([token_id], skip_special_tokens=False)
 
 
 def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None) -> Tokenized:
@@ -704,81 +745,33 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
-def _mask_encoding(conv: Conversation, r: Rendered, enc: Any, max_length: int | None) -> Tokenized:
-    """_mask without turning every token's offsets into Python objects: the first token at or
-    after each region boundary comes from the encoding's own char->token map (what
-    bisect_left over the token starts gives). Falls back to _mask with the full offsets where a
-    boundary char belongs to no token (offsets with gaps: trimmed or normalised text)."""
-    ids = enc.ids
-    n = len(ids)
-    text_len = len(r.text)
-    char_to_token, token_to_chars = enc.char_to_token, enc.token_to_chars
-    first: dict[int, int] = {}  # boundary char -> index of the first token starting at or after it
-    straddles: list[int] = []  # boundary chars inside a token
-    for reg in r.regions:
-        for c in (reg.start, reg.end):
-            if c in first:
-                continue
-            if c >= text_len:
-                first[c] = n
-                continue
-            t = char_to_token(c)
-            if t is None:
-                return _mask(conv.id, conv, r, ids, enc.offsets, max_length)
-            start = token_to_chars(t)[0]
-            if start < c:
-                straddles.append(c)
-                t += 1
-            while t > 0 and token_to_chars(t - 1)[0] >= c:  # same-start tokens before t (never in BPE)
-                t -= 1
-            first[c] = t
-    if straddles:  # rare: the exact path reports them with their offsets
-        return _mask(conv.id, conv, r, ids, enc.offsets, max_length)
-    return _mask_regions(conv, r, ids, first, max_length)
-
-
-def _mask_regions(conv: Conversation, r: Rendered, ids: list[int], first: dict[int, int],
+def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds,
                   max_length: int | None) -> Tokenized:
-    """The mask from `first`: each region boundary (char) -> the first token at or after it."""
+    """The loss mask and message index per token from the rendered regions and where their
+    boundaries fall among the tokens. A token that straddles a boundary between trained and
+    untrained text is left untrained and reported."""
     n = len(ids)
     mask = [False] * n
     msg_idx = [-1] * n
+    first, inside = bounds.first, bounds.inside
+    findings = list(r.findings)
     for reg in r.regions:
         a, b = first[reg.start], first[reg.end]
         if b > a:
             msg_idx[a:b] = [reg.message_index] * (b - a)
             if reg.trained:
                 mask[a:b] = [True] * (b - a)
-    return _finish(conv.id, ids, mask, msg_idx, max_length, r.findings)
-
-
-def _mask(example_id: str, conv: Conversation, r: Rendered, ids: list[int],
-          offsets: list[tuple[int, int]], max_length: int | None) -> Tokenized:
-    n = len(ids)
-    mask = [False] * n
-    msg_idx = [-1] * n
-    starts = [o[0] for o in offsets]
-    findings = list(r.findings)
-    for reg in r.regions:
-        a = bisect.bisect_left(starts, reg.start)
-        b = bisect.bisect_left(starts, reg.end)
-        if b > a:
-            msg_idx[a:b] = [reg.message_index] * (b - a)
-            if reg.trained:
-                mask[a:b] = [True] * (b - a)
         # a token that starts before this region but ends inside it straddles the boundary
-        if a > 0 and offsets[a - 1][1] > reg.start and offsets[a - 1][0] < reg.start:
-            prev_trained = mask[a - 1]
-            if prev_trained != reg.trained:
-                mask[a - 1] = False
-                findings.append(Finding(
-                    "mask.boundary-mismatch", "warning",
-                    f"token {a - 1} ({offsets[a - 1]}) straddles the boundary at character {reg.start} between "
-                    f"trained and untrained text; it was left untrained",
-                    "the template glues content to a header or end-of-turn token so that one token spans both; "
-                    "usually harmless for one token, but check the template's whitespace",
-                    example_id, conv.source, {"token_index": a - 1, "char": reg.start}))
-    return _finish(example_id, ids, mask, msg_idx, max_length, tuple(findings))
+        if a > 0 and inside[reg.start] and mask[a - 1] != reg.trained:
+            mask[a - 1] = False
+            findings.append(Finding(
+                "mask.boundary-mismatch", "warning",
+                f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
+                f"between trained and untrained text; it was left untrained",
+                "the template glues content to a header or end-of-turn token so that one token spans both; "
+                "usually harmless for one token, but check the template's whitespace",
+                conv.id, conv.source, {"token_index": a - 1, "char": reg.start}))
+    return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
 def _finish(example_id: str, ids: list[int], mask: list[bool], msg_idx: list[int],

@@ -81,14 +81,16 @@ def iter_records(path: str, split: str = "train", keep: Keep | None = None) -> I
     record, kept or not, so a shard of a file has the numbers the whole file gives it."""
     container, gz = container_of(path)
     if container == "jsonl":
-        return _iter_jsonl(path, gz, keep)
-    if container == "json":
-        return _kept(_iter_json(path, gz, keep), keep)
-    if container == "csv":
-        return _kept(_iter_csv(path, gz), keep)
-    if container == "parquet":
-        return _iter_parquet(path, gz, keep)
-    return _kept(_iter_hf(path, container, split), keep)
+        records = _iter_jsonl(path, gz, keep)
+    elif container == "json":
+        records = _iter_json(path, gz, keep)
+    elif container == "csv":
+        records = _iter_csv(path, gz)
+    elif container == "parquet":
+        records = _iter_parquet(path, gz, keep)
+    else:
+        records = _iter_hf(path, container, split)
+    return _kept(records, keep)  # also the error records a reader yields without asking keep
 
 
 def _kept(records: Iterator[RawRecord], keep: Keep | None) -> Iterator[RawRecord]:

@@ -26,6 +26,12 @@ SYSTEM = [("system", "You answer in one short sentence.")] + MULTI
 EXACT = ["smollm2", "llama3", "llama3_1", "mistral", "gemma", "qwen2_5", "phi3"]
 
 
+def by_offsets(conv, r, enc, tok):
+    """The mask of a rendered conversation from the encoder's character offsets (the path for
+    tokenizers that are not lossless byte-level BPE)."""
+    return masks._mask_regions(masks.prepare(tok), conv, r, enc.ids, masks._bounds_by_offsets(r, enc.offsets), None)
+
+
 def eot(name):
     # Phi-3 closes turns with <|end|>; its tokenizer EOS <|endoftext|> ends the whole text.
     return "<|end|>" if name == "phi3" else FAMILIES[name].eos
@@ -192,7 +198,7 @@ def test_fast_layout_path_equals_exact_path_on_real_data(sft_tokenizer):
         r = masks._regions_incremental(sft_tokenizer, prepared.template, masks._template_messages(c), None,
                                        "assistant", [None] * len(c.messages), prepared.eot_extra, c.id, c.source)
         enc = sft_tokenizer.backend_tokenizer.encode(r.text, add_special_tokens=False)
-        slow.append(masks._mask(c.id, c, r, enc.ids, enc.offsets, None))
+        slow.append(by_offsets(c, r, enc, sft_tokenizer))
     assert fast == slow
     for c, t in zip(convs, fast):
         assert masks.trained_text(t, sft_tokenizer) == [c.messages[1].content.strip() + "<|im_end|>"] or \
@@ -229,7 +235,7 @@ def exact(conv, tok, policy="assistant"):
     r = masks._regions_incremental(tok, p.template, masks._template_messages(conv), list(conv.tools) if conv.tools else None,
                                    policy, [m.train for m in conv.messages], p.eot_extra, conv.id, conv.source)
     enc = tok.backend_tokenizer.encode(r.text, add_special_tokens=False)
-    return masks._mask(conv.id, conv, r, enc.ids, enc.offsets, None)
+    return by_offsets(conv, r, enc, tok)
 
 
 @pytest.mark.parametrize("name", ["smollm2", "llama3", "gemma", "qwen2_5"])
@@ -293,29 +299,48 @@ def _random_conversations(rng, n, alphabet):
 
 
 @pytest.mark.parametrize("name", ["smollm2", "llama3", "qwen2_5", "gemma", "phi3"])
-def test_byte_length_mapping_equals_offsets_mapping(fam, name, monkeypatch):
-    """Batches map tokens to text by the tokens' byte lengths (encode without offsets), single
-    conversations through the encoder's char->token map; both must equal the full-offsets _mask
-    token for token, findings included, on content full of multi-byte characters, split emoji,
-    whitespace runs and special-token strings (which create straddling tokens)."""
+def test_byte_length_mapping_equals_offsets_mapping(fam, name):
+    """Lossless byte-level BPE maps tokens to text by the tokens' byte lengths (encode without
+    offsets); it must equal the mapping through the encoder's character offsets token for token,
+    findings included, batched or one at a time, on content full of multi-byte characters, split
+    emoji, whitespace runs and special-token strings (which create straddling tokens)."""
     import random
 
     tok = fam(name)
-    assert masks.prepare(tok).byte_lengths() is not None  # the demo tokenizer is lossless byte-level BPE
+    assert masks.prepare(tok).byte_lengths is not None  # the demo tokenizer is lossless byte-level BPE
     rng = random.Random(1)
     alphabet = ["a", " b", "user", " ", "  ", "\n", "\n\n", "é", "字", "漢字", "🙂", "👍🏽", "\u200b", "<|im_end|>",
                 "<|im_start|>", "x y", "\t", "'s", "123", "ü\n"]
     convs = _random_conversations(rng, 120, alphabet)
-    batched = masks.tokenize_batch(convs, tok)  # the byte-length path
-    singles = [masks.tokenize(c, tok) for c in convs]  # char_to_token path (batch of one)
-    assert batched == singles
+    batched = masks.tokenize_batch(convs, tok)
+    assert batched == [masks.tokenize(c, tok) for c in convs]
     p = masks.prepare(tok)
     full = []
-    for c, r in zip(convs, (masks._render_one(p, c, "assistant") for c in convs)):
-        enc = tok.backend_tokenizer.encode(r.text, add_special_tokens=False)
-        full.append(masks._mask(c.id, c, r, enc.ids, enc.offsets, None))
+    for c in convs:
+        r = masks._render_one(p, c, "assistant")
+        full.append(by_offsets(c, r, tok.backend_tokenizer.encode(r.text, add_special_tokens=False), tok))
     assert batched == full
     assert any(f.check == "mask.boundary-mismatch" for t in batched for f in t.findings) or name != "smollm2"
+
+
+def test_trimmed_offsets_do_not_move_whitespace_tokens(sft_tokenizer):
+    """GPT-2-era tokenizer.json files often trim offsets (ByteLevel post-processor,
+    trim_offsets=True): a whitespace-only token then gets an empty span at the end of the
+    whitespace. Token places come from byte lengths, so the mask does not depend on it."""
+    import copy
+
+    from tokenizers import processors
+
+    trimming = copy.deepcopy(sft_tokenizer)
+    trimming.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    from sftdata.records import Message
+
+    convs = [new_conversation([Message("user", "hi  ", train=True), ("assistant", f"ok {i}")]) for i in range(20)]
+    for tok in (sft_tokenizer, trimming):
+        batched = masks.tokenize_batch(convs, tok)
+        assert batched == [masks.tokenize(c, tok) for c in convs]
+        assert masks.trained_text(batched[3], tok)[-2:] == ["hi  ", "ok 3<|im_end|>"]
+    assert masks.tokenize_batch(convs, trimming) == masks.tokenize_batch(convs, sft_tokenizer)
 
 
 def test_lossy_tokenizers_do_not_use_the_byte_length_mapping(sft_tokenizer):
@@ -327,10 +352,10 @@ def test_lossy_tokenizers_do_not_use_the_byte_length_mapping(sft_tokenizer):
 
     stripping = copy.deepcopy(sft_tokenizer)
     stripping.backend_tokenizer.add_special_tokens([AddedToken("<sep>", lstrip=True, rstrip=True)])
-    assert masks.prepare(stripping).byte_lengths() is None
+    assert masks.prepare(stripping).byte_lengths is None
     prefixed = copy.deepcopy(sft_tokenizer)
     prefixed.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    assert masks.prepare(prefixed).byte_lengths() is None
+    assert masks.prepare(prefixed).byte_lengths is None
     convs = [new_conversation([("user", f"q{i} <sep> x"), ("assistant", f" a{i}")]) for i in range(20)]
     for tok in (stripping, prefixed):
         assert masks.tokenize_batch(convs, tok) == [masks.tokenize(c, tok) for c in convs]
