@@ -9,8 +9,10 @@ How the mask is found, without `{% generation %}` markers:
 2. If the template is not prefix-preserving, fall back to diffing the full render against a copy
    with that assistant's content replaced, and report `template.not-prefix-preserving`.
 3. Tokenize the full render once (no added special tokens, exactly as `apply_chat_template`
-   does) and map character regions to tokens through the offsets. A token that straddles a
-   trained/untrained boundary is reported (`mask.boundary-mismatch`) and left untrained.
+   does) and map character regions to tokens: for lossless byte-level BPE (the tokens' bytes are
+   the text's bytes) by the tokens' byte lengths, without offset tracking; otherwise through the
+   encoder's offsets. A token that straddles a trained/untrained boundary is reported
+   (`mask.boundary-mismatch`) and left untrained.
 
 Speed: conversations of plain text messages share a *layout* (the template output with every
 content replaced by a placeholder). The layout is derived once per role sequence with the
