@@ -399,6 +399,7 @@ def _single_threaded_tokenizers(single: bool = True) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _Batch:
+    block: int  # records block*_BATCH+1 .. (block+1)*_BATCH of its file
     conversations: list[Conversation]
     read_findings: list[Finding]  # what the reader reported for these records (bad records, oddities)
 
@@ -414,11 +415,11 @@ def _file_batches(path: str, fmt: str | None, keep: Callable[[int], bool] | None
         b = (number - 1) // _BATCH
         if b != block:
             if convs or read:
-                yield _Batch(convs, read)
+                yield _Batch(block, convs, read)
             convs, read, block = [], [], b
         (read if isinstance(item, Finding) else convs).append(item)
     if convs or read:
-        yield _Batch(convs, read)
+        yield _Batch(block, convs, read)
 
 
 def _pipelined(batches: Iterator[_Batch], ctx: _Context, ahead: int = 2) -> Iterator[tuple[list[Finding], list[_Example]]]:
@@ -441,42 +442,47 @@ def _pipelined(batches: Iterator[_Batch], ctx: _Context, ahead: int = 2) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _shard_main(k: int, workers: int, inputs: list[str], fmts: list[str | None], out: Any) -> None:
-    """A forked worker: reads, tokenizes and checks blocks k, k+workers, k+2*workers, ... of every
-    file itself (no conversation crosses a process boundary) and sends each result to `out`,
-    then ("eof", file index) after each file."""
+def _shard_main(k: int, workers: int, inputs: list[str], fmts: list[str | None], out: Any, parent: int) -> None:
+    """A forked worker: reads, tokenizes and checks the blocks b of every file j with
+    (b + j) % workers == k itself (no conversation crosses a process boundary; block b of file j
+    going to worker (b + j) % workers spreads many small files too). Sends each result pickled,
+    as ("batch", j, b, reader findings, examples), and ("eof", j) after each file; ("crash",
+    traceback) if anything fails, pickling included."""
+    import pickle
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever the embedding program set: terminate() must work
     ctx = _WORKER_CONTEXT
     try:
         if ctx is None:
             raise RuntimeError("audit worker started without its context")
-
-        _die_with_parent()
+        _die_with_parent(parent)
         for j, (path, fmt) in enumerate(zip(inputs, fmts)):
-            # Block b of file j goes to worker (b + j) % workers: many small files spread out too.
             def keep(number: int, j: int = j) -> bool:
                 return ((number - 1) // _BATCH + j) % workers == k
 
             for batch in _file_batches(path, fmt, keep):
-                out.put(("batch", batch.read_findings, _audit_batch(batch.conversations, ctx)))
-            out.put(("eof", j))
+                examples = _audit_batch(batch.conversations, ctx)
+                out.put(pickle.dumps(("batch", j, batch.block, batch.read_findings, examples), protocol=pickle.HIGHEST_PROTOCOL))
+            out.put(pickle.dumps(("eof", j)))
     except KeyboardInterrupt:
         pass
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it (exit 3)
         import traceback
 
-        out.put(("crash", traceback.format_exc()))
+        out.put(pickle.dumps(("crash", traceback.format_exc())))
     finally:
         out.close()
         out.join_thread()
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In a worker: be sent SIGTERM when the parent dies (killed, out of memory), instead of
-    waiting forever on a queue nobody reads (Linux prctl PR_SET_PDEATHSIG)."""
+    waiting forever on a queue nobody reads (Linux prctl PR_SET_PDEATHSIG). `parent` is the
+    parent's pid, taken before the fork."""
     import ctypes
     import signal
 
-    parent = os.getppid()
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -501,26 +507,31 @@ def _receive(queue: Any, proc: Any) -> tuple[Any, ...]:
 
 
 class _Sharded:
-    """`workers` forked processes, each auditing every workers-th block of every file; iterating
-    yields (reader findings, audited examples) per block in input order. Each worker has a small
-    queue, so memory stays bounded whatever the input size."""
+    """`workers` forked processes, each auditing its share of the blocks of every file (see
+    _shard_main); iterating yields (reader findings, audited examples) per block in input order.
+    Each worker has a small queue, so memory stays bounded whatever the input size."""
 
     def __init__(self, inputs: list[str], fmts: list[str | None], ctx: _Context, workers: int):
         global _WORKER_CONTEXT
         mp = multiprocessing.get_context("fork")
         self.inputs, self.workers = inputs, workers
         self.queues = [mp.Queue(maxsize=4) for _ in range(workers)]
-        self.procs = [mp.Process(target=_shard_main, args=(k, workers, inputs, fmts, q), daemon=True,
+        self.procs = [mp.Process(target=_shard_main, args=(k, workers, inputs, fmts, q, os.getpid()), daemon=True,
                                  name=f"sftdata-audit-{k}") for k, q in enumerate(self.queues)]
         _WORKER_CONTEXT = ctx
         try:
             for p in self.procs:
                 p.start()
+        except BaseException:
+            self.close()
+            raise
         finally:
             _WORKER_CONTEXT = None
 
     def _get(self, k: int) -> tuple[Any, ...]:
-        msg = _receive(self.queues[k], self.procs[k])
+        import pickle
+
+        msg = pickle.loads(_receive(self.queues[k], self.procs[k]))
         if msg[0] == "crash":
             raise RuntimeError(f"audit worker {k} failed:\n{msg[1]}")
         return msg
@@ -533,18 +544,26 @@ class _Sharded:
                 msg = self._get(owner)
                 if msg[0] == "eof":
                     for k in range(self.workers):  # the others have nothing more of this file either
-                        if k != owner and self._get(k)[0] != "eof":
+                        if k != owner and self._get(k) != ("eof", j):
                             raise RuntimeError(f"audit worker {k} sent blocks of {self.inputs[j]} out of order")
                     break
-                yield msg[1], msg[2]
+                if msg[1:3] != (j, b):
+                    raise RuntimeError(f"audit worker {owner} sent block {msg[2]} of input {msg[1]} where block {b} of "
+                                       f"input {j} ({self.inputs[j]}) was due")
+                yield msg[3], msg[4]
                 b += 1
 
     def close(self) -> None:
         for p in self.procs:
-            if p.is_alive():
+            if p.pid is not None and p.is_alive():
                 p.terminate()
         for p in self.procs:
+            if p.pid is None:
+                continue
             p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
         for q in self.queues:
             q.close()
             q.cancel_join_thread()

@@ -484,6 +484,34 @@ def _byte_tables(hf: Any) -> tuple[list[bytes] | None, Any]:
     return table, lengths
 
 
+def _encoder(hf: Any) -> Any:
+    """The backend tokenizer to encode with, as apply_chat_template encodes: without the
+    truncation or padding a tokenizer.json may carry (transformers keeps them switched on in the
+    backend; they would cut or pad conversations behind the mask's back). A private copy only
+    when one of them is set; the user's tokenizer is never changed."""
+    backend = hf.backend_tokenizer
+    if backend.truncation is None and backend.padding is None:
+        return backend
+    from tokenizers import Tokenizer as RustTokenizer
+
+    copy = RustTokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def _special_affixes(encoder: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The ids the tokenizer's post-processor puts before and after a text (BOS, ...), which
+    encoding with add_special_tokens=True adds around the text's own tokens; None when a probe
+    does not show them as a plain prefix and suffix."""
+    plain = encoder.encode("Hello world", add_special_tokens=False).ids
+    full = encoder.encode("Hello world", add_special_tokens=True).ids
+    for p in range(len(full) - len(plain) + 1):
+        if full[p:p + len(plain)] == plain:
+            return tuple(full[:p]), tuple(full[p + len(plain):])
+    return None
+
+
 def _is_lossless(backend: Any, table: list[bytes] | None) -> bool:
     """Whether the tokens' bytes are exactly the text's UTF-8 bytes (byte-level BPE, no
     normaliser, no added prefix space, no added token that strips the whitespace around it).
@@ -511,6 +539,8 @@ class Tokenizer:
     template_error: TemplateError | None
     layouts: dict[tuple[Any, ...], list[_Piece] | None]
     eot_extra: tuple[str, ...]
+    encoder: Any = None  # _encoder: the backend without truncation/padding
+    affixes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # _special_affixes, for text rows
     byte_table: list[bytes] | None = None  # byte_level_table
     byte_lengths: Any = None  # numpy byte length per id when encoding is lossless (_is_lossless), else None
 
@@ -523,10 +553,11 @@ def prepare(tokenizer: Any) -> Tokenizer:
     except TemplateError as e:
         template, tool_template, err = None, None, e
     eos = getattr(tokenizer, "eos_token", None)
+    encoder = _encoder(tokenizer)
     table, lengths = _byte_tables(tokenizer)
-    lossless = _is_lossless(tokenizer.backend_tokenizer, table)
+    lossless = _is_lossless(encoder, table)
     return Tokenizer(tokenizer, template, tool_template, err, {}, (eos,) if isinstance(eos, str) else (),
-                     table, lengths if lossless else None)
+                     encoder, _special_affixes(encoder), table, lengths if lossless else None)
 
 
 def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
@@ -593,30 +624,74 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
         except TemplateError as e:
             rendered.append(None)
             errors.append(Finding(e.check, "error", e.message, e.hint, conv.id, conv.source))
-    texts = [r.text if r is not None else "" for r in rendered]  # text rows are encoded below
-    backend = t.hf.backend_tokenizer
+    # Raw rows (text, plain prompt/completion) are encoded in the same batch, as their own text:
+    # what the tokenizer's post-processor adds around it (BOS) is put back afterwards.
+    raw_rows = {k: _raw_rendered(conv) for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors))
+                if r is None and err is None and t.affixes is not None}
+    for k, r in raw_rows.items():
+        rendered[k] = r
+    texts = [r.text if r is not None else "" for r in rendered]
+    encoder = t.encoder
     bounds: list[_Bounds | None] | None = None
     if t.byte_lengths is not None:
         # Lossless byte-level BPE: token places follow from their byte lengths; the encoder need
         # not track offsets (~15% faster, and immune to offsets a post-processor trims).
-        ids_list = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        ids_list = [e.ids for e in encoder.encode_batch_fast(texts, add_special_tokens=False)]
         bounds = _bounds_by_bytes(t, rendered, ids_list)
     else:
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        encodings = encoder.encode_batch(texts, add_special_tokens=False)
         ids_list = [e.ids for e in encodings]
     out: list[Tokenized] = []
     for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors)):
         if err is not None:
             out.append(Tokenized(conv.id, (), (), (), False, 0, 0, (err,)))
         elif r is None:
-            out.append(_tokenize_text_row(t, conv, max_length))
+            out.append(_tokenize_text_row(t, conv, max_length))  # no plain affixes: the offsets way
         else:
             b = bounds[k] if bounds is not None else None
             if b is None:
-                enc = backend.encode(r.text, add_special_tokens=False) if bounds is not None else encodings[k]
+                enc = encoder.encode(r.text, add_special_tokens=False) if bounds is not None else encodings[k]
                 b = _bounds_by_offsets(r, enc.offsets)
-            out.append(_mask_regions(t, conv, r, ids_list[k], b, max_length))
+            if k in raw_rows:
+                out.append(_raw_row(t, conv, r, ids_list[k], b, max_length))
+            else:
+                out.append(_mask_regions(t, conv, r, ids_list[k], b, max_length))
     return out
+
+
+def _raw_rendered(conv: Conversation) -> Rendered:
+    """A raw row as a "render" without a template: the text itself; a `text` row is one trained
+    region, a plain prompt/completion row an untrained prompt and a trained completion."""
+    msgs = conv.messages
+    text = "".join(m.content for m in msgs)
+    if conv.meta.get("kind") == "text":
+        return Rendered(text, (Region(0, len(text), 0, True),) if text else ())
+    p = len(msgs[0].content)
+    return Rendered(text, tuple(reg for reg in (Region(0, p, 0, False), Region(p, len(text), 1, True)) if reg.end > reg.start))
+
+
+_RAW_STRADDLE_HINT = "end the prompt with a space or newline so the completion starts on a token boundary"
+
+
+def _raw_row(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds,
+             max_length: int | None) -> Tokenized:
+    """A raw row's Tokenized: its text's tokens masked by region, with the special tokens the
+    tokenizer adds around a text (BOS) as glue, and an EOS that closes the text, trained (as TRL
+    does); an EOS the post-processor already appends is that EOS."""
+    body = _mask_regions(t, conv, r, ids, bounds, None, straddle_hint=_RAW_STRADDLE_HINT)
+    prefix, suffix = t.affixes  # type: ignore[misc]
+    eos = t.hf.eos_token_id
+    last = len(conv.messages) - 1
+    all_ids = list(prefix) + list(body.input_ids) + list(suffix)
+    mask = [False] * len(prefix) + list(body.loss_mask) + [False] * len(suffix)
+    msg_idx = [-1] * len(prefix) + list(body.message_index) + [-1] * len(suffix)
+    if suffix and eos is not None and suffix[-1] == eos:
+        mask[-1], msg_idx[-1] = True, last
+    elif eos is not None and (not all_ids or all_ids[-1] != eos):
+        all_ids.append(eos)
+        mask.append(True)
+        msg_idx.append(last)
+    return _finish(conv.id, all_ids, mask, msg_idx, max_length, body.findings)
 
 
 @dataclass(frozen=True)
@@ -710,7 +785,7 @@ def _token_text(t: Tokenizer, token_id: int) -> str:
     """One token as text, for messages (the same whichever way tokens were mapped)."""
     if t.byte_table is not None and token_id < len(t.byte_table):
         return t.byte_table[token_id].decode("utf-8", errors="replace")
-    return t.hf.backend_tokenizer.decode([token_id], skip_special_tokens=False)
+    return t.encoder.decode([token_id], skip_special_tokens=False)
 
 
 def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None) -> Tokenized:
@@ -720,8 +795,8 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
     msgs = conv.messages
     text = "".join(m.content for m in msgs)
     prompt_len = 0 if conv.meta.get("kind") == "text" else len(msgs[0].content)
-    enc = t.hf(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    enc = t.encoder.encode(text, add_special_tokens=True)
+    ids, offsets = list(enc.ids), list(enc.offsets)
     specials = set(t.hf.all_special_ids)
     findings: list[Finding] = []
     mask, msg_idx = [], []
@@ -747,8 +822,12 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
+_STRADDLE_HINT = ("the template glues content to a header or end-of-turn token so that one token spans both; "
+                  "usually harmless for one token, but check the template's whitespace")
+
+
 def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds,
-                  max_length: int | None) -> Tokenized:
+                  max_length: int | None, *, straddle_hint: str = _STRADDLE_HINT) -> Tokenized:
     """The loss mask and message index per token from the rendered regions and where their
     boundaries fall among the tokens. A token that straddles a boundary between trained and
     untrained text is left untrained and reported."""
@@ -770,9 +849,7 @@ def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int],
                 "mask.boundary-mismatch", "warning",
                 f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
                 f"between trained and untrained text; it was left untrained",
-                "the template glues content to a header or end-of-turn token so that one token spans both; "
-                "usually harmless for one token, but check the template's whitespace",
-                conv.id, conv.source, {"token_index": a - 1, "char": reg.start}))
+                straddle_hint, conv.id, conv.source, {"token_index": a - 1, "char": reg.start}))
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 

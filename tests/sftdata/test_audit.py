@@ -499,3 +499,24 @@ def test_every_shared_data_file_audits_without_a_crash(tmp_path, sft_tokenizer):
     assert seen["reason_tool_use_demo_50.jsonl"]["mask.boundary-mismatch"] > 10
     assert seen["alpaca_en_demo.json"] == {"template.default-system-prompt": 999, "tokens.pad-is-eos": 999}
     assert "length.truncated-answer" in seen["c4_demo.jsonl"]
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise TypeError("cannot pickle this")
+
+
+def _unpicklable_last_block(batch, ctx, tokenized=None):
+    examples = _real_audit_batch(batch, ctx, tokenized)
+    if any(c.source.line == 12 for c in batch):
+        examples.append(_Unpicklable())
+    return examples
+
+
+def test_a_result_that_cannot_be_sent_fails_the_audit(tmp_path, sft_tokenizer, monkeypatch):
+    """multiprocessing queues drop what they cannot pickle with only a message on stderr; a block
+    must never go missing silently: the worker pickles itself and reports the failure."""
+    monkeypatch.setattr(audit_mod, "_BATCH", 2)
+    monkeypatch.setattr(audit_mod, "_audit_batch", _unpicklable_last_block)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        run_audit([CLEAN], sft_tokenizer, workers=2)

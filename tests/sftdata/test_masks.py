@@ -360,3 +360,70 @@ def test_lossy_tokenizers_do_not_use_the_byte_length_mapping(sft_tokenizer):
     for tok in (stripping, prefixed):
         assert masks.tokenize_batch(convs, tok) == [masks.tokenize(c, tok) for c in convs]
         assert masks.trained_text(masks.tokenize_batch(convs, tok)[3], tok)[0].endswith("a3<|im_end|>")
+
+
+def test_truncation_or_padding_saved_in_the_tokenizer_do_not_reach_the_mask(sft_tokenizer):
+    """transformers keeps a tokenizer.json's truncation/padding switched on in the backend; the
+    mask must be built on the whole conversation, as apply_chat_template encodes it, whatever
+    the batch holds (a raw row used to switch them off as a side effect), and the user's
+    tokenizer is left as it was."""
+    import copy
+
+    from sftdata.records import Conversation, Message, Source
+
+    saved = copy.deepcopy(sft_tokenizer)
+    saved.backend_tokenizer.enable_truncation(48)
+    saved.backend_tokenizer.enable_padding(length=200, pad_id=2, pad_token="<|im_end|>")
+    long_chat = new_conversation([("user", "word " * 60), ("assistant", "reply " * 60)])
+    raw = Conversation("t", (Message("assistant", "plain text row"),), Source("f.jsonl", 1), meta={"kind": "text"})
+    want = masks.tokenize(long_chat, sft_tokenizer)
+    assert len(want.input_ids) > 48
+    assert list(want.input_ids) == sft_tokenizer.apply_chat_template(long_chat.message_dicts(), tokenize=True,
+                                                                      return_dict=True)["input_ids"]
+    for batch in ([long_chat] * 20, [raw] + [long_chat] * 20, [long_chat] * 20 + [raw]):
+        out = [t for t in masks.tokenize_batch(batch, saved) if t.example_id == long_chat.id]
+        assert all(t == want for t in out)
+    assert masks.tokenize(raw, saved) == masks.tokenize(raw, sft_tokenizer)
+    assert saved.backend_tokenizer.truncation is not None and saved.backend_tokenizer.padding is not None
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_raw_prompt_completion_rows_report_a_straddling_token(sft_tokenizer, trim):
+    """A plain prompt/completion row whose prompt ends in a space: the completion's first token
+    (' there') carries the prompt's space, so it is left untrained and reported, also on
+    tokenizers that trim offsets."""
+    import copy
+
+    from tokenizers import processors
+
+    from sftdata.records import Conversation, Message, Source
+
+    tok = copy.deepcopy(sft_tokenizer)
+    if trim:
+        tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    row = Conversation("pc", (Message("user", "Question: hi "), Message("assistant", "there friend")),
+                       Source("f.jsonl", 1), meta={"kind": "prompt-completion"})
+    for t in (masks.tokenize(row, tok), masks.tokenize_batch([row] * 20, tok)[7]):
+        assert masks.trained_text(t, tok) == [" friend<|im_end|>"]
+        assert [f.check for f in t.findings] == ["mask.boundary-mismatch"]
+        assert "end the prompt with a space or newline" in t.findings[0].hint
+
+
+def test_raw_rows_keep_the_special_tokens_the_tokenizer_adds(sft_tokenizer):
+    """A tokenizer whose post-processor wraps a text in BOS ... EOS: raw rows keep exactly the
+    ids it gives, BOS as untrained glue and that EOS trained (no second EOS appended)."""
+    import copy
+
+    from tokenizers import processors
+
+    from sftdata.records import Conversation, Message, Source
+
+    tok = copy.deepcopy(sft_tokenizer)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)])  # EOS: <|im_end|>
+    text = Conversation("t", (Message("assistant", "Some plain text."),), Source("f.jsonl", 1), meta={"kind": "text"})
+    for t in (masks.tokenize(text, tok), masks.tokenize_batch([text] * 20, tok)[3]):
+        assert list(t.input_ids) == tok.backend_tokenizer.encode("Some plain text.").ids
+        assert t.input_ids[0] == 1 and not t.loss_mask[0] and t.message_index[0] == -1
+        assert t.input_ids[-1] == 2 and t.loss_mask[-1] and t.input_ids.count(2) == 1
+        assert masks.trained_text(t, tok) == ["Some plain text.<|im_end|>"]
