@@ -492,12 +492,26 @@ def _encoder(hf: Any) -> Any:
     backend = hf.backend_tokenizer
     if backend.truncation is None and backend.padding is None:
         return backend
+    key = (backend, backend.get_vocab_size(with_added_tokens=True), backend.truncation, backend.padding)
+    try:
+        hit = _ENCODERS.get(hf)
+    except TypeError:  # not weakly referenceable
+        hit = None
+    if hit is not None and hit[0][0] is backend and hit[0][1:] == key[1:]:
+        return hit[1]
     from tokenizers import Tokenizer as RustTokenizer
 
-    copy = RustTokenizer.from_str(backend.to_str())
+    copy = RustTokenizer.from_str(backend.to_str())  # ~90 ms: kept per tokenizer object
     copy.no_truncation()
     copy.no_padding()
+    try:
+        _ENCODERS[hf] = (key, copy)
+    except TypeError:
+        pass
     return copy
+
+
+_ENCODERS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
 
 def _special_affixes(encoder: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
