@@ -38,7 +38,7 @@ from typing import Any
 
 from sftdata import checks, formats, masks
 from sftdata.checks import CHECKS, PER_TEMPLATE, SEVERITY_RANK
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Conversation, Finding, Tokenized, replace
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ def describe(result: AuditResult, limit: int | None = 5, width: int = 100) -> st
 # Selection (--select / --ignore)
 
 
-def parse_check_list(items: Iterable[str] | str | None, flag: str) -> tuple[str, ...]:
-    """Normalise a --select/--ignore value: comma lists, `tokens` / `tokens.*` = the whole area.
-    Unknown ids are a UsageError that suggests the nearest one."""
+def parse_check_list(items: Iterable[str] | str | None, param: str) -> tuple[str, ...]:
+    """Normalise a select/ignore value: comma lists, `tokens` / `tokens.*` = the whole area.
+    Unknown ids are a UsageError for `param` that suggests the nearest one."""
     if items is None:
         return ()
     if isinstance(items, str):
@@ -120,8 +120,9 @@ def parse_check_list(items: Iterable[str] | str | None, flag: str) -> tuple[str,
                 import difflib
 
                 near = difflib.get_close_matches(name, list(CHECKS) + list(checks.AREAS), n=1)
-                raise UsageError(f"{flag} {name!r}: no such check or area" + (f"; did you mean {near[0]!r}?" if near else "")
-                                 + "; `sftdata audit --explain ID` describes one, docs/checks.md lists all")
+                raise UsageError(f"{name!r}: no such check or area" + (f"; did you mean {near[0]!r}?" if near else "")
+                                 + "; `sftdata audit --explain ID` describes one, docs/checks.md lists all",
+                                 param=param)
     return tuple(out)
 
 
@@ -668,7 +669,8 @@ def _resolve_model(model: Any) -> tuple[Any, str | None]:
 
         return load_tokenizer(model), model
     if model is None or not hasattr(model, "backend_tokenizer"):
-        raise UsageError(f"model: expected a model spec (alias, directory, hub id) or a fast tokenizer, got {type(model).__name__}")
+        raise UsageError(f"expected a model spec (alias, directory, hub id) or a fast tokenizer, got {type(model).__name__}",
+                         param="model")
     return model, None
 
 
@@ -736,16 +738,16 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         inputs = [inputs]
     inputs = [os.fspath(p) for p in inputs]
     if not inputs:
-        raise UsageError("no input files: pass at least one data file")
+        raise UsageError("no input files: pass at least one data file", param="inputs")
     if policy not in POLICIES:
-        raise UsageError(f"--policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        raise UsageError(f"expected one of {', '.join(POLICIES)}", param="policy", value=policy)
     if fail_on not in SEVERITIES:
-        raise UsageError(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
+        raise UsageError(f"expected one of {', '.join(SEVERITIES)}", param="fail_on", value=fail_on)
     if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
-        raise UsageError(f"--max-length {max_length!r}: expected a positive integer")
+        raise UsageError("expected a positive integer", param="max_length", value=max_length)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise UsageError(f"--workers {workers!r}: expected a positive integer")
-    selection = Selection(parse_check_list(select, "--select"), parse_check_list(ignore, "--ignore"))
+        raise UsageError("expected a positive integer", param="workers", value=workers)
+    selection = Selection(parse_check_list(select, "select"), parse_check_list(ignore, "ignore"))
     started = time.perf_counter()
     cpu_at_start = _cpu_sample()
     fmts = [formats.resolve_format(p, fmt) for p in inputs]  # UsageError for a bad path now, before any work

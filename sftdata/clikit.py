@@ -9,11 +9,19 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from sftdata.errors import DataError, SftlabError, UsageError  # re-exported: commands raise them
+
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+__all__ = ["DataError", "SftlabError", "UsageError", "flag", "parser", "positive_int", "print_json", "run"]
 
-class UsageError(Exception):
-    """A usage, config or input error: printed as one message, exit code 2."""
+
+_FLAGS = {"fmt": "--from"}  # library parameters whose flag is not their name
+
+
+def flag(param: str | None) -> str | None:
+    """The command-line flag of a library parameter: max_length -> --max-length, fmt -> --from."""
+    return None if param is None else _FLAGS.get(param, "--" + param.replace("_", "-"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +50,8 @@ def run(body: Callable[[], int]) -> int:
     printed), Ctrl-C 130."""
     try:
         return body()
-    except UsageError as e:
-        sys.stderr.write(f"error: {e}\n")
+    except SftlabError as e:
+        sys.stderr.write(f"error: {e.describe(flag(e.param))}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -58,15 +58,15 @@ def _convert(argv: list[str] | None) -> int:
                                 f"use one of {', '.join(formats.WRITE_FORMATS)}")
     try:
         to_fmt = formats.output_format(args.output, args.to)  # a bad -o/--to fails before reading
-    except clikit.UsageError as e:
-        raise clikit.UsageError(f"-o/--to: {e}") from None
+    except clikit.SftlabError as e:
+        raise clikit.UsageError(f"-o/--to: {e.describe(clikit.flag(e.param))}") from None
     try:
         if fmt is None:
             fmt = formats.detect_file_format(source, args.split)
         stream = formats.read(source, fmt, columns=columns, split=args.split)
-    except clikit.UsageError as e:
+    except clikit.SftlabError as e:
         flag = f"--dataset {args.dataset}" if args.dataset and not args.input else "INPUT"
-        raise clikit.UsageError(f"{flag} {e}") from None
+        raise clikit.UsageError(f"{flag} {e.describe(clikit.flag(e.param))}") from None
     read_findings: list[Finding] = []
     counts = {"read": 0}
 

@@ -114,8 +114,8 @@ def _dedup(argv: list[str] | None) -> int:
 def _check_output(output: str) -> None:
     try:
         formats.output_format(output)
-    except clikit.UsageError as e:
-        raise clikit.UsageError(f"-o: {e}") from None
+    except clikit.SftlabError as e:
+        raise clikit.UsageError(f"-o: {e.describe(clikit.flag(e.param))}") from None
 
 
 def _output_format(output: str, first_input: str) -> str | None:
@@ -126,7 +126,7 @@ def _output_format(output: str, first_input: str) -> str | None:
         return None
     try:
         formats.output_format(output, fmt)
-    except clikit.UsageError:
+    except clikit.SftlabError:
         return None  # e.g. a format the output container cannot hold: the default format
     return fmt
 
@@ -136,8 +136,8 @@ def _read_all(paths: list[str], flag: str, findings: list[Finding]) -> list[Conv
     for path in paths:
         try:
             items = formats.read(path)
-        except clikit.UsageError as e:
-            raise clikit.UsageError(f"{flag} {e}") from None
+        except clikit.SftlabError as e:
+            raise clikit.UsageError(f"{flag} {e.describe(clikit.flag(e.param))}") from None
         for item in items:
             if isinstance(item, Conversation):
                 out.append(item)

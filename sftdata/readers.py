@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sftdata.clikit import UsageError
+from sftdata.errors import DataError
 from sftdata.records import Source
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class RawRecord:
 def container_of(path: str) -> tuple[str, bool]:
     """(container, gzipped) for a path, from its extension or what it is on disk.
 
-    Raises UsageError when the path does not exist and does not look like a hub id."""
+    Raises DataError when the path does not exist and does not look like a hub id."""
     name = path.lower()
     gz = name.endswith(".gz")
     if gz:
@@ -61,19 +61,19 @@ def container_of(path: str) -> tuple[str, bool]:
                            (".parquet", "parquet")):
         if name.endswith(ext):
             if not os.path.isfile(path):
-                raise UsageError(f"{path}: file not found (working directory {os.getcwd()}); check the path")
+                raise DataError(f"{path}: file not found (working directory {os.getcwd()}); check the path")
             return container, gz
     if os.path.isfile(path):
-        raise UsageError(f"{path}: unknown file extension; sftdata reads .jsonl, .json, .csv, .parquet "
+        raise DataError(f"{path}: unknown file extension; sftdata reads .jsonl, .json, .csv, .parquet "
                          "(optionally .gz) and `datasets.save_to_disk` directories")
     if _HUB_ID.match(path) and "/" in path:
         return "hf-hub", False
-    raise UsageError(f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
+    raise DataError(f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
                      ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name")
 
 
 def iter_records(path: str, split: str = "train", keep: Keep | None = None) -> Iterator[RawRecord]:
-    """Every record of `path` in file order. Never raises on bad data (only UsageError for a
+    """Every record of `path` in file order. Never raises on bad data (only DataError for a
     missing path and for hub/disk datasets that cannot be loaded).
 
     `keep(number)` (1-based record number) selects records: the others are skipped before they
@@ -357,12 +357,12 @@ def _load_hf(path: str, container: str, split: str) -> Any:
         else:
             ds = datasets.load_dataset(path, split=split)
     except FileNotFoundError as e:
-        raise UsageError(f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
+        raise DataError(f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
                          "check the path, or set HF_HUB_OFFLINE=0 where the hub is reachable") from e
     except (OSError, ValueError, ConnectionError) as e:
-        raise UsageError(f"{path}: cannot load the dataset ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: cannot load the dataset ({type(e).__name__}: {e})") from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise UsageError(f"{path}: no split {split!r}; it has {sorted(ds)}; pass one of them as the split")
+            raise DataError(f"{path}: no split {split!r}; it has {sorted(ds)}; pass one of them as the split")
         ds = ds[split]
     return ds

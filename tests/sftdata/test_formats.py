@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sftdata import formats
-from sftdata.clikit import UsageError
+from sftdata.errors import DataError, UsageError
 from sftdata.records import Conversation, Finding, Message, Source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -658,12 +658,12 @@ def test_limit_counts_records(tmp_path):
 
 
 def test_read_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="file not found"):
+    with pytest.raises(DataError, match="file not found"):
         formats.read(str(tmp_path / "missing.jsonl"))
     src = write_lines(tmp_path / "x.jsonl", [json.dumps({"foo": 1, "bar": 2})])
-    with pytest.raises(UsageError, match="unknown format 'alpacca'.*did you mean 'alpaca'"):
+    with pytest.raises(UsageError, match="fmt 'alpacca': unknown format.*did you mean 'alpaca'"):
         formats.read(str(src), "alpacca")
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(DataError) as e:
         formats.read(str(src))
     assert "['bar', 'foo']" in str(e.value) and "sharegpt" in str(e.value) and "--from" in str(e.value)
     # a file with only broken records still reads: every record is a finding

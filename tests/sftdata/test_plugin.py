@@ -29,13 +29,13 @@ def test_fixtures_work_in_a_users_test_suite(pytester):
     result.assert_outcomes(passed=2)
 
 
-def test_model_errors_name_the_flag_and_next_step():
+def test_model_errors_name_the_parameter_and_next_step():
     import pytest
 
-    from sftdata.clikit import UsageError
+    from sftdata.errors import UsageError
     from sftdata.models import load_tokenizer
 
-    with pytest.raises(UsageError, match="--model 'someone/not-on-this-machine'.*sftdata models"):
+    with pytest.raises(UsageError, match="model 'someone/not-on-this-machine'.*sftdata models"):
         load_tokenizer("someone/not-on-this-machine")  # hub id, hub unreachable (HF_HUB_OFFLINE=1)
     with pytest.raises(UsageError, match="no such directory"):
         load_tokenizer("./no/such/dir")
