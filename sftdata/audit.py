@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sftdata import checks, formats, masks
-from sftdata.checks import CHECKS, PER_TEMPLATE, SEVERITY_RANK
+from sftdata.catalogue import PER_TEMPLATE, SEVERITY_RANK, Selection, finding, parse_check_list
 from sftdata.errors import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Conversation, Finding, Tokenized, replace
 
@@ -92,54 +92,6 @@ def describe(result: AuditResult, limit: int | None = 5, width: int = 100) -> st
     if limit is not None and len(bad) > limit:
         lines.append(f"  ... and {len(bad) - limit} more (result.report)")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Selection (--select / --ignore)
-
-
-def parse_check_list(items: Iterable[str] | str | None, param: str) -> tuple[str, ...]:
-    """Normalise a select/ignore value: comma lists, `tokens` / `tokens.*` = the whole area.
-    Unknown ids are a UsageError for `param` that suggests the nearest one."""
-    if items is None:
-        return ()
-    if isinstance(items, str):
-        items = [items]
-    out: list[str] = []
-    for item in items:
-        for raw in str(item).split(","):
-            name = raw.strip()
-            if not name:
-                continue
-            area = name[:-2] if name.endswith(".*") else name.rstrip(".")
-            if area in checks.AREAS:
-                out.append(area + ".")
-            elif name in CHECKS:
-                out.append(name)
-            else:
-                import difflib
-
-                near = difflib.get_close_matches(name, list(CHECKS) + list(checks.AREAS), n=1)
-                raise UsageError(f"{name!r}: no such check or area" + (f"; did you mean {near[0]!r}?" if near else "")
-                                 + "; `sftdata audit --explain ID` describes one, docs/checks.md lists all",
-                                 param=param)
-    return tuple(out)
-
-
-def _matches(check: str, patterns: tuple[str, ...]) -> bool:
-    return any(check == p or (p.endswith(".") and check.startswith(p)) for p in patterns)
-
-
-@dataclass(frozen=True)
-class Selection:
-    select: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = ()
-
-    def wants(self, check: str) -> bool:
-        return (not self.select or _matches(check, self.select)) and not _matches(check, self.ignore)
-
-    def wants_any(self, *ids: str) -> bool:
-        return any(self.wants(i) for i in ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,9 +211,9 @@ def _audit_batch(batch: list[Conversation], ctx: _Context, tokenized: list[Token
         if ctx.run_roles:
             own.extend(checks.check_roles(conv, ctx.policy))
         if ctx.run_content:
-            own.extend(checks.check_content(conv, ctx.info))
+            own.extend(checks.check_special_strings(conv, ctx.info))
         if full.input_ids:
-            own.extend(checks.check_tokens(conv, kept, ctx.info))
+            own.extend(checks.check_double_bos(conv, kept, ctx.info))
             if ctx.run_mask and not any(f.check == "format.no-assistant" for f in own):
                 own.extend(checks.check_mask(conv, kept, ctx.info, ctx.policy, verify_text=ctx.verify_text))
             if ctx.run_length:
@@ -779,12 +731,11 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         counts = {"examples": 0, "unreadable": 0, "chat": 0, "chat_no_system": 0, "chat_with_assistant": 0, "raw": 0}
         ctx = _Context(
             prepared, info, policy, max_length, limit, limit_name, selection,
-            run_roles=selection.wants_any("format.no-assistant", "format.role-order"),
-            run_content=selection.wants_any("tokens.special-in-content", "tokens.unknown-special"),
-            run_mask=selection.wants_any("mask.no-trained-tokens", "mask.eot-not-trained", "mask.prompt-trained",
-                                         "mask.boundary-mismatch"),
-            verify_text=selection.wants_any("mask.prompt-trained", "mask.boundary-mismatch"),
-            run_length=selection.wants_any("length.truncated-answer", "length.over-max"),
+            run_roles=selection.wants_any(*checks.check_roles.emits),
+            run_content=selection.wants_any(*checks.check_special_strings.emits),
+            run_mask=selection.wants_any(*checks.check_mask.emits),
+            verify_text=selection.wants_any("mask.prompt-trained", "mask.boundary-mismatch"),  # what verify_text adds
+            run_length=selection.wants_any(*checks.check_length.emits),
         )
         if n_workers > 1:
             sharded = _Sharded(inputs, fmts, ctx, n_workers)
@@ -883,7 +834,7 @@ def _template_probes(tokenizer: Any, info: checks.TokenizerInfo, selection: Sele
     if not selection.wants_any(*PER_TEMPLATE):
         return None
     probes: dict[str, Finding] = {}
-    for f in itertools.chain(checks.check_tokenizer(tokenizer, info), checks.check_template(tokenizer, info)):
+    for f in itertools.chain(checks.check_pad_token(tokenizer, info), checks.check_template(tokenizer, info)):
         probes.setdefault(f.check, f)
     return probes
 
@@ -911,9 +862,7 @@ def _template_findings(probes: dict[str, Finding] | None, tally: _TemplateTally,
         where = tally.where.get(check, [])
         first = tally.first.get(check)
         extra = f" [{n} of {counts['examples']} examples" + (f"; first: {', '.join(where)}" if where else "") + "]"
-        yield (Finding(check, base.severity, base.message + extra, base.hint,
-                       first.example_id if first else None, first.source if first else None,
-                       {**base.data, "examples": n, "first": where}), n)
+        yield (finding(check, base.message + extra, hint=base.hint, example_id=first.example_id if first else None, source=first.source if first else None, data={**base.data, "examples": n, "first": where}), n)
 
 
 def _embedding_findings(tokenizer: Any, info: checks.TokenizerInfo, weights: str) -> tuple[list[tuple[Finding, int]], str]:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftdata import checks, clikit
-from sftdata.checks import CHECKS, SEVERITY_RANK
+from sftdata import catalogue, clikit
+from sftdata.catalogue import CHECKS, SEVERITY_RANK
 from sftdata.clikit import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Finding
 
@@ -37,7 +37,7 @@ pyproject.toml (flags override; keys are the long flag names):
   ignore = ["length.over-max"]
   fail-on = "warning"
 
-check ids: docs/checks.md (or --explain ID); areas: """ + ", ".join(checks.AREAS)
+check ids: docs/checks.md (or --explain ID); areas: """ + ", ".join(catalogue.AREAS)
 
 # Config keys (long flag names) and how to read them.
 CONFIG_KEYS = ("model", "max-length", "policy", "select", "ignore", "fail-on", "run-dir", "from", "workers")
@@ -207,7 +207,7 @@ def _explain(check_id: str) -> int:
         near = difflib.get_close_matches(check_id, list(CHECKS), n=3)
         raise UsageError(f"--explain {check_id!r}: no such check" + (f"; did you mean {', '.join(near)}?" if near else "")
                          + " (docs/checks.md lists every id)")
-    sys.stdout.write(checks.explain(check_id))
+    sys.stdout.write(catalogue.explain(check_id))
     return clikit.EXIT_OK
 
 
@@ -273,7 +273,7 @@ def _rich_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str
 def _worst_examples(findings: Sequence[Finding]) -> list[tuple[str, list[Finding]]]:
     by_example: dict[str, list[Finding]] = {}
     for f in findings:
-        if f.example_id is not None and f.check not in checks.PER_TEMPLATE:
+        if f.example_id is not None and f.check not in catalogue.PER_TEMPLATE:
             by_example.setdefault(f.example_id, []).append(f)
     ranked = sorted(by_example.items(), key=lambda kv: (-max(SEVERITY_RANK[f.severity] for f in kv[1]), -len(kv[1])))
     return ranked[:SHOW_EXAMPLES]
@@ -294,7 +294,7 @@ def report(result: Any, *, rich_table: bool = False) -> str:
         out.append("\n" + (_rich_table(rows, header) if rich_table else _plain_table(rows, header)))
     else:
         out.append("\nno findings\n")
-    global_findings = [f for f in result.findings if f.check in checks.PER_TEMPLATE]
+    global_findings = [f for f in result.findings if f.check in catalogue.PER_TEMPLATE]
     if global_findings:
         out.append("\ntemplate and tokenizer\n")
         for f in global_findings:

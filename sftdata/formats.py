@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftdata import readers
+from sftdata.catalogue import emits, finding
 from sftdata.errors import DataError, UsageError
 from sftdata.records import ROLES, Conversation, Finding, Message, Source, make_id
 from sftdata.rundir import atomic_open
@@ -72,6 +73,12 @@ class RecordError(Exception):
 # ============================================================================================
 
 
+# What reading reports about records (one finding per bad record, or an oddity of a good one).
+READ_EMITS = ("format.parse-error", "format.missing-field", "format.wrong-type", "format.bad-role",
+              "format.unsupported-content", "format.empty-content")
+
+
+@emits(*READ_EMITS)
 def read(path: str, fmt: str | None = None, *, columns: dict | None = None, split: str = "train",
          limit: int | None = None) -> Iterator[Conversation | Finding]:
     """Conversations from `path`, one per good record, and a Finding per bad one (severity
@@ -102,6 +109,7 @@ def resolve_format(path: str, fmt: str | None = None, split: str = "train") -> s
     return fmt if fmt is not None else detect_file_format(path, split)
 
 
+@emits(*READ_EMITS)
 def read_numbered(path: str, fmt: str | None = None, *, split: str = "train",
                   keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Conversation | Finding]]:
     """What read() yields, each item with the 1-based number of the record it came from (one
@@ -119,18 +127,15 @@ def _read(path: str, fmt: str | None, columns: dict[str, Any], split: str,
             return
         example_id = make_id(path, n)
         if rec.error is not None:
-            yield n, Finding("format.parse-error", "error", f"record {n} is unreadable: {rec.error}",
-                             "fix or delete this record; the rest of the file is read on", example_id, rec.source)
+            yield n, finding("format.parse-error", f"record {n} is unreadable: {rec.error}", hint="fix or delete this record; the rest of the file is read on", example_id=example_id, source=rec.source)
             continue
         if not isinstance(rec.row, dict):
-            yield n, Finding("format.parse-error", "error",
-                             f"record {n} is a JSON {_typename(rec.row)}, expected an object",
-                             "every record must be a JSON object such as {\"messages\": [...]}", example_id, rec.source)
+            yield n, finding("format.parse-error", f"record {n} is a JSON {_typename(rec.row)}, expected an object", hint="every record must be a JSON object such as {\"messages\": [...]}", example_id=example_id, source=rec.source)
             continue
         try:
             conv = _parse_row(rec.row, fmt, columns, example_id, rec.source)
         except RecordError as e:
-            yield n, Finding(e.check, "error", f"{fmt} record {n}: {e.message}", e.hint, example_id, rec.source)
+            yield n, finding(e.check, f"{fmt} record {n}: {e.message}", hint=e.hint, example_id=example_id, source=rec.source)
             continue
         for f in _content_warnings(conv):
             yield n, f
@@ -236,10 +241,8 @@ def _parse_row(row: dict[str, Any], fmt: str | None, columns: dict[str, Any], ex
 def _content_warnings(conv: Conversation) -> Iterator[Finding]:
     for i, m in enumerate(conv.messages):
         if not m.content.strip() and not m.tool_calls:
-            yield Finding("format.empty-content", "warning",
-                          f"message {i} ({m.role}) has empty content",
-                          "fill it in or drop the record: an empty assistant turn teaches the model to answer "
-                          "with nothing", conv.id, conv.source)
+            yield finding("format.empty-content", f"message {i} ({m.role}) has empty content", conv, hint="fill it in or drop the record: an empty assistant turn teaches the model to answer "
+                          "with nothing")
 
 
 # --- field helpers -----------------------------------------------------------------------------
@@ -826,6 +829,7 @@ def _last_assistant(messages: list[Message] | tuple[Message, ...]) -> int:
 # ============================================================================================
 
 
+@emits("format.unrepresentable")
 def write(conversations: Iterable[Conversation], path: str, fmt: str | None = None) -> WriteResult:
     """Write conversations to `path` atomically, in `fmt` (default from the extension: .parquet ->
     parquet, .jsonl/.json -> messages). .jsonl writes one row per line, .json an array, .gz
@@ -892,7 +896,7 @@ def output_format(path: str, fmt: str | None = None) -> str:
 
 
 def _skip_finding(conv: Conversation, fmt: str, e: RecordError) -> Finding:
-    return Finding(e.check, "error", f"cannot write {conv.id} as {fmt}: {e.message}", e.hint, conv.id, conv.source)
+    return finding(e.check, f"cannot write {conv.id} as {fmt}: {e.message}", conv, hint=e.hint)
 
 
 def _cannot(fmt: str, why: str, hint: str | None = None) -> RecordError:

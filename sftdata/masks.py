@@ -31,7 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sftdata.records import POLICIES, Conversation, Finding, Tokenized
+from sftdata.catalogue import emits, finding
+from sftdata.records import POLICIES, Conversation, Finding, Tokenized, replace
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +216,9 @@ def _locate_content(tokenizer: Any, template: str, messages: list[dict[str, Any]
 
 
 def _not_found(i: int, role: str, example_id: str | None, source: Any) -> Finding:
-    return Finding(
-        "mask.boundary-mismatch", "warning",
-        f"message {i} ({role}): its content does not appear verbatim in the template's render, so its "
-        f"tokens could not be located; none of them is trained",
-        "the chat template rewrites or drops this content (e.g. strips reasoning or tool calls); "
-        "check the render with `sftdata show` and use a template that keeps it",
-        example_id, source)
+    return finding("mask.boundary-mismatch", f"message {i} ({role}): its content does not appear verbatim in the template's render, so its "
+        f"tokens could not be located; none of them is trained", hint="the chat template rewrites or drops this content (e.g. strips reasoning or tool calls); "
+        "check the render with `sftdata show` and use a template that keeps it", example_id=example_id, source=source)
 
 
 def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
@@ -260,12 +257,8 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
                 body_start = generation_prompt_end(i, pos, end)
                 if body_start is None:
                     if i:
-                        findings.append(Finding(
-                            "template.generation-prompt-mismatch", "warning",
-                            f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render",
-                            "train/inference skew: at inference the model sees a different header than in training; "
-                            "use a template whose generation prompt matches its assistant header",
-                            example_id, source))
+                        findings.append(finding("template.generation-prompt-mismatch", f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render", hint="train/inference skew: at inference the model sees a different header than in training; "
+                            "use a template whose generation prompt matches its assistant header", example_id=example_id, source=source))
                     found = _locate_content(tokenizer, template, messages, i, tools, renders[i])
                     if found is None and not m.get("tool_calls"):
                         findings.append(_not_found(i, "assistant", example_id, source))
@@ -302,12 +295,8 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
 
     # Not prefix-preserving: diff the full render against copies with one assistant replaced.
     if prefix_renders:
-        findings.append(Finding(
-            "template.not-prefix-preserving", "warning",
-            "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)",
-            "multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
-            "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template",
-            example_id, source))
+        findings.append(finding("template.not-prefix-preserving", "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)", hint="multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
+            "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template", example_id=example_id, source=source))
     spans: list[tuple[int, int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -621,6 +610,12 @@ def is_text_row(conv: Conversation) -> bool:
     return kind == "prompt-completion" and [m.role for m in conv.messages] == ["user", "assistant"]
 
 
+# What tokenizing reports on a Tokenized (template errors, straddled boundaries, text it cannot encode).
+EMITS = ("template.missing", "template.render-error", "template.not-prefix-preserving",
+         "template.generation-prompt-mismatch", "mask.boundary-mismatch", "format.parse-error")
+
+
+@emits(*EMITS)
 def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, policy: str = "assistant",
                    max_length: int | None = None) -> list[Tokenized]:
     """Tokenize conversations with their loss masks. Never raises on bad data: a conversation the
@@ -637,7 +632,7 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
             errors.append(None)
         except TemplateError as e:
             rendered.append(None)
-            errors.append(Finding(e.check, "error", e.message, e.hint, conv.id, conv.source))
+            errors.append(finding(e.check, e.message, conv, hint=e.hint))
     # Raw rows (text, plain prompt/completion) are encoded in the same batch, as their own text:
     # what the tokenizer's post-processor adds around it (BOS) is put back afterwards.
     raw_rows = {k: _raw_rendered(conv) for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors))
@@ -820,11 +815,7 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
             msg_idx.append(-1)
             continue
         if a < prompt_len < b:
-            findings.append(Finding(
-                "mask.boundary-mismatch", "warning",
-                f"a token spans the prompt/completion boundary at character {prompt_len}; it was left untrained",
-                "end the prompt with a space or newline so the completion starts on a token boundary",
-                conv.id, conv.source))
+            findings.append(finding("mask.boundary-mismatch", f"a token spans the prompt/completion boundary at character {prompt_len}; it was left untrained", conv, hint="end the prompt with a space or newline so the completion starts on a token boundary"))
         trained = a >= prompt_len
         mask.append(trained)
         msg_idx.append(1 if trained and prompt_len else 0)
@@ -859,29 +850,35 @@ def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int],
         # a token that starts before this region but ends inside it straddles the boundary
         if a > 0 and inside[reg.start] and mask[a - 1] != reg.trained:
             mask[a - 1] = False
-            findings.append(Finding(
-                "mask.boundary-mismatch", "warning",
-                f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
-                f"between trained and untrained text; it was left untrained",
-                straddle_hint, conv.id, conv.source, {"token_index": a - 1, "char": reg.start}))
+            findings.append(finding("mask.boundary-mismatch", f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
+                f"between trained and untrained text; it was left untrained", conv, hint=straddle_hint, data={"token_index": a - 1, "char": reg.start}))
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
 def _finish(example_id: str, ids: list[int], mask: list[bool], msg_idx: list[int],
             max_length: int | None, findings: tuple[Finding, ...]) -> Tokenized:
-    n_full = len(ids)
-    truncated = max_length is not None and n_full > max_length
-    if truncated:
-        ids, mask, msg_idx = ids[:max_length], mask[:max_length], msg_idx[:max_length]
-    return Tokenized(example_id, tuple(ids), tuple(mask), tuple(msg_idx), truncated, mask.count(True), n_full, findings)
+    full = Tokenized(example_id, tuple(ids), tuple(mask), tuple(msg_idx), False, mask.count(True), len(ids), findings)
+    return truncate(full, max_length)
 
 
+def truncate(tok: Tokenized, max_length: int | None) -> Tokenized:
+    """Right truncation to `max_length` tokens (keep the head): what tokenize(max_length=) returns,
+    from the untruncated Tokenized (the audit tokenizes once and needs both)."""
+    if max_length is None or len(tok.input_ids) <= max_length:
+        return tok
+    mask = tok.loss_mask[:max_length]
+    return replace(tok, input_ids=tok.input_ids[:max_length], loss_mask=mask,
+                   message_index=tok.message_index[:max_length], truncated=True, n_trained=mask.count(True))
+
+
+@emits(*EMITS)
 def tokenize(conversation: Conversation, tokenizer: Any, *, policy: str = "assistant",
              max_length: int | None = None) -> Tokenized:
     """Tokenize one conversation (see tokenize_batch)."""
     return tokenize_batch([conversation], tokenizer, policy=policy, max_length=max_length)[0]
 
 
+@emits(*EMITS)
 def tokenize_stream(conversations: Iterable[Conversation], tokenizer: Any, *, policy: str = "assistant",
                     max_length: int | None = None, batch_size: int = 256) -> Iterable[tuple[Conversation, Tokenized]]:
     """Tokenize a stream in batches (bounded memory), yielding (conversation, tokenized) pairs."""

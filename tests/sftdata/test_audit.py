@@ -416,28 +416,6 @@ def test_sftdata_dispatcher_runs_audit(capsys, model_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# the catalogue
-
-
-def test_docs_checks_md_is_generated_from_the_catalogue():
-    doc = (REPO / "docs" / "checks.md").read_text(encoding="utf-8")
-    assert doc == checks.catalogue_markdown(), "regenerate it: python -m sftdata.checks > docs/checks.md"
-
-
-def test_every_check_id_in_the_code_is_documented():
-    ids = set()
-    for path in (REPO / "sftdata").glob("*.py"):
-        ids |= set(re.findall(r"[\"']((?:format|template|tokens|mask|length|dedup)\.[a-z]+(?:-[a-z]+)*)[\"']",
-                              path.read_text(encoding="utf-8")))
-    ids |= {f"dedup.{kind}" for kind in ("exact", "near")}  # built as f"dedup.{p.kind}"
-    doc = (REPO / "docs" / "checks.md").read_text(encoding="utf-8")
-    assert ids <= set(checks.CHECKS), ids - set(checks.CHECKS)
-    for check in ids:
-        assert f"### {check}" in doc and checks.explain(check)
-    assert {c.severity for c in checks.CATALOGUE} <= {"error", "warning", "info"}
-
-
-# --------------------------------------------------------------------------------------------
 # the pytest fixture
 
 
