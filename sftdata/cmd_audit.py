@@ -184,9 +184,8 @@ def _audit(argv: list[str] | None) -> int:
         run_dir=run_dir,
         fmt=args.fmt or cfg.get("from"),
         workers=args.workers if args.workers is not None else cfg.get("workers"),
+        config_file=str(cfg_path) if cfg_path is not None else None,
     )
-    if cfg_path is not None:
-        result.summary["config_file"] = str(cfg_path)
     if args.json:
         _print_json(result)
         sys.stderr.write(f"audit written to {os.path.join(run_dir, 'audit')}\n")

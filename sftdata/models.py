@@ -10,6 +10,7 @@ inside `load_model`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +205,52 @@ def has_weights(spec: str) -> bool:
     if not p.is_dir():
         return False
     return any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin"))
+
+
+def tokenizer_of(model: Any) -> tuple[Any, str | None]:
+    """(tokenizer, spec) for a model spec (alias, directory, hub id: loaded here) or a loaded fast
+    tokenizer (spec None)."""
+    if isinstance(model, str):
+        return load_tokenizer(model), model
+    if model is None or not hasattr(model, "backend_tokenizer"):
+        raise UsageError(f"expected a model spec (alias, directory, hub id) or a fast tokenizer, got {type(model).__name__}",
+                         param="model")
+    return model, None
+
+
+def weights_dir(spec: str | None, tokenizer: Any) -> str | None:
+    """A directory holding model weights (for reading the embeddings), or None. An alias is
+    converted once (~20 s)."""
+    if spec is not None:
+        if not has_weights(spec):
+            return None
+        path = resolve_model_path(spec)
+        return path if Path(path).is_dir() else None
+    d = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    if d.is_dir() and (any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))):
+        return str(d)
+    return None
+
+
+def config_dir(spec: str | None, tokenizer: Any) -> str | None:
+    """Where generation_config.json / config.json may be found (no conversion triggered)."""
+    if spec in ALIASES:
+        d = alias_dir(ALIASES[spec]) / "model"
+        return str(d) if d.is_dir() else None
+    for cand in (spec, getattr(tokenizer, "name_or_path", None)):
+        if cand and Path(str(cand)).is_dir():
+            return str(cand)
+    return None
+
+
+def context_length(config_directory: str | None) -> int | None:
+    """max_position_embeddings from config.json in `config_directory`, if there is one."""
+    path = Path(config_directory) / "config.json" if config_directory else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return value if isinstance(value, int) and value > 0 else None

@@ -124,3 +124,100 @@ def update_manifest(run_dir: str | os.PathLike[str], stage: str, *, command: lis
     manifest["stages_present"] = sorted(stages)
     write_json(path, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# RUN/audit/examples.parquet
+
+EXAMPLES_ROW_GROUP_ROWS = 8192
+EXAMPLES_ROW_GROUP_TOKENS = 4_000_000
+
+
+def examples_schema() -> Any:
+    """The columns of RUN/audit/examples.parquet (one row per audited example)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("file", pa.string()), ("line", pa.int32()), ("row", pa.int32()),
+        ("n_tokens", pa.int32()), ("n_tokens_full", pa.int32()), ("n_trained", pa.int32()), ("truncated", pa.bool_()),
+        ("n_findings", pa.int32()), ("severity", pa.string()),
+        ("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.bool_())), ("message_index", pa.list_(pa.int32())),
+    ])
+
+
+class ExamplesWriter:
+    """Streams examples into RUN/audit/examples.parquet (atomically, through an open atomic_open
+    file), a row group every few thousand examples so memory stays bounded. An example has `id`,
+    `file`, `line`, `row`, `n_tokens_full`, `n_trained`, `truncated`, `findings` and the token
+    arrays as bytes: `input_ids` and `message_index` int32, `loss_mask` one byte per token."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        import pyarrow.parquet as pq
+
+        self.schema = examples_schema()
+        self.writer = pq.ParquetWriter(f, self.schema, compression="zstd")
+        self.pending: list[Any] = []
+        self.rows = self.tokens = 0
+
+    def add(self, examples: list[Any]) -> None:
+        if not examples:
+            return
+        self.pending.append(_examples_batch(examples, self.schema))
+        self.rows += len(examples)
+        self.tokens += sum(len(e.loss_mask) for e in examples)
+        if self.rows >= EXAMPLES_ROW_GROUP_ROWS or self.tokens >= EXAMPLES_ROW_GROUP_TOKENS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=max(self.rows, 1))
+        self.pending, self.rows, self.tokens = [], 0, 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+    def __enter__(self) -> ExamplesWriter:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.writer.close()
+
+
+def _worst(findings: tuple[Any, ...]) -> str | None:
+    from sftdata.catalogue import SEVERITY_RANK
+
+    return max((f.severity for f in findings), key=SEVERITY_RANK.__getitem__, default=None)
+
+
+def _examples_batch(examples: list[Any], schema: Any) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    lens = np.fromiter((len(e.loss_mask) for e in examples), dtype=np.int32, count=len(examples))
+    offsets = np.zeros(len(examples) + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    off = pa.array(offsets)
+    ids = np.frombuffer(b"".join(e.input_ids for e in examples), dtype=np.int32)
+    mi = np.frombuffer(b"".join(e.message_index for e in examples), dtype=np.int32)
+    mask = np.frombuffer(b"".join(e.loss_mask for e in examples), dtype=np.bool_)
+    return pa.record_batch([
+        pa.array([e.id for e in examples], pa.string()),
+        pa.array([e.file for e in examples], pa.string()),
+        pa.array([e.line for e in examples], pa.int32()),
+        pa.array([e.row for e in examples], pa.int32()),
+        pa.array(lens),
+        pa.array([e.n_tokens_full for e in examples], pa.int32()),
+        pa.array([e.n_trained for e in examples], pa.int32()),
+        pa.array([e.truncated for e in examples], pa.bool_()),
+        pa.array([len(e.findings) for e in examples], pa.int32()),
+        pa.array([_worst(e.findings) for e in examples], pa.string()),
+        pa.ListArray.from_arrays(off, pa.array(ids)),
+        pa.ListArray.from_arrays(off, pa.array(mask)),
+        pa.ListArray.from_arrays(off, pa.array(mi)),
+    ], schema=schema)

@@ -235,21 +235,16 @@ def test_worker_count_excludes_this_process_and_small_inputs(tmp_path, monkeypat
     monkeypatch.delenv("SFTLAB_AUDIT_WORKERS", raising=False)
     small = tmp_path / "small.jsonl"
     small.write_text('{"messages": []}\n')
-    assert audit_mod._workers(None, [str(small)], audit_mod._cpu_sample()) == 1
-    assert audit_mod._workers(3, [str(small)], audit_mod._cpu_sample()) == 3  # asked for: used
+    from sftdata import parallel
+
+    assert audit_mod._workers(None, [str(small)], parallel.cpu_sample()) == 1
+    assert audit_mod._workers(3, [str(small)], parallel.cpu_sample()) == 3  # asked for: used
     monkeypatch.setenv("SFTLAB_AUDIT_WORKERS", "2")
-    assert audit_mod._workers(None, [str(small)], audit_mod._cpu_sample()) == 2
-    S = audit_mod._CpuSample
-    # 1 s window: the machine was busy 1.9 CPU-s, 0.9 of them this process's own: others used 1 CPU
-    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(11.0, 101.9, 5.9)) == pytest.approx(1.0)
-    # this process alone kept the machine busy: nobody else uses a CPU
-    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(10.5, 100.5, 5.5)) == pytest.approx(0.0)
-    assert audit_mod._others_busy(S(10.0, None, 5.0), S(11.0, None, 6.0)) is None  # no /proc/stat
-    assert audit_mod._others_busy(S(10.0, 100.0, 5.0), S(10.01, 100.0, 5.0)) is None  # window too short
+    assert audit_mod._workers(None, [str(small)], parallel.cpu_sample()) == 2
 
 
 def test_pipelined_single_process_matches_serial(tmp_path, sft_tokenizer, monkeypatch):
-    """workers=1 tokenizes the next batches in a thread (_pipelined): same findings, order and
+    """workers=1 tokenizes the next batches in a thread (parallel.pipelined): same findings, order and
     parquet as auditing each batch in turn; TOKENIZERS_PARALLELISM is restored afterwards."""
     import os
 
@@ -259,8 +254,10 @@ def test_pipelined_single_process_matches_serial(tmp_path, sft_tokenizer, monkey
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     piped = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "piped"), workers=1)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
-    monkeypatch.setattr(audit_mod, "_pipelined", lambda batches, ctx: (
-        (b.read_findings, audit_mod._audit_batch(b.conversations, ctx)) for b in batches))
+    from sftdata import parallel
+
+    monkeypatch.setattr(parallel, "pipelined", lambda items, prepare, finish, ahead=2: (
+        finish(item, prepare(item)) for item in items))
     serial = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "serial"), workers=1)
     assert [f.to_dict() for f in piped.findings] == [f.to_dict() for f in serial.findings]
     drop = ("elapsed_s", "examples_per_s", "run_dir")
@@ -396,7 +393,8 @@ def test_pyproject_config(tmp_path, capsys, model_dir, monkeypatch):
     obj = json.loads(out)
     assert code == 1 and {f["check"] for f in obj["findings"]} == {"length.truncated-answer", "format.parse-error"}
     assert obj["summary"]["max_length"] == 256 and obj["summary"]["config_file"] == str(tmp_path / "pyproject.toml")
-    assert (tmp_path / "audits" / "here" / "audit" / "summary.json").is_file()
+    written = json.loads((tmp_path / "audits" / "here" / "audit" / "summary.json").read_text())
+    assert written == obj["summary"]  # summary.json and --json agree, config_file included
     code, out, _ = cli(capsys, DEFECTS, "--json", "--max-length", "4096", "--select", "length")  # flags override
     assert code == 0 and json.loads(out)["findings"] == []
     (tmp_path / "pyproject.toml").write_text("[tool.sftdata]\nmax_length = 256\n")
