@@ -34,7 +34,7 @@ def main() -> None:
 
     from sftdata import masks
     from sftdata.models import DEMO_MODEL, load_tokenizer
-    from sftdata.pytest_plugin import new_conversation
+    from sftdata.testing.fixtures import new_conversation
 
     tok = load_tokenizer(DEMO_MODEL)
     msgs = alpaca_messages(args.n)

@@ -33,7 +33,7 @@ def time_trl_prepare(messages: list[list[dict[str, str]]], tokenizer: Any, *, nu
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from sftdata.pytest_plugin import build_tiny_causal_lm
+    from sftdata.testing.fixtures import build_tiny_causal_lm
 
     datasets.disable_caching()
     model = build_tiny_causal_lm(tokenizer)

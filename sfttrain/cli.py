@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from sftdata import clikit
+from sftdata.cli import kit as clikit
 
 USAGE = """usage: sfttrain {run,merge} ...
 

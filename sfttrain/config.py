@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 from sftdata.records import POLICIES
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 from sfttrain import config as config_mod
 from sfttrain.train import paths
 

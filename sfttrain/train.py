@@ -36,7 +36,7 @@ import torch
 from transformers import TrainerCallback
 
 from sftdata import rundir
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 from sftdata.records import Finding
 from sfttrain import config as config_mod
 from sfttrain import data, neftune

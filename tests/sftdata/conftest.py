@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftdata.families import family_tokenizer
+from sftdata.testing.families import family_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from sftdata import audit as audit_mod
-from sftdata import checks, cmd_audit, formats, masks
+from sftdata import formats, masks
 from sftdata.audit import AuditResult, run_audit
+from sftdata.cli import audit as cmd_audit
 from sftdata.records import Conversation
 
 pytest_plugins = ["pytester"]
@@ -309,7 +310,7 @@ def test_bad_arguments_are_usage_errors(sft_tokenizer):
 
 
 def test_import_does_not_import_torch():
-    code = "import sys, sftdata, sftdata.audit, sftdata.checks, sftdata.cmd_audit; print('torch' in sys.modules)"
+    code = "import sys, sftdata, sftdata.audit, sftdata.checks, sftdata.cli.audit; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -418,7 +419,7 @@ def test_sftdata_dispatcher_runs_audit(capsys, model_dir, tmp_path):
 
 
 def test_fixture_function_directly(sft_tokenizer):
-    from sftdata.pytest_audit import audit_files
+    from sftdata.testing.audit_fixture import audit_files
 
     r = audit_files(CLEAN, model=sft_tokenizer)
     assert r.passed and r.summary["examples"] == 12

@@ -1,6 +1,6 @@
 """Every audit check: plant the defect in real data and assert the finding; the same data without
 the defect yields none. Real rows come from ../shared/data (LLaMA-Factory and self-instruct files)
-and the bundled examples; templates are the real ones of several model families (sftdata.families)
+and the bundled examples; templates are the real ones of several model families (sftdata.testing.families)
 plus deliberately broken ones."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 
 from sftdata import formats, masks
 from sftdata.audit import run_audit
-
 from sftdata.records import Conversation, replace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,7 +333,7 @@ def test_untrained_embedding(tmp_path, sft_tokenizer):
     """A tiny random-init model on the demo tokenizer; <|im_end|> gets the mean row
     (resize_token_embeddings' initialisation), <|im_start|> a copy of another special's row."""
     torch = pytest.importorskip("torch")
-    from sftdata.pytest_plugin import build_tiny_causal_lm
+    from sftdata.testing.fixtures import build_tiny_causal_lm
 
     path = str(EXAMPLES / "messages.jsonl")
     model = build_tiny_causal_lm(sft_tokenizer)

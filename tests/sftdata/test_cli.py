@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from sftdata import cli, cmd_models, cmd_show
+from sftdata import cli
+from sftdata.cli import models as cmd_models
+from sftdata.cli import show as cmd_show
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."}]},
@@ -84,7 +86,7 @@ def test_models_lists_the_demo_alias(capsys, sft_tokenizer):
 
 def test_show_token_text_is_never_markup(tmp_path, sft_tokenizer, capsys):
     # Mistral's [INST] / [/INST] control tokens look like Rich markup tags.
-    from sftdata.families import family_tokenizer
+    from sftdata.testing.families import family_tokenizer
 
     model = tmp_path / "mistral-tok"
     family_tokenizer(sft_tokenizer, "mistral").save_pretrained(model)

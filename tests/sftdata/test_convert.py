@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sftdata import cli, cmd_convert, formats
+from sftdata import cli, formats
+from sftdata.cli import convert as cmd_convert
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = (REPO / ".." / "shared" / "data").resolve()

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sftdata import cmd_dedup, dedup
+from sftdata import dedup
+from sftdata.cli import dedup as cmd_dedup
 from sftdata.dedup import DedupConfig, ShingleSpec, minhash_signatures, normalize, shingles
 from sftdata.records import Conversation, Message, Source
 
@@ -207,7 +208,7 @@ def test_long_shingles_equal_datasketch():
 
 def test_import_does_not_import_numba():
     """numba is imported when signatures are first computed, not by `import sftdata.dedup`."""
-    code = "import sys, sftdata.dedup, sftdata.cmd_dedup; assert 'numba' not in sys.modules; print('ok')"
+    code = "import sys, sftdata.dedup, sftdata.cli.dedup; assert 'numba' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

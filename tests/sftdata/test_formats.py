@@ -989,7 +989,7 @@ def test_examples_cover_the_demo_cases():
 
 def test_import_does_not_pull_torch():
     code = (
-        "import sys, sftdata.formats, sftdata.cmd_convert; "
+        "import sys, sftdata.formats, sftdata.cli.convert; "
         "bad = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow') if m in sys.modules]; "
         "assert not bad, bad"
     )

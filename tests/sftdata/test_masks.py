@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sftdata import masks
-from sftdata.families import FAMILIES, family_tokenizer
-from sftdata.pytest_plugin import new_conversation
+from sftdata.testing.families import FAMILIES, family_tokenizer
+from sftdata.testing.fixtures import new_conversation
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"

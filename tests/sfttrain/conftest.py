@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sftdata.pytest_plugin import build_tiny_causal_lm
+from sftdata.testing.fixtures import build_tiny_causal_lm
 
 QA = [
     ("What is 2+2?", "4."),

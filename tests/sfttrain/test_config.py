@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftdata.clikit import UsageError
+from sftdata.errors import UsageError
 from sfttrain import cli, config
 
 REPO = Path(__file__).resolve().parents[2]

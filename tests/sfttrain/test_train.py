@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from sftdata.pytest_plugin import build_tiny_causal_lm
+from sftdata.testing.fixtures import build_tiny_causal_lm
 from sfttrain import cli
 from sfttrain import train as train_mod
 from sfttrain.config import Config
@@ -180,7 +180,7 @@ def test_the_gate_refuses_error_level_findings(tmp_path, tiny_model_dir, capsys,
 def test_no_trainable_examples_is_a_usage_error(tmp_path, tiny_model, sft_tokenizer, jsonl):
     row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     f = jsonl(tmp_path / "x.jsonl", [row])
-    from sftdata.clikit import UsageError
+    from sftdata.errors import UsageError
 
     with pytest.raises(UsageError, match="no trainable examples"):
         train(Config(model="t", data=(str(f),), output_dir=str(tmp_path / "r"), policy="last", max_length=8),

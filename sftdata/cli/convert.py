@@ -12,7 +12,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from sftdata import clikit, formats
+from sftdata import formats
+from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
 EXAMPLES = """\
@@ -31,11 +32,11 @@ SHOW_LOCATIONS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    return clikit.run(lambda: _convert(argv))
+    return kit.run(lambda: _convert(argv))
 
 
 def _parser() -> Any:
-    p = clikit.parser("sftdata convert", "Convert SFT data between formats; bad records are reported, never fatal.")
+    p = kit.parser("sftdata convert", "Convert SFT data between formats; bad records are reported, never fatal.")
     p.epilog = EXAMPLES
     p.add_argument("input", nargs="?", help="input file (.jsonl/.json/.csv/.parquet, .gz ok), datasets directory "
                    "or hub id; optional with --dataset-info")
@@ -54,19 +55,19 @@ def _convert(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     fmt, columns, source = _input_spec(args)
     if args.to is not None and args.to not in formats.WRITE_FORMATS:
-        raise clikit.UsageError(f"--to {args.to!r}: unknown format{_near(args.to, formats.WRITE_FORMATS)}; "
+        raise kit.UsageError(f"--to {args.to!r}: unknown format{_near(args.to, formats.WRITE_FORMATS)}; "
                                 f"use one of {', '.join(formats.WRITE_FORMATS)}")
     try:
         to_fmt = formats.output_format(args.output, args.to)  # a bad -o/--to fails before reading
-    except clikit.SftlabError as e:
-        raise clikit.UsageError(f"-o/--to: {e.describe(clikit.flag(e.param))}") from None
+    except kit.SftlabError as e:
+        raise kit.UsageError(f"-o/--to: {e.describe(kit.flag(e.param))}") from None
     try:
         if fmt is None:
             fmt = formats.detect_file_format(source, args.split)
         stream = formats.read(source, fmt, columns=columns, split=args.split)
-    except clikit.SftlabError as e:
+    except kit.SftlabError as e:
         flag = f"--dataset {args.dataset}" if args.dataset and not args.input else "INPUT"
-        raise clikit.UsageError(f"{flag} {e.describe(clikit.flag(e.param))}") from None
+        raise kit.UsageError(f"{flag} {e.describe(kit.flag(e.param))}") from None
     read_findings: list[Finding] = []
     counts = {"read": 0}
 
@@ -85,25 +86,25 @@ def _convert(argv: list[str] | None) -> int:
     summary = {"read": counts["read"], "written": result.written, "skipped": skipped, "input": source,
                "output": args.output, "from": fmt or "unknown", "to": to_fmt}
     if args.json:
-        clikit.print_json("convert", summary, [f.to_dict() for f in findings])
+        kit.print_json("convert", summary, [f.to_dict() for f in findings])
     else:
         _print_report(summary, findings)
-    return clikit.EXIT_FINDINGS if skipped else clikit.EXIT_OK
+    return kit.EXIT_FINDINGS if skipped else kit.EXIT_OK
 
 
 def _input_spec(args: Any) -> tuple[str | None, dict | None, str]:
     """(format, columns, input) from INPUT/--from or --dataset-info/--dataset."""
     if args.from_ is not None and args.from_ not in formats.FORMATS:
-        raise clikit.UsageError(f"--from {args.from_!r}: unknown format{_near(args.from_, formats.FORMATS)}; "
+        raise kit.UsageError(f"--from {args.from_!r}: unknown format{_near(args.from_, formats.FORMATS)}; "
                                 f"use one of {', '.join(formats.FORMATS)}, or leave --from out to detect it")
     if (args.dataset_info is None) != (args.dataset is None):
-        raise clikit.UsageError("--dataset-info and --dataset go together: --dataset-info data/dataset_info.json "
+        raise kit.UsageError("--dataset-info and --dataset go together: --dataset-info data/dataset_info.json "
                                 "--dataset NAME")
     if args.dataset_info is not None:
         path, fmt, columns = formats.read_dataset_info(args.dataset_info, args.dataset)
         return args.from_ or fmt, columns, args.input or path
     if args.input is None:
-        raise clikit.UsageError("INPUT is missing: sftdata convert INPUT -o OUTPUT "
+        raise kit.UsageError("INPUT is missing: sftdata convert INPUT -o OUTPUT "
                                 "(or --dataset-info FILE --dataset NAME)")
     return args.from_, None, args.input
 

@@ -1,17 +1,21 @@
-"""`sftdata` console script: dispatches to one module per command (each exposes main(argv))."""
+"""The `sftdata` command line: this dispatcher (`sftdata.cli:main`, the console script), `kit` (what
+every command shares: parser, exit codes, errors to messages, --json) and one module per command,
+each with main(argv) -> int. The library (sftdata.audit, sftdata.formats, ...) never imports these."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
+__all__ = ["COMMANDS", "main"]
+
 # Explicit list, no registry: name -> (module, one-line help).
 COMMANDS = {
-    "audit": ("sftdata.cmd_audit", "run every check in one pass and write audit/ of a run directory"),
-    "convert": ("sftdata.cmd_convert", "convert between SFT formats (messages, sharegpt, alpaca, ...)"),
-    "dedup": ("sftdata.cmd_dedup", "exact and MinHash near-duplicates, eval contamination"),
-    "show": ("sftdata.cmd_show", "show one example token by token: ids, trained or masked, message"),
-    "models": ("sftdata.cmd_models", "list built-in model aliases and their cache state"),
+    "audit": ("sftdata.cli.audit", "run every check in one pass and write audit/ of a run directory"),
+    "convert": ("sftdata.cli.convert", "convert between SFT formats (messages, sharegpt, alpaca, ...)"),
+    "dedup": ("sftdata.cli.dedup", "exact and MinHash near-duplicates, eval contamination"),
+    "show": ("sftdata.cli.show", "show one example token by token: ids, trained or masked, message"),
+    "models": ("sftdata.cli.models", "list built-in model aliases and their cache state"),
 }
 
 USAGE = "usage: sftdata {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
@@ -39,7 +43,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftdata import catalogue, clikit
+from sftdata import catalogue
 from sftdata.catalogue import CHECKS, SEVERITY_RANK
-from sftdata.clikit import UsageError
+from sftdata.cli import kit
+from sftdata.errors import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Finding
 
 EPILOG = """\
@@ -46,11 +47,11 @@ SHOW_LOCATIONS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    return clikit.run(lambda: _audit(argv))
+    return kit.run(lambda: _audit(argv))
 
 
 def _parser() -> Any:
-    p = clikit.parser("sftdata audit", "Run every check on SFT data in one pass and write RUN/audit/.")
+    p = kit.parser("sftdata audit", "Run every check on SFT data in one pass and write RUN/audit/.")
     p.epilog = EPILOG
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="data files (.jsonl/.json/.csv/.parquet, .gz ok)")
     p.add_argument("--model", help="tokenizer/model: local HF directory, hub id, or alias (`sftdata models`)")
@@ -191,7 +192,7 @@ def _audit(argv: list[str] | None) -> int:
         sys.stderr.write(f"audit written to {os.path.join(run_dir, 'audit')}\n")
     else:
         sys.stdout.write(report(result, rich_table=sys.stdout.isatty()))
-    return clikit.EXIT_OK if result.passed else clikit.EXIT_FINDINGS
+    return kit.EXIT_OK if result.passed else kit.EXIT_FINDINGS
 
 
 def _setup_logging() -> None:
@@ -207,7 +208,7 @@ def _explain(check_id: str) -> int:
         raise UsageError(f"--explain {check_id!r}: no such check" + (f"; did you mean {', '.join(near)}?" if near else "")
                          + " (docs/checks.md lists every id)")
     sys.stdout.write(catalogue.explain(check_id))
-    return clikit.EXIT_OK
+    return kit.EXIT_OK
 
 
 def _print_json(result: Any) -> None:
@@ -224,7 +225,7 @@ def _print_json(result: Any) -> None:
                 out.write(("," if i else "") + line.rstrip("\n"))
         out.write("]}\n")
         return
-    clikit.print_json("audit", summary, [f.to_dict() for f in result.findings])
+    kit.print_json("audit", summary, [f.to_dict() for f in result.findings])
 
 
 # --------------------------------------------------------------------------------------------

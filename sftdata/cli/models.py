@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from sftdata import clikit, models
+from sftdata import models
+from sftdata.cli import kit
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = clikit.parser("sftdata models", "List built-in model aliases usable as --model, and their cache state.\n"
+    p = kit.parser("sftdata models", "List built-in model aliases usable as --model, and their cache state.\n"
                       "Cache directory: $SFTLAB_CACHE, else ~/.cache/sftlab.")
     p.add_argument("--prepare", action="store_true", help="convert every alias's tokenizer and weights into the cache now")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                 models.resolve_tokenizer_path(alias.name)
         states = [models.alias_state(a) for a in models.ALIASES.values()]
         if args.json:
-            clikit.print_json("models", {"aliases": len(states), "cache_root": str(models.cache_root())}, [], models=states)
+            kit.print_json("models", {"aliases": len(states), "cache_root": str(models.cache_root())}, [], models=states)
             return 0
         for s in states:
             print(f"{s['alias']}  {s['description']}")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  cache dir: {s['cache_dir']}")
         return 0
 
-    return clikit.run(body)
+    return kit.run(body)
 
 
 if __name__ == "__main__":

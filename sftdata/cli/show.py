@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from sftdata import clikit
+from sftdata.cli import kit
 from sftdata.records import POLICIES, Conversation, Finding, Tokenized
 
 DESCRIPTION = """\
@@ -30,7 +30,7 @@ def _select(path: str, fmt: str | None, line: int | None, ex_id: str | None) -> 
     for item in formats.read(path, fmt):
         if isinstance(item, Finding):
             if item.severity == "error" and line is not None and item.source is not None and item.source.line == line:
-                raise clikit.UsageError(f"{item.location()}: this record could not be read: {item.message} ({item.hint})")
+                raise kit.UsageError(f"{item.location()}: this record could not be read: {item.message} ({item.hint})")
             skipped.append(item)
             continue
         if first is None:
@@ -43,7 +43,7 @@ def _select(path: str, fmt: str | None, line: int | None, ex_id: str | None) -> 
             return item, skipped
     what = f"--line {line}" if line is not None else f"--id {ex_id}"
     hint = f" (the first example is {first.id} at {first.source})" if first else ""
-    raise clikit.UsageError(f"{what}: no example there in {path}{hint}; line numbers are 1-based file lines, ids as `sftdata convert --json` lists them")
+    raise kit.UsageError(f"{what}: no example there in {path}{hint}; line numbers are 1-based file lines, ids as `sftdata convert --json` lists them")
 
 
 def _token_rows(tok: Tokenized, tokenizer: Any) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ def _print_human(conv: Conversation, tok: Tokenized, rows: list[dict[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = clikit.parser("sftdata show", DESCRIPTION)
+    p = kit.parser("sftdata show", DESCRIPTION)
     p.add_argument("input", help="data file (any format sftdata reads) or saved HF dataset dir")
     p.add_argument("--model", required=True, help="local HF dir, hub id, or alias (see `sftdata models`)")
     sel = p.add_mutually_exclusive_group()
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sel.add_argument("--id", dest="ex_id", help="example id (file stem/record number, e.g. data/3)")
     p.add_argument("--from", dest="fmt", help="input format (default: detected)")
     p.add_argument("--policy", default="assistant", choices=POLICIES, help="mask policy (default: assistant)")
-    p.add_argument("--max-length", type=clikit.positive_int, help="truncate at this many tokens, as training would")
+    p.add_argument("--max-length", type=kit.positive_int, help="truncate at this many tokens, as training would")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour output (default: auto = when stdout is a terminal)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every token")
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_human(conv, tok, rows, args.model, args.policy, color)
         return 1 if any(f.severity == "error" for f in tok.findings) else 0
 
-    return clikit.run(body)
+    return kit.run(body)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import os
 import sys
 from typing import Any
 
-from sftdata import clikit, dedup, formats, rundir
+from sftdata import dedup, formats, rundir
+from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
 EXAMPLES = """\
@@ -43,11 +44,11 @@ SHOW_LOCATIONS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    return clikit.run(lambda: _dedup(argv))
+    return kit.run(lambda: _dedup(argv))
 
 
 def _parser() -> Any:
-    p = clikit.parser("sftdata dedup", "Find exact and near-duplicate examples and evaluation-set contamination.")
+    p = kit.parser("sftdata dedup", "Find exact and near-duplicate examples and evaluation-set contamination.")
     p.epilog = EXAMPLES
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training data files (any format sftdata reads)")
     p.add_argument("--against", nargs="+", action="extend", default=[], metavar="FILE",
@@ -74,7 +75,7 @@ def _dedup(argv: list[str] | None) -> int:
                                num_perm=args.num_perm, seed=args.seed, lsh_storage=args.lsh_storage)
     problems = config.problems()
     if problems:
-        raise clikit.UsageError("; ".join(problems))
+        raise kit.UsageError("; ".join(problems))
     if args.output:
         _check_output(args.output)  # a bad -o fails before the work
 
@@ -84,7 +85,7 @@ def _dedup(argv: list[str] | None) -> int:
     try:
         result = dedup.dedup(train, against, config)
     except _redis_errors() as e:
-        raise clikit.UsageError(f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); "
+        raise kit.UsageError(f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); "
                                 "start redis-server or fix the URL") from None
 
     findings = list(read_findings) + list(result.findings)
@@ -104,18 +105,18 @@ def _dedup(argv: list[str] | None) -> int:
         summary["run_dir"] = args.run_dir
 
     if args.json:
-        clikit.print_json("dedup", summary, [f.to_dict() for f in findings])
+        kit.print_json("dedup", summary, [f.to_dict() for f in findings])
     else:
         _print_report(summary, result, read_findings)
     found = result.findings or summary["unreadable_records"] or summary.get("not_written")
-    return clikit.EXIT_FINDINGS if found else clikit.EXIT_OK
+    return kit.EXIT_FINDINGS if found else kit.EXIT_OK
 
 
 def _check_output(output: str) -> None:
     try:
         formats.output_format(output)
-    except clikit.SftlabError as e:
-        raise clikit.UsageError(f"-o: {e.describe(clikit.flag(e.param))}") from None
+    except kit.SftlabError as e:
+        raise kit.UsageError(f"-o: {e.describe(kit.flag(e.param))}") from None
 
 
 def _output_format(output: str, first_input: str) -> str | None:
@@ -126,7 +127,7 @@ def _output_format(output: str, first_input: str) -> str | None:
         return None
     try:
         formats.output_format(output, fmt)
-    except clikit.SftlabError:
+    except kit.SftlabError:
         return None  # e.g. a format the output container cannot hold: the default format
     return fmt
 
@@ -136,8 +137,8 @@ def _read_all(paths: list[str], flag: str, findings: list[Finding]) -> list[Conv
     for path in paths:
         try:
             items = formats.read(path)
-        except clikit.SftlabError as e:
-            raise clikit.UsageError(f"{flag} {e.describe(clikit.flag(e.param))}") from None
+        except kit.SftlabError as e:
+            raise kit.UsageError(f"{flag} {e.describe(kit.flag(e.param))}") from None
         for item in items:
             if isinstance(item, Conversation):
                 out.append(item)
