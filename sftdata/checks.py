@@ -393,7 +393,7 @@ def check_mask(conv: Conversation, tok: Tokenized, info: TokenizerInfo, policy: 
             yield finding("mask.no-trained-tokens", f"nothing is trained ({len(ids)} tokens, {why})", conv)
         return
     if masks.is_text_row(conv):  # raw rows: text, or plain prompt/completion (no template)
-        if verify_text and conv.meta.get("kind") == "prompt-completion" and not tok.truncated:
+        if verify_text and conv.shape == "prompt-completion" and not tok.truncated:
             yield from _compare_turn(conv, len(msgs) - 1, [t for t, m in zip(ids, tok.loss_mask) if m], info)
         return
     mi = tok.message_index

@@ -12,12 +12,13 @@ Round trips lose nothing. What a row holds beyond its format's fields goes into
 `Conversation.meta` and comes back out of the writer:
   meta["columns"]       columns the format does not use (label, id, template, ...), written back as-is
   meta["message_keys"]  {"<message index>": {key: value}} unknown per-message keys
-  meta["kind"]          "text", "text-label", "prompt-completion" (plain strings), "knowledge",
-                        "self-instruct-seed": how the record was shaped before it became a chat
   meta["input"]         the alpaca `input` part of the last user turn (user = instruction + "\\n" + input)
   meta["rejected"]      preference data: the rejected answer as message dicts (SFT trains on chosen)
   plus a few format-specific keys (documented at their parsers).
-The messages format keeps that meta under a `_meta` key so messages -> messages is exact.
+The shape a record had before it became a chat ("text", "text-label", "prompt-completion" with
+plain strings, "knowledge", "self-instruct-seed") is `Conversation.shape`, not meta: it changes
+how the conversation is tokenized. The messages format keeps meta, and the shape as `kind`, under
+a `_meta` key so messages -> messages is exact. Each parser returns a `Parsed`.
 
 `import sftdata.formats` imports neither torch nor transformers; pyarrow and datasets are
 imported inside the functions that need them.
@@ -33,12 +34,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sftdata import readers
 from sftdata.catalogue import emits, finding
 from sftdata.errors import DataError, UsageError
-from sftdata.records import ROLES, Conversation, Finding, Message, Source, make_id
+from sftdata.records import ROLES, SHAPES, Conversation, Finding, Message, Source, make_id
 from sftdata.rundir import atomic_open
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,16 @@ WRITE_FORMATS: tuple[str, ...] = FORMATS + ("parquet",)
 META_KEY = "_meta"  # where the messages format keeps Conversation.meta
 _DETECT_ROWS = 100  # dict records looked at before giving up on detection
 _PARQUET_BATCH = 1024
+
+
+class Parsed(NamedTuple):
+    """What a format's parser makes of one row."""
+
+    messages: list[Message]
+    tools: tuple[dict[str, Any], ...] | None
+    meta: dict[str, Any]  # Conversation.meta: what the writer needs to give the row back
+    consumed: set[str]  # the row's keys the format used (the others are kept as meta["columns"])
+    shape: str = "chat"  # Conversation.shape
 
 
 @dataclass(frozen=True)
@@ -225,17 +236,17 @@ def _parse_row(row: dict[str, Any], fmt: str | None, columns: dict[str, Any], ex
     if fmt is None:  # no format could be detected for this file: say what this row looks like
         raise RecordError("format.missing-field", f"no known format's fields (keys: {_keys(row)})",
                           f"name the format with --from (one of {', '.join(FORMATS)})")
-    parse = _PARSERS[fmt]
-    messages, tools, meta, consumed = parse(row, columns)
-    if not messages:
+    parsed = _PARSERS[fmt](row, columns)
+    if not parsed.messages:
         raise RecordError("format.missing-field", "no messages", "a record needs at least one message")
-    extra = {k: v for k, v in row.items() if k not in consumed}
+    meta = parsed.meta
+    extra = {k: v for k, v in row.items() if k not in parsed.consumed}
     if meta.get("columns"):
         extra = {**meta["columns"], **extra}
     meta.pop("columns", None)
     if extra:
         meta["columns"] = extra
-    return Conversation(example_id, tuple(messages), source, tools, meta)
+    return Conversation(example_id, tuple(parsed.messages), source, parsed.tools, meta, parsed.shape)
 
 
 def _content_warnings(conv: Conversation) -> Iterator[Finding]:
@@ -318,510 +329,6 @@ def _tools(row: dict[str, Any], key: str) -> tuple[tuple[dict[str, Any], ...] | 
 
 def _scalar_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
-
-
-# --- messages (OpenAI) ------------------------------------------------------------------------
-
-_OPENAI_KEYS = {"role", "content", "tool_calls", "name", "tool_call_id", "reasoning_content", "reasoning",
-                "train", "loss_weight"}
-
-
-def _parse_messages(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """OpenAI `messages` (+ `tools`). Keeps our own `_meta` key as Conversation.meta."""
-    key, tools_key = cols.get("messages", "messages"), cols.get("tools", "tools")
-    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
-    meta: dict[str, Any] = {}
-    consumed = {key}
-    if isinstance(row.get(META_KEY), dict):
-        meta = _checked_meta(row[META_KEY])
-        consumed.add(META_KEY)
-    messages = _openai_messages(raw, key, 0, meta)
-    tools, used = _tools(row, tools_key)
-    if used:
-        consumed.add(tools_key)
-    return messages, tools, meta, consumed
-
-
-# The meta keys writers read back, and their types: a hand-edited `_meta` must not crash a writer.
-_META_TYPES: dict[str, type | tuple[type, ...]] = {
-    "kind": str, "columns": dict, "message_keys": dict, "loss_weights": dict, "sharegpt": dict, "input": str,
-    "rejected": list, "n_prompt": int, "preference_form": str, "prompt_key": str, "output_list": bool,
-    "output_rest": list, "instances_rest": list, "label": (str, int, float, bool), "entity": str, "facts": list,
-}
-
-
-def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """A private copy of a messages row's `_meta`, its known keys type-checked."""
-    for key, types in _META_TYPES.items():
-        if key in meta:
-            _typed(meta[key], types, f"{META_KEY}.{key}")
-    for key in ("message_keys", "sharegpt"):
-        for k, v in meta.get(key, {}).items():
-            _typed(v, dict if key == "message_keys" else str, f"{META_KEY}.{key}.{k}")
-    for k, v in meta.get("loss_weights", {}).items():
-        _typed(v, (int, float), f"{META_KEY}.loss_weights.{k}")
-    for i, m in enumerate(meta.get("rejected", [])):
-        _typed(m, dict, f"{META_KEY}.rejected[{i}]")
-    meta = json.loads(json.dumps(meta))
-    if "message_keys" in meta:  # the writer merges these into message dicts: keep what survives that
-        kept = {i: {k: v for k, v in keys.items() if v is not None and k not in _OPENAI_KEYS}
-                for i, keys in meta["message_keys"].items()}
-        meta["message_keys"] = {i: keys for i, keys in kept.items() if keys}
-        if not meta["message_keys"]:
-            del meta["message_keys"]
-    return meta
-
-
-def _openai_messages(raw: list[Any], key: str, offset: int, meta: dict[str, Any]) -> list[Message]:
-    return [_openai_message(d, f"{key}[{i}]", offset + i, meta) for i, d in enumerate(raw)]
-
-
-def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
-    if type(d) is dict and len(d) == 2 and type(d.get("content")) is str and d.get("role") in ROLES:
-        return Message(d["role"], d["content"])  # the common plain message: nothing else to check
-    _typed(d, dict, where)
-    role = d.get("role")
-    if role is None:
-        raise RecordError("format.missing-field", f"{where} has no 'role' (keys: {_keys(d)})",
-                          "give every message a role: system, user, assistant or tool")
-    if role not in ROLES:
-        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
-                          "rename the role (developer -> system, function -> tool), or use --from sharegpt for "
-                          "from/value data")
-    reasoning = d.get("reasoning_content") if d.get("reasoning_content") is not None else d.get("reasoning")
-    message = Message(
-        role=role,
-        content=_content_text(d.get("content"), f"{where}.content"),
-        tool_calls=_tool_calls(d.get("tool_calls"), where),
-        name=_opt_str(d, "name", where),
-        tool_call_id=_opt_str(d, "tool_call_id", where),
-        reasoning=None if reasoning is None else _typed(reasoning, str, f"{where} reasoning"),
-        train=_train(d, where, index, meta),
-    )
-    _keep_extra_keys(d, _OPENAI_KEYS, index, meta)
-    return message
-
-
-def _content_text(content: Any, where: str) -> str:
-    """A string, or OpenAI content parts of which only text parts are supported (joined)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            _typed(part, dict, f"{where}[{j}]")
-            kind = part.get("type")
-            if kind != "text":
-                raise RecordError("format.unsupported-content",
-                                  f"{where}[{j}] is a {kind!r} part; only text is supported",
-                                  "drop image/audio parts: sftlab trains text-only models")
-            texts.append(_typed(part.get("text", part.get("value", "")), str, f"{where}[{j}].text"))
-        return "".join(texts)
-    return _typed(content, str, where)
-
-
-def _tool_calls(value: Any, where: str) -> tuple[dict[str, Any], ...] | None:
-    if value is None:
-        return None
-    calls = _as_list(value, f"{where}.tool_calls")
-    for j, call in enumerate(calls):
-        _typed(call, dict, f"{where}.tool_calls[{j}]")
-        fn = call.get("function", call)
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise RecordError("format.missing-field", f"{where}.tool_calls[{j}] has no function name",
-                              'write tool calls as {"type": "function", "function": {"name": ..., "arguments": {...}}}')
-    return tuple(calls)
-
-
-def _train(d: dict[str, Any], where: str, index: int, meta: dict[str, Any]) -> bool | None:
-    """`train` (bool) or LLaMA-Factory's `loss_weight` (0 -> False, >0 -> True; other weights
-    than 0 and 1 are kept in meta["loss_weights"])."""
-    if d.get("train") is not None:
-        return _typed(d["train"], bool, f"{where} 'train'")
-    weight = d.get("loss_weight")
-    if weight is None:
-        return None
-    _typed(weight, (int, float), f"{where} 'loss_weight'")
-    if weight not in (0, 1):
-        meta.setdefault("loss_weights", {})[str(index)] = weight
-    return weight > 0
-
-
-def _keep_extra_keys(d: dict[str, Any], known: set[str], index: int, meta: dict[str, Any]) -> None:
-    extra = {k: v for k, v in d.items() if k not in known and v is not None}
-    if extra:
-        meta.setdefault("message_keys", {}).setdefault(str(index), {}).update(extra)
-
-
-# --- typed blocks (LLaMA-Factory v1) -------------------------------------------------------------
-
-
-def _parse_typed_blocks(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """LLaMA-Factory v1: content is a list of {"type": text|reasoning|tool_call, "value": ...},
-    each message may carry `loss_weight`; `tools` is a JSON string."""
-    key, tools_key = cols.get("messages", "messages"), cols.get("tools", "tools")
-    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
-    meta: dict[str, Any] = {}
-    messages = [_block_message(d, f"{key}[{i}]", i, meta) for i, d in enumerate(raw)]
-    tools, used = _tools(row, tools_key)
-    return messages, tools, meta, {key} | ({tools_key} if used else set())
-
-
-def _block_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
-    _typed(d, dict, where)
-    role = d.get("role")
-    if role is None:
-        raise RecordError("format.missing-field", f"{where} has no 'role'", "give every message a role")
-    if role not in ROLES:
-        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
-                          "rename the role to system, user, assistant or tool")
-    content = d.get("content")
-    texts: list[str] = []
-    thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    if isinstance(content, str):
-        texts.append(content)
-    elif content is not None:
-        for j, block in enumerate(_typed(content, list, f"{where}.content")):
-            at = f"{where}.content[{j}]"
-            _typed(block, dict, at)
-            kind, value = block.get("type"), block.get("value")
-            if kind == "text":
-                texts.append(_typed(value, str, f"{at}.value"))
-            elif kind == "reasoning":
-                thoughts.append(_typed(value, str, f"{at}.value"))
-            elif kind == "tool_call":
-                calls.extend(_function_calls(value, at))
-            else:
-                raise RecordError("format.unsupported-content",
-                                  f"{at} is a {kind!r} block; supported: text, reasoning, tool_call",
-                                  "drop image/video/audio blocks: sftlab trains text-only models")
-    message = Message(role=role, content="".join(texts), tool_calls=tuple(calls) if calls else None,
-                      reasoning="".join(thoughts) if thoughts else None, train=_train(d, where, index, meta))
-    _keep_extra_keys(d, {"role", "content", "loss_weight", "train"}, index, meta)
-    return message
-
-
-def _function_calls(value: Any, where: str) -> list[dict[str, Any]]:
-    """A ShareGPT function_call value or a v1 tool_call block: JSON text (or an object) of
-    {"name", "arguments"} or a list of them -> OpenAI-style tool calls with arguments as a dict."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise RecordError("format.parse-error",
-                              f"{where} is a tool call but not valid JSON ({e.msg} at column {e.colno})",
-                              'write the call as {"name": "fn", "arguments": {...}}') from None
-    calls = value if isinstance(value, list) else [value]
-    if not calls:
-        raise RecordError("format.missing-field", f"{where} is a tool call turn holding no calls",
-                          'write the call as {"name": "fn", "arguments": {...}}')
-    out = []
-    for call in calls:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise RecordError("format.missing-field", f"{where} is a tool call without a 'name'",
-                              'write the call as {"name": "fn", "arguments": {...}}')
-        out.append({"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}})
-    return out
-
-
-# --- ShareGPT -------------------------------------------------------------------------------------
-
-# Source role name -> slot. LLaMA-Factory's tags (user_tag, ...) add to this per dataset.
-_SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
-    "system": "system",
-    "function_call": "function",
-    "observation": "observation", "tool": "observation", "function": "observation",
-}
-_SHAREGPT_TAGS = {"user": "user_tag", "assistant": "assistant_tag", "system": "system_tag",
-                  "function": "function_tag", "observation": "observation_tag"}
-# How our writer spells ShareGPT unless the source spelled it otherwise (kept in meta["sharegpt"]).
-_SHAREGPT_STYLE = {"messages": "conversations", "role_tag": "from", "content_tag": "value", "user": "human",
-                   "assistant": "gpt", "system": "system", "function": "function_call",
-                   "observation": "observation", "system_at": "column"}
-
-
-def _parse_sharegpt(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """ShareGPT `conversations` of {from, value} (or role/content), `system` and `tools` columns.
-    human/user -> user, gpt/assistant/model/bot -> assistant, function_call -> assistant with
-    tool_calls, observation/tool/function -> tool. meta["sharegpt"] keeps non-default spellings."""
-    messages, tools, meta, consumed, style = _sharegpt_conversation(row, cols)
-    _keep_style(style, meta)
-    return messages, tools, meta, consumed
-
-
-def _sharegpt_conversation(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    key = cols.get("messages") or ("conversations" if "conversations" in row else "messages")
-    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
-    style: dict[str, str] = {"messages": key}
-    meta: dict[str, Any] = {}
-    consumed = {key}
-    messages: list[Message] = []
-    system_key = cols.get("system", "system")
-    system = row.get(system_key)
-    if system is not None and system != "":
-        messages.append(Message("system", _typed(system, str, f"{system_key!r}")))
-        consumed.add(system_key)
-    for i, d in enumerate(raw):
-        messages.append(_sharegpt_message(d, f"{key}[{i}]", len(messages), cols, style, meta))
-    if messages and messages[0].role == "system" and system_key not in consumed:
-        style["system_at"] = "inline"
-    tools_key = cols.get("tools", "tools")
-    tools, used = _tools(row, tools_key)
-    if used:
-        consumed.add(tools_key)
-    return messages, tools, meta, consumed, style
-
-
-def _keep_style(style: dict[str, str], meta: dict[str, Any]) -> None:
-    custom = {k: v for k, v in style.items() if _SHAREGPT_STYLE.get(k) != v}
-    if custom:
-        meta["sharegpt"] = custom
-
-
-def _sharegpt_message(d: Any, where: str, index: int, cols: dict[str, Any], style: dict[str, str],
-                      meta: dict[str, Any]) -> Message:
-    _typed(d, dict, where)
-    role_tag = cols.get("role_tag") or ("from" if "from" in d else "role")
-    content_tag = cols.get("content_tag") or ("value" if "value" in d else "content")
-    style.setdefault("role_tag", role_tag)
-    style.setdefault("content_tag", content_tag)
-    names = dict(_SHAREGPT_ROLES)
-    names.update({cols[tag]: slot for slot, tag in _SHAREGPT_TAGS.items() if cols.get(tag)})
-    name = d.get(role_tag)
-    if name is None:
-        raise RecordError("format.missing-field", f"{where} has no {role_tag!r} (keys: {_keys(d)})",
-                          "give every turn a role: human, gpt, system, function_call or observation")
-    slot = names.get(name) if isinstance(name, str) else None
-    if slot is None:
-        raise RecordError("format.bad-role",
-                          f"{where} has {role_tag} {name!r}, expected one of {', '.join(sorted(names))}",
-                          "rename the role, or map it with a dataset_info.json entry's tags (--dataset-info)")
-    style.setdefault(slot, name)
-    value = d.get(content_tag)
-    value = "" if value is None else _typed(value, str, f"{where} {content_tag!r}")
-    _keep_extra_keys(d, {role_tag, content_tag}, index, meta)
-    if slot == "function":
-        return Message("assistant", "", tool_calls=tuple(_function_calls(value, where)))
-    return Message({"user": "user", "assistant": "assistant", "system": "system", "observation": "tool"}[slot], value)
-
-
-def _parse_sharegpt_ranking(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """LLaMA-Factory ranking rows: `conversations` + `chosen` and `rejected` turns. Trains on
-    conversations + chosen; the rejected turn is kept as meta["rejected"]."""
-    messages, tools, meta, consumed, style = _sharegpt_conversation(row, cols)
-    picked = []
-    for part in ("chosen", "rejected"):
-        key = cols.get(part, part)
-        turn = _get(row, key, dict)
-        picked.append(_sharegpt_message(turn, key, len(messages), cols, style, {}))
-        consumed.add(key)
-    chosen, rejected = picked
-    _keep_style(style, meta)
-    meta.update(rejected=[rejected.to_dict()], n_prompt=len(messages), preference_form="sharegpt-ranking")
-    return messages + [chosen], tools, meta, consumed
-
-
-# --- alpaca, self-instruct seed, qa, prompt/completion, text ------------------------------------
-
-
-def _parse_alpaca(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """instruction/input/output (+ system, history [[q, a], ...], tools). user = instruction +
-    "\\n" + input. An `output` list (LLaMA-Factory ranking style) trains on its first element;
-    meta["output_list"] / meta["output_rest"] keep the list."""
-    k_prompt, k_query = cols.get("prompt", "instruction"), cols.get("query", "input")
-    k_response, k_system = cols.get("response", "output"), cols.get("system", "system")
-    k_history, k_tools = cols.get("history", "history"), cols.get("tools", "tools")
-    instruction = _get(row, k_prompt, str)
-    output = _get(row, k_response, (str, list))
-    meta: dict[str, Any] = {}
-    consumed = {k_prompt, k_response}
-    if isinstance(output, list):
-        if not output:
-            raise RecordError("format.missing-field", f"{k_response!r} is an empty list", "give at least one answer")
-        meta["output_list"] = True
-        if len(output) > 1:
-            meta["output_rest"] = output[1:]
-        output = _typed(output[0], str, f"{k_response}[0]")
-    query = row.get(k_query)
-    if k_query in row:  # null, "" and absent all mean no input
-        consumed.add(k_query)
-        if query is not None and query != "":
-            meta["input"] = _typed(query, str, f"field {k_query!r}")
-    messages: list[Message] = []
-    system = row.get(k_system)
-    if system is not None and system != "":
-        messages.append(Message("system", _typed(system, str, f"field {k_system!r}")))
-        consumed.add(k_system)
-    history = row.get(k_history)
-    if history:
-        for i, pair in enumerate(_as_list(history, f"{k_history!r}")):
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                raise RecordError("format.wrong-type", f"{k_history}[{i}] is not a [question, answer] pair of strings",
-                                  'write history as [["question", "answer"], ...]')
-            messages += [Message("user", pair[0]), Message("assistant", pair[1])]
-        consumed.add(k_history)
-    messages += [Message("user", _join_input(instruction, query)), Message("assistant", output)]
-    tools, used = _tools(row, k_tools)
-    if used:
-        consumed.add(k_tools)
-    return messages, tools, meta, consumed
-
-
-def _parse_self_instruct_seed(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """self-instruct seed tasks {id, name, instruction, instances: [{input, output}], is_classification}:
-    one conversation per task from instances[0]; further instances are kept in
-    meta["instances_rest"], id/name/is_classification as columns."""
-    instruction = _get(row, "instruction", str)
-    instances = _get(row, "instances", list)
-    if not instances:
-        raise RecordError("format.missing-field", "'instances' is empty", "give the task at least one instance")
-    first = _typed(instances[0], dict, "instances[0]")
-    query = _opt_str(first, "input", "instances[0]") or ""
-    output = _get(first, "output", str, "instances[0]")
-    meta: dict[str, Any] = {"kind": "self-instruct-seed"}
-    if query:
-        meta["input"] = query
-    if len(instances) > 1:
-        meta["instances_rest"] = instances[1:]
-    return ([Message("user", _join_input(instruction, query)), Message("assistant", output)], None, meta,
-            {"instruction", "instances"})
-
-
-def _parse_qa(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    q, a = cols.get("prompt", "question"), cols.get("response", "answer")
-    return [Message("user", _get(row, q, str)), Message("assistant", _get(row, a, str))], None, {}, {q, a}
-
-
-def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """TRL prompt/completion: two strings (meta kind "prompt-completion": trained as raw text
-    in TRL), or two message lists (conversational; meta["n_prompt"] when the completion is not
-    just the last assistant turn)."""
-    prompt, completion = _get(row, "prompt", (str, list)), _get(row, "completion", (str, list))
-    if isinstance(prompt, str) != isinstance(completion, str):
-        raise RecordError("format.wrong-type", f"'prompt' is a {_typename(prompt)} but 'completion' is a "
-                          f"{_typename(completion)}", "make both strings, or both lists of messages")
-    if isinstance(prompt, str):
-        return ([Message("user", prompt), Message("assistant", completion)], None, {"kind": "prompt-completion"},
-                {"prompt", "completion"})
-    meta: dict[str, Any] = {}
-    messages = _openai_messages(prompt, "prompt", 0, meta)
-    messages += _openai_messages(completion, "completion", len(prompt), meta)
-    if len(prompt) != _last_assistant(messages):
-        meta["n_prompt"] = len(prompt)
-    tools, used = _tools(row, "tools")
-    return messages, tools, meta, {"prompt", "completion"} | ({"tools"} if used else set())
-
-
-def _parse_text(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """Plain LM text: one assistant message, meta kind "text" (trained raw, no chat template)."""
-    key = cols.get("prompt", "text")
-    return [Message("assistant", _get(row, key, str))], None, {"kind": "text"}, {key}
-
-
-def _parse_text_label(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """Classification rows: user = text, assistant = str(label); meta["label"] keeps its type."""
-    text, label = _get(row, "text", str), _get(row, "label", (str, int, float, bool))
-    return ([Message("user", text), Message("assistant", _scalar_text(label))], None,
-            {"kind": "text-label", "label": label}, {"text", "label"})
-
-
-def _parse_knowledge(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """{"entity", "facts": [{"fact", "value"}]} -> "What is the {fact} of {entity}?" / value
-    turns; meta keeps entity and facts as they were."""
-    entity = _get(row, "entity", str)
-    facts = _get(row, "facts", list)
-    if not facts:
-        raise RecordError("format.missing-field", "'facts' is empty", "give the entity at least one fact")
-    messages = []
-    for i, fact in enumerate(facts):
-        _typed(fact, dict, f"facts[{i}]")
-        name = _get(fact, "fact", str, f"facts[{i}]")
-        value = _get(fact, "value", (str, int, float, bool), f"facts[{i}]")
-        messages += [Message("user", f"What is the {name} of {entity}?"), Message("assistant", _scalar_text(value))]
-    return messages, None, {"kind": "knowledge", "entity": entity, "facts": facts}, {"entity", "facts"}
-
-
-# --- preference ----------------------------------------------------------------------------------
-
-
-def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
-    """prompt/chosen/rejected as strings (TRL standard, LLaMA-Factory alpaca ranking with
-    instruction/input/system) or message lists (TRL conversational; without a prompt, TRL's
-    implicit-prompt form). SFT trains on the chosen answer; meta["rejected"] keeps the other
-    (as message dicts), meta["n_prompt"] where the prompt ends, meta["preference_form"] the form."""
-    k_chosen, k_rejected = cols.get("chosen", "chosen"), cols.get("rejected", "rejected")
-    chosen, rejected = _get(row, k_chosen, (str, list)), _get(row, k_rejected, (str, list))
-    if isinstance(chosen, str) != isinstance(rejected, str):
-        raise RecordError("format.wrong-type", f"{k_chosen!r} is a {_typename(chosen)} but {k_rejected!r} is a "
-                          f"{_typename(rejected)}", "make both strings, or both lists of messages")
-    k_prompt = cols.get("prompt") or next((k for k in ("prompt", "instruction", "question") if k in row), None)
-    meta: dict[str, Any] = {} if k_prompt in (None, "prompt") else {"prompt_key": k_prompt}
-    consumed = {k_chosen, k_rejected}
-    if isinstance(chosen, str):
-        if k_prompt is None:
-            raise RecordError("format.missing-field", f"string preference row has no prompt (keys: {_keys(row)})",
-                              "add 'prompt', or give chosen/rejected as full message lists")
-        prompt = _get(row, k_prompt, str)
-        consumed.add(k_prompt)
-        messages: list[Message] = []
-        k_system, k_query = cols.get("system", "system"), cols.get("query", "input")
-        if row.get(k_system) not in (None, ""):
-            messages.append(Message("system", _typed(row[k_system], str, f"field {k_system!r}")))
-            consumed.add(k_system)
-        query = row.get(k_query)
-        if query is not None:
-            consumed.add(k_query)
-            if _typed(query, str, f"field {k_query!r}"):
-                meta["input"] = query
-        messages += [Message("user", _join_input(prompt, query)), Message("assistant", chosen)]
-        meta.update(preference_form="string", n_prompt=len(messages) - 1,
-                    rejected=[{"role": "assistant", "content": rejected}])
-        return messages, None, meta, consumed
-    chosen_msgs = _openai_messages(chosen, k_chosen, 0, {})
-    rejected_msgs = _openai_messages(rejected, k_rejected, 0, {})
-    if k_prompt is not None and row.get(k_prompt) is not None:
-        prompt = _as_list(row[k_prompt], f"{k_prompt!r}")
-        consumed.add(k_prompt)
-        prompt_msgs = _openai_messages(prompt, k_prompt, 0, meta)
-        messages, n_prompt, rejected_tail = prompt_msgs + chosen_msgs, len(prompt_msgs), rejected_msgs
-        form = "conversational"
-    else:
-        n_prompt = 0
-        while (n_prompt < min(len(chosen_msgs), len(rejected_msgs))
-               and chosen_msgs[n_prompt] == rejected_msgs[n_prompt]):
-            n_prompt += 1
-        messages, rejected_tail, form = chosen_msgs, rejected_msgs[n_prompt:], "implicit"
-    meta.update(preference_form=form, n_prompt=n_prompt, rejected=[m.to_dict() for m in rejected_tail])
-    tools, used = _tools(row, "tools")
-    return messages, tools, meta, consumed | ({"tools"} if used else set())
-
-
-_PARSERS = {
-    "messages": _parse_messages,
-    "sharegpt": _parse_sharegpt,
-    "alpaca": _parse_alpaca,
-    "prompt-completion": _parse_prompt_completion,
-    "qa": _parse_qa,
-    "text": _parse_text,
-    "text-label": _parse_text_label,
-    "knowledge": _parse_knowledge,
-    "preference": _parse_preference,
-    "sharegpt-ranking": _parse_sharegpt_ranking,
-    "typed-blocks": _parse_typed_blocks,
-    "self-instruct-seed": _parse_self_instruct_seed,
-}
-
-
-def _last_assistant(messages: list[Message] | tuple[Message, ...]) -> int:
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i].role == "assistant":
-            return i
-    return -1
 
 
 # ============================================================================================
@@ -947,7 +454,147 @@ def _pairs(conv: Conversation, fmt: str) -> tuple[str | None, list[tuple[str, st
     return system, [(msgs[i].content, msgs[i + 1].content) for i in range(0, len(msgs), 2)]
 
 
-# --- messages ----------------------------------------------------------------------------------
+# ============================================================================================
+# The formats: each one's parser (row -> Parsed) and encoder (Conversation -> row), side by side
+# ============================================================================================
+
+
+# --- messages (OpenAI) ------------------------------------------------------------------------
+
+_OPENAI_KEYS = {"role", "content", "tool_calls", "name", "tool_call_id", "reasoning_content", "reasoning",
+                "train", "loss_weight"}
+
+
+def _parse_messages(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """OpenAI `messages` (+ `tools`). Keeps our own `_meta` key as Conversation.meta."""
+    key, tools_key = cols.get("messages", "messages"), cols.get("tools", "tools")
+    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
+    meta: dict[str, Any] = {}
+    consumed = {key}
+    shape = "chat"
+    if isinstance(row.get(META_KEY), dict):
+        meta = _checked_meta(row[META_KEY])
+        consumed.add(META_KEY)
+        if meta.get("kind") in SHAPES:  # the shape the record had before it was written as messages
+            shape = meta.pop("kind")
+    messages = _openai_messages(raw, key, 0, meta)
+    tools, used = _tools(row, tools_key)
+    if used:
+        consumed.add(tools_key)
+    return Parsed(messages, tools, meta, consumed, shape)
+
+
+# The meta keys writers read back, and their types: a hand-edited `_meta` must not crash a writer.
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "columns": dict, "message_keys": dict, "loss_weights": dict, "sharegpt": dict, "input": str,
+    "rejected": list, "n_prompt": int, "preference_form": str, "prompt_key": str, "output_list": bool,
+    "output_rest": list, "instances_rest": list, "label": (str, int, float, bool), "entity": str, "facts": list,
+}
+
+
+def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A private copy of a messages row's `_meta`, its known keys type-checked."""
+    for key, types in _META_TYPES.items():
+        if key in meta:
+            _typed(meta[key], types, f"{META_KEY}.{key}")
+    for key in ("message_keys", "sharegpt"):
+        for k, v in meta.get(key, {}).items():
+            _typed(v, dict if key == "message_keys" else str, f"{META_KEY}.{key}.{k}")
+    for k, v in meta.get("loss_weights", {}).items():
+        _typed(v, (int, float), f"{META_KEY}.loss_weights.{k}")
+    for i, m in enumerate(meta.get("rejected", [])):
+        _typed(m, dict, f"{META_KEY}.rejected[{i}]")
+    meta = json.loads(json.dumps(meta))
+    if "message_keys" in meta:  # the writer merges these into message dicts: keep what survives that
+        kept = {i: {k: v for k, v in keys.items() if v is not None and k not in _OPENAI_KEYS}
+                for i, keys in meta["message_keys"].items()}
+        meta["message_keys"] = {i: keys for i, keys in kept.items() if keys}
+        if not meta["message_keys"]:
+            del meta["message_keys"]
+    return meta
+
+
+def _openai_messages(raw: list[Any], key: str, offset: int, meta: dict[str, Any]) -> list[Message]:
+    return [_openai_message(d, f"{key}[{i}]", offset + i, meta) for i, d in enumerate(raw)]
+
+
+def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
+    if type(d) is dict and len(d) == 2 and type(d.get("content")) is str and d.get("role") in ROLES:
+        return Message(d["role"], d["content"])  # the common plain message: nothing else to check
+    _typed(d, dict, where)
+    role = d.get("role")
+    if role is None:
+        raise RecordError("format.missing-field", f"{where} has no 'role' (keys: {_keys(d)})",
+                          "give every message a role: system, user, assistant or tool")
+    if role not in ROLES:
+        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
+                          "rename the role (developer -> system, function -> tool), or use --from sharegpt for "
+                          "from/value data")
+    reasoning = d.get("reasoning_content") if d.get("reasoning_content") is not None else d.get("reasoning")
+    message = Message(
+        role=role,
+        content=_content_text(d.get("content"), f"{where}.content"),
+        tool_calls=_tool_calls(d.get("tool_calls"), where),
+        name=_opt_str(d, "name", where),
+        tool_call_id=_opt_str(d, "tool_call_id", where),
+        reasoning=None if reasoning is None else _typed(reasoning, str, f"{where} reasoning"),
+        train=_train(d, where, index, meta),
+    )
+    _keep_extra_keys(d, _OPENAI_KEYS, index, meta)
+    return message
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A string, or OpenAI content parts of which only text parts are supported (joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            _typed(part, dict, f"{where}[{j}]")
+            kind = part.get("type")
+            if kind != "text":
+                raise RecordError("format.unsupported-content",
+                                  f"{where}[{j}] is a {kind!r} part; only text is supported",
+                                  "drop image/audio parts: sftlab trains text-only models")
+            texts.append(_typed(part.get("text", part.get("value", "")), str, f"{where}[{j}].text"))
+        return "".join(texts)
+    return _typed(content, str, where)
+
+
+def _tool_calls(value: Any, where: str) -> tuple[dict[str, Any], ...] | None:
+    if value is None:
+        return None
+    calls = _as_list(value, f"{where}.tool_calls")
+    for j, call in enumerate(calls):
+        _typed(call, dict, f"{where}.tool_calls[{j}]")
+        fn = call.get("function", call)
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RecordError("format.missing-field", f"{where}.tool_calls[{j}] has no function name",
+                              'write tool calls as {"type": "function", "function": {"name": ..., "arguments": {...}}}')
+    return tuple(calls)
+
+
+def _train(d: dict[str, Any], where: str, index: int, meta: dict[str, Any]) -> bool | None:
+    """`train` (bool) or LLaMA-Factory's `loss_weight` (0 -> False, >0 -> True; other weights
+    than 0 and 1 are kept in meta["loss_weights"])."""
+    if d.get("train") is not None:
+        return _typed(d["train"], bool, f"{where} 'train'")
+    weight = d.get("loss_weight")
+    if weight is None:
+        return None
+    _typed(weight, (int, float), f"{where} 'loss_weight'")
+    if weight not in (0, 1):
+        meta.setdefault("loss_weights", {})[str(index)] = weight
+    return weight > 0
+
+
+def _keep_extra_keys(d: dict[str, Any], known: set[str], index: int, meta: dict[str, Any]) -> None:
+    extra = {k: v for k, v in d.items() if k not in known and v is not None}
+    if extra:
+        meta.setdefault("message_keys", {}).setdefault(str(index), {}).update(extra)
 
 
 def _encode_messages(conv: Conversation) -> dict[str, Any]:
@@ -963,6 +610,8 @@ def _encode_messages(conv: Conversation) -> dict[str, Any]:
     if conv.tools is not None:
         row["tools"] = [dict(t) for t in conv.tools]
     own = {k: v for k, v in conv.meta.items() if k not in ("columns", "message_keys")}
+    if conv.shape != "chat":
+        own = {"kind": conv.shape, **own}
     if own:
         row[META_KEY] = own
     return _with_columns(row, conv)
@@ -1007,7 +656,76 @@ def _parquet_row(conv: Conversation) -> dict[str, Any]:
             META_KEY: dumps(own) if own else None}
 
 
-# --- typed blocks -------------------------------------------------------------------------------
+# --- typed blocks (LLaMA-Factory v1) -------------------------------------------------------------
+
+
+def _parse_typed_blocks(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """LLaMA-Factory v1: content is a list of {"type": text|reasoning|tool_call, "value": ...},
+    each message may carry `loss_weight`; `tools` is a JSON string."""
+    key, tools_key = cols.get("messages", "messages"), cols.get("tools", "tools")
+    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
+    meta: dict[str, Any] = {}
+    messages = [_block_message(d, f"{key}[{i}]", i, meta) for i, d in enumerate(raw)]
+    tools, used = _tools(row, tools_key)
+    return Parsed(messages, tools, meta, {key} | ({tools_key} if used else set()))
+
+
+def _block_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
+    _typed(d, dict, where)
+    role = d.get("role")
+    if role is None:
+        raise RecordError("format.missing-field", f"{where} has no 'role'", "give every message a role")
+    if role not in ROLES:
+        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
+                          "rename the role to system, user, assistant or tool")
+    content = d.get("content")
+    texts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif content is not None:
+        for j, block in enumerate(_typed(content, list, f"{where}.content")):
+            at = f"{where}.content[{j}]"
+            _typed(block, dict, at)
+            kind, value = block.get("type"), block.get("value")
+            if kind == "text":
+                texts.append(_typed(value, str, f"{at}.value"))
+            elif kind == "reasoning":
+                thoughts.append(_typed(value, str, f"{at}.value"))
+            elif kind == "tool_call":
+                calls.extend(_function_calls(value, at))
+            else:
+                raise RecordError("format.unsupported-content",
+                                  f"{at} is a {kind!r} block; supported: text, reasoning, tool_call",
+                                  "drop image/video/audio blocks: sftlab trains text-only models")
+    message = Message(role=role, content="".join(texts), tool_calls=tuple(calls) if calls else None,
+                      reasoning="".join(thoughts) if thoughts else None, train=_train(d, where, index, meta))
+    _keep_extra_keys(d, {"role", "content", "loss_weight", "train"}, index, meta)
+    return message
+
+
+def _function_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """A ShareGPT function_call value or a v1 tool_call block: JSON text (or an object) of
+    {"name", "arguments"} or a list of them -> OpenAI-style tool calls with arguments as a dict."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RecordError("format.parse-error",
+                              f"{where} is a tool call but not valid JSON ({e.msg} at column {e.colno})",
+                              'write the call as {"name": "fn", "arguments": {...}}') from None
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise RecordError("format.missing-field", f"{where} is a tool call turn holding no calls",
+                          'write the call as {"name": "fn", "arguments": {...}}')
+    out = []
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise RecordError("format.missing-field", f"{where} is a tool call without a 'name'",
+                              'write the call as {"name": "fn", "arguments": {...}}')
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}})
+    return out
 
 
 def _encode_typed_blocks(conv: Conversation) -> dict[str, Any]:
@@ -1045,6 +763,102 @@ def _name_arguments(call: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- ShareGPT -------------------------------------------------------------------------------------
+
+# Source role name -> slot. LLaMA-Factory's tags (user_tag, ...) add to this per dataset.
+_SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "system": "system",
+    "function_call": "function",
+    "observation": "observation", "tool": "observation", "function": "observation",
+}
+_SHAREGPT_TAGS = {"user": "user_tag", "assistant": "assistant_tag", "system": "system_tag",
+                  "function": "function_tag", "observation": "observation_tag"}
+# How our writer spells ShareGPT unless the source spelled it otherwise (kept in meta["sharegpt"]).
+_SHAREGPT_STYLE = {"messages": "conversations", "role_tag": "from", "content_tag": "value", "user": "human",
+                   "assistant": "gpt", "system": "system", "function": "function_call",
+                   "observation": "observation", "system_at": "column"}
+
+
+def _parse_sharegpt(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """ShareGPT `conversations` of {from, value} (or role/content), `system` and `tools` columns.
+    human/user -> user, gpt/assistant/model/bot -> assistant, function_call -> assistant with
+    tool_calls, observation/tool/function -> tool. meta["sharegpt"] keeps non-default spellings."""
+    messages, tools, meta, consumed, style = _sharegpt_conversation(row, cols)
+    _keep_style(style, meta)
+    return Parsed(messages, tools, meta, consumed)
+
+
+def _sharegpt_conversation(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
+    key = cols.get("messages") or ("conversations" if "conversations" in row else "messages")
+    raw = _as_list(_get(row, key, (list, str)), f"{key!r}")
+    style: dict[str, str] = {"messages": key}
+    meta: dict[str, Any] = {}
+    consumed = {key}
+    messages: list[Message] = []
+    system_key = cols.get("system", "system")
+    system = row.get(system_key)
+    if system is not None and system != "":
+        messages.append(Message("system", _typed(system, str, f"{system_key!r}")))
+        consumed.add(system_key)
+    for i, d in enumerate(raw):
+        messages.append(_sharegpt_message(d, f"{key}[{i}]", len(messages), cols, style, meta))
+    if messages and messages[0].role == "system" and system_key not in consumed:
+        style["system_at"] = "inline"
+    tools_key = cols.get("tools", "tools")
+    tools, used = _tools(row, tools_key)
+    if used:
+        consumed.add(tools_key)
+    return messages, tools, meta, consumed, style
+
+
+def _keep_style(style: dict[str, str], meta: dict[str, Any]) -> None:
+    custom = {k: v for k, v in style.items() if _SHAREGPT_STYLE.get(k) != v}
+    if custom:
+        meta["sharegpt"] = custom
+
+
+def _sharegpt_message(d: Any, where: str, index: int, cols: dict[str, Any], style: dict[str, str],
+                      meta: dict[str, Any]) -> Message:
+    _typed(d, dict, where)
+    role_tag = cols.get("role_tag") or ("from" if "from" in d else "role")
+    content_tag = cols.get("content_tag") or ("value" if "value" in d else "content")
+    style.setdefault("role_tag", role_tag)
+    style.setdefault("content_tag", content_tag)
+    names = dict(_SHAREGPT_ROLES)
+    names.update({cols[tag]: slot for slot, tag in _SHAREGPT_TAGS.items() if cols.get(tag)})
+    name = d.get(role_tag)
+    if name is None:
+        raise RecordError("format.missing-field", f"{where} has no {role_tag!r} (keys: {_keys(d)})",
+                          "give every turn a role: human, gpt, system, function_call or observation")
+    slot = names.get(name) if isinstance(name, str) else None
+    if slot is None:
+        raise RecordError("format.bad-role",
+                          f"{where} has {role_tag} {name!r}, expected one of {', '.join(sorted(names))}",
+                          "rename the role, or map it with a dataset_info.json entry's tags (--dataset-info)")
+    style.setdefault(slot, name)
+    value = d.get(content_tag)
+    value = "" if value is None else _typed(value, str, f"{where} {content_tag!r}")
+    _keep_extra_keys(d, {role_tag, content_tag}, index, meta)
+    if slot == "function":
+        return Message("assistant", "", tool_calls=tuple(_function_calls(value, where)))
+    return Message({"user": "user", "assistant": "assistant", "system": "system", "observation": "tool"}[slot], value)
+
+
+def _parse_sharegpt_ranking(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """LLaMA-Factory ranking rows: `conversations` + `chosen` and `rejected` turns. Trains on
+    conversations + chosen; the rejected turn is kept as meta["rejected"]."""
+    messages, tools, meta, consumed, style = _sharegpt_conversation(row, cols)
+    picked = []
+    for part in ("chosen", "rejected"):
+        key = cols.get(part, part)
+        turn = _get(row, key, dict)
+        picked.append(_sharegpt_message(turn, key, len(messages), cols, style, {}))
+        consumed.add(key)
+    chosen, rejected = picked
+    _keep_style(style, meta)
+    meta.update(rejected=[rejected.to_dict()], n_prompt=len(messages), preference_form="sharegpt-ranking")
+    return Parsed(messages + [chosen], tools, meta, consumed)
 
 
 def _encode_sharegpt(conv: Conversation) -> dict[str, Any]:
@@ -1118,6 +932,123 @@ def _rejected(conv: Conversation, fmt: str) -> list[dict[str, Any]]:
 # --- alpaca, self-instruct seed, qa, prompt/completion, text ------------------------------------
 
 
+def _parse_alpaca(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """instruction/input/output (+ system, history [[q, a], ...], tools). user = instruction +
+    "\\n" + input. An `output` list (LLaMA-Factory ranking style) trains on its first element;
+    meta["output_list"] / meta["output_rest"] keep the list."""
+    k_prompt, k_query = cols.get("prompt", "instruction"), cols.get("query", "input")
+    k_response, k_system = cols.get("response", "output"), cols.get("system", "system")
+    k_history, k_tools = cols.get("history", "history"), cols.get("tools", "tools")
+    instruction = _get(row, k_prompt, str)
+    output = _get(row, k_response, (str, list))
+    meta: dict[str, Any] = {}
+    consumed = {k_prompt, k_response}
+    if isinstance(output, list):
+        if not output:
+            raise RecordError("format.missing-field", f"{k_response!r} is an empty list", "give at least one answer")
+        meta["output_list"] = True
+        if len(output) > 1:
+            meta["output_rest"] = output[1:]
+        output = _typed(output[0], str, f"{k_response}[0]")
+    query = row.get(k_query)
+    if k_query in row:  # null, "" and absent all mean no input
+        consumed.add(k_query)
+        if query is not None and query != "":
+            meta["input"] = _typed(query, str, f"field {k_query!r}")
+    messages: list[Message] = []
+    system = row.get(k_system)
+    if system is not None and system != "":
+        messages.append(Message("system", _typed(system, str, f"field {k_system!r}")))
+        consumed.add(k_system)
+    history = row.get(k_history)
+    if history:
+        for i, pair in enumerate(_as_list(history, f"{k_history!r}")):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise RecordError("format.wrong-type", f"{k_history}[{i}] is not a [question, answer] pair of strings",
+                                  'write history as [["question", "answer"], ...]')
+            messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+        consumed.add(k_history)
+    messages += [Message("user", _join_input(instruction, query)), Message("assistant", output)]
+    tools, used = _tools(row, k_tools)
+    if used:
+        consumed.add(k_tools)
+    return Parsed(messages, tools, meta, consumed)
+
+
+def _parse_self_instruct_seed(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """self-instruct seed tasks {id, name, instruction, instances: [{input, output}], is_classification}:
+    one conversation per task from instances[0]; further instances are kept in
+    meta["instances_rest"], id/name/is_classification as columns."""
+    instruction = _get(row, "instruction", str)
+    instances = _get(row, "instances", list)
+    if not instances:
+        raise RecordError("format.missing-field", "'instances' is empty", "give the task at least one instance")
+    first = _typed(instances[0], dict, "instances[0]")
+    query = _opt_str(first, "input", "instances[0]") or ""
+    output = _get(first, "output", str, "instances[0]")
+    meta: dict[str, Any] = {}
+    if query:
+        meta["input"] = query
+    if len(instances) > 1:
+        meta["instances_rest"] = instances[1:]
+    return Parsed([Message("user", _join_input(instruction, query)), Message("assistant", output)], None, meta,
+                  {"instruction", "instances"}, "self-instruct-seed")
+
+
+def _parse_qa(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    q, a = cols.get("prompt", "question"), cols.get("response", "answer")
+    return Parsed([Message("user", _get(row, q, str)), Message("assistant", _get(row, a, str))], None, {}, {q, a})
+
+
+def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """TRL prompt/completion: two strings (shape "prompt-completion": trained as raw text
+    in TRL), or two message lists (conversational; meta["n_prompt"] when the completion is not
+    just the last assistant turn)."""
+    prompt, completion = _get(row, "prompt", (str, list)), _get(row, "completion", (str, list))
+    if isinstance(prompt, str) != isinstance(completion, str):
+        raise RecordError("format.wrong-type", f"'prompt' is a {_typename(prompt)} but 'completion' is a "
+                          f"{_typename(completion)}", "make both strings, or both lists of messages")
+    if isinstance(prompt, str):
+        return Parsed([Message("user", prompt), Message("assistant", completion)], None, {}, {"prompt", "completion"},
+                      "prompt-completion")
+    meta: dict[str, Any] = {}
+    messages = _openai_messages(prompt, "prompt", 0, meta)
+    messages += _openai_messages(completion, "completion", len(prompt), meta)
+    if len(prompt) != _last_assistant(messages):
+        meta["n_prompt"] = len(prompt)
+    tools, used = _tools(row, "tools")
+    return Parsed(messages, tools, meta, {"prompt", "completion"} | ({"tools"} if used else set()))
+
+
+def _parse_text(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """Plain LM text: one assistant message, shape "text" (trained raw, no chat template)."""
+    key = cols.get("prompt", "text")
+    return Parsed([Message("assistant", _get(row, key, str))], None, {}, {key}, "text")
+
+
+def _parse_text_label(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """Classification rows: user = text, assistant = str(label); meta["label"] keeps its type."""
+    text, label = _get(row, "text", str), _get(row, "label", (str, int, float, bool))
+    return Parsed([Message("user", text), Message("assistant", _scalar_text(label))], None, {"label": label},
+                  {"text", "label"}, "text-label")
+
+
+def _parse_knowledge(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """{"entity", "facts": [{"fact", "value"}]} -> "What is the {fact} of {entity}?" / value
+    turns; meta keeps entity and facts as they were."""
+    entity = _get(row, "entity", str)
+    facts = _get(row, "facts", list)
+    if not facts:
+        raise RecordError("format.missing-field", "'facts' is empty", "give the entity at least one fact")
+    messages = []
+    for i, fact in enumerate(facts):
+        _typed(fact, dict, f"facts[{i}]")
+        name = _get(fact, "fact", str, f"facts[{i}]")
+        value = _get(fact, "value", (str, int, float, bool), f"facts[{i}]")
+        messages += [Message("user", f"What is the {name} of {entity}?"), Message("assistant", _scalar_text(value))]
+    return Parsed(messages, None, {"entity": entity, "facts": facts}, {"entity", "facts"}, "knowledge")
+
+
 def _encode_alpaca(conv: Conversation) -> dict[str, Any]:
     _require_plain(conv, "alpaca", tools_ok=True)
     system, pairs = _pairs(conv, "alpaca")
@@ -1153,7 +1084,7 @@ def _encode_qa(conv: Conversation) -> dict[str, Any]:
 
 def _encode_prompt_completion(conv: Conversation) -> dict[str, Any]:
     msgs = conv.messages
-    if conv.meta.get("kind") == "prompt-completion" and _roles(conv) == ["user", "assistant"]:
+    if conv.shape == "prompt-completion" and _roles(conv) == ["user", "assistant"]:
         _require_plain(conv, "prompt-completion")
         return _with_columns({"prompt": msgs[0].content, "completion": msgs[1].content}, conv)
     last = _last_assistant(msgs)
@@ -1189,9 +1120,64 @@ def _encode_text_label(conv: Conversation) -> dict[str, Any]:
 
 
 def _encode_knowledge(conv: Conversation) -> dict[str, Any]:
-    if conv.meta.get("kind") != "knowledge" or "entity" not in conv.meta or "facts" not in conv.meta:
+    if conv.shape != "knowledge" or "entity" not in conv.meta or "facts" not in conv.meta:
         raise _cannot("knowledge", "only conversations read from knowledge records can be written as knowledge")
     return _with_columns({"entity": conv.meta["entity"], "facts": conv.meta["facts"]}, conv)
+
+
+# --- preference ----------------------------------------------------------------------------------
+
+
+def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
+    """prompt/chosen/rejected as strings (TRL standard, LLaMA-Factory alpaca ranking with
+    instruction/input/system) or message lists (TRL conversational; without a prompt, TRL's
+    implicit-prompt form). SFT trains on the chosen answer; meta["rejected"] keeps the other
+    (as message dicts), meta["n_prompt"] where the prompt ends, meta["preference_form"] the form."""
+    k_chosen, k_rejected = cols.get("chosen", "chosen"), cols.get("rejected", "rejected")
+    chosen, rejected = _get(row, k_chosen, (str, list)), _get(row, k_rejected, (str, list))
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise RecordError("format.wrong-type", f"{k_chosen!r} is a {_typename(chosen)} but {k_rejected!r} is a "
+                          f"{_typename(rejected)}", "make both strings, or both lists of messages")
+    k_prompt = cols.get("prompt") or next((k for k in ("prompt", "instruction", "question") if k in row), None)
+    meta: dict[str, Any] = {} if k_prompt in (None, "prompt") else {"prompt_key": k_prompt}
+    consumed = {k_chosen, k_rejected}
+    if isinstance(chosen, str):
+        if k_prompt is None:
+            raise RecordError("format.missing-field", f"string preference row has no prompt (keys: {_keys(row)})",
+                              "add 'prompt', or give chosen/rejected as full message lists")
+        prompt = _get(row, k_prompt, str)
+        consumed.add(k_prompt)
+        messages: list[Message] = []
+        k_system, k_query = cols.get("system", "system"), cols.get("query", "input")
+        if row.get(k_system) not in (None, ""):
+            messages.append(Message("system", _typed(row[k_system], str, f"field {k_system!r}")))
+            consumed.add(k_system)
+        query = row.get(k_query)
+        if query is not None:
+            consumed.add(k_query)
+            if _typed(query, str, f"field {k_query!r}"):
+                meta["input"] = query
+        messages += [Message("user", _join_input(prompt, query)), Message("assistant", chosen)]
+        meta.update(preference_form="string", n_prompt=len(messages) - 1,
+                    rejected=[{"role": "assistant", "content": rejected}])
+        return Parsed(messages, None, meta, consumed)
+    chosen_msgs = _openai_messages(chosen, k_chosen, 0, {})
+    rejected_msgs = _openai_messages(rejected, k_rejected, 0, {})
+    if k_prompt is not None and row.get(k_prompt) is not None:
+        prompt = _as_list(row[k_prompt], f"{k_prompt!r}")
+        consumed.add(k_prompt)
+        prompt_msgs = _openai_messages(prompt, k_prompt, 0, meta)
+        messages, n_prompt, rejected_tail = prompt_msgs + chosen_msgs, len(prompt_msgs), rejected_msgs
+        form = "conversational"
+    else:
+        n_prompt = 0
+        while (n_prompt < min(len(chosen_msgs), len(rejected_msgs))
+               and chosen_msgs[n_prompt] == rejected_msgs[n_prompt]):
+            n_prompt += 1
+        messages, rejected_tail, form = chosen_msgs, rejected_msgs[n_prompt:], "implicit"
+    meta.update(preference_form=form, n_prompt=n_prompt, rejected=[m.to_dict() for m in rejected_tail])
+    tools, used = _tools(row, "tools")
+    return Parsed(messages, tools, meta, consumed | ({"tools"} if used else set()))
 
 
 def _encode_preference(conv: Conversation) -> dict[str, Any]:
@@ -1222,6 +1208,32 @@ def _encode_preference(conv: Conversation) -> dict[str, Any]:
     if conv.tools is not None:
         row["tools"] = [dict(t) for t in conv.tools]
     return _with_columns(row, conv)
+
+
+# --- the tables read() and write() use ------------------------------------------------------
+
+
+_PARSERS = {
+    "messages": _parse_messages,
+    "sharegpt": _parse_sharegpt,
+    "alpaca": _parse_alpaca,
+    "prompt-completion": _parse_prompt_completion,
+    "qa": _parse_qa,
+    "text": _parse_text,
+    "text-label": _parse_text_label,
+    "knowledge": _parse_knowledge,
+    "preference": _parse_preference,
+    "sharegpt-ranking": _parse_sharegpt_ranking,
+    "typed-blocks": _parse_typed_blocks,
+    "self-instruct-seed": _parse_self_instruct_seed,
+}
+
+
+def _last_assistant(messages: list[Message] | tuple[Message, ...]) -> int:
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "assistant":
+            return i
+    return -1
 
 
 _ENCODERS = {

@@ -604,10 +604,9 @@ def _check_encodable(conv: Conversation) -> None:
 
 def is_text_row(conv: Conversation) -> bool:
     """Rows trained without a chat template: plain `text`, and plain-string prompt/completion."""
-    kind = conv.meta.get("kind")
-    if kind == "text":
+    if conv.shape == "text":
         return len(conv.messages) == 1
-    return kind == "prompt-completion" and [m.role for m in conv.messages] == ["user", "assistant"]
+    return conv.shape == "prompt-completion" and [m.role for m in conv.messages] == ["user", "assistant"]
 
 
 # What tokenizing reports on a Tokenized (template errors, straddled boundaries, text it cannot encode).
@@ -673,7 +672,7 @@ def _raw_rendered(conv: Conversation) -> Rendered:
     region, a plain prompt/completion row an untrained prompt and a trained completion."""
     msgs = conv.messages
     text = "".join(m.content for m in msgs)
-    if conv.meta.get("kind") == "text":
+    if conv.shape == "text":
         return Rendered(text, (Region(0, len(text), 0, True),) if text else ())
     p = len(msgs[0].content)
     return Rendered(text, tuple(reg for reg in (Region(0, p, 0, False), Region(p, len(text), 1, True)) if reg.end > reg.start))
@@ -803,7 +802,7 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
     tokens (BOS where it does) and EOS closes the text, trained."""
     msgs = conv.messages
     text = "".join(m.content for m in msgs)
-    prompt_len = 0 if conv.meta.get("kind") == "text" else len(msgs[0].content)
+    prompt_len = 0 if conv.shape == "text" else len(msgs[0].content)
     enc = t.encoder.encode(text, add_special_tokens=True)
     ids, offsets = list(enc.ids), list(enc.offsets)
     specials = set(t.hf.all_special_ids)

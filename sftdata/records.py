@@ -13,6 +13,9 @@ from typing import Any
 ROLES = ("system", "user", "assistant", "tool")
 SEVERITIES = ("error", "warning", "info")
 POLICIES = ("assistant", "last", "all")
+# Conversation.shape: how a record was shaped before it became a chat. "text" and plain-string
+# "prompt-completion" rows are tokenized raw (no chat template); the others go through the template.
+SHAPES = ("chat", "text", "prompt-completion", "text-label", "knowledge", "self-instruct-seed")
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,17 @@ class Source:
 @dataclass(frozen=True)
 class Conversation:
     """One training example. `tools` holds function schemas offered to the model, `meta` any
-    extra columns a writer should keep (label, template name, ...)."""
+    extra columns a writer should keep (label, template name, ...; never read by tokenizing or the
+    checks). `shape` is one of SHAPES: "chat" (the default), or the shape the record had before it
+    became a chat; "text" and plain-string "prompt-completion" rows are tokenized without the chat
+    template."""
 
     id: str
     messages: tuple[Message, ...]
     source: Source
     tools: tuple[dict[str, Any], ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    shape: str = "chat"
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.to_dict() for m in self.messages]

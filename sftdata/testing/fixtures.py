@@ -9,7 +9,7 @@ Fixtures:
 - `sft_tokenizer` (session): the demo tokenizer (SmolLM2-135M-Instruct, ChatML), offline.
 - `tiny_causal_lm` (session): a random-init 2-layer Llama on the demo tokenizer, built in-process
   (fast; for testing collators, training loops and scoring code). Needs torch.
-- `make_conversation`: factory `make_conversation(turns, *, id=None, tools=None, file="test.jsonl", line=1)`
+- `make_conversation`: factory `make_conversation(turns, *, id=None, tools=None, file="test.jsonl", line=1, shape="chat")`
   where turns are `(role, content)` pairs, dicts in OpenAI message shape, or Message objects.
 - `sftdata_audit`: run the audit on your files and assert on it (see sftdata.testing.audit_fixture).
 """
@@ -64,9 +64,10 @@ def _message(turn: Any) -> Message:
 
 
 def new_conversation(turns: list[Any], *, id: str | None = None, tools: list[dict[str, Any]] | None = None,
-                     file: str = "test.jsonl", line: int = 1, meta: dict[str, Any] | None = None) -> Conversation:
+                     file: str = "test.jsonl", line: int = 1, meta: dict[str, Any] | None = None,
+                     shape: str = "chat") -> Conversation:
     return Conversation(id or make_id(file, line), tuple(_message(t) for t in turns), Source(file, line),
-                        tuple(tools) if tools else None, dict(meta or {}))
+                        tuple(tools) if tools else None, dict(meta or {}), shape)
 
 
 @pytest.fixture

@@ -459,16 +459,16 @@ def test_prompt_completion_qa_text_label(tmp_path):
             },
         ],
     )
-    assert pc[0].meta == {"kind": "prompt-completion"} and pc[1].meta == {}
+    assert (pc[0].shape, pc[0].meta, pc[1].shape, pc[1].meta) == ("prompt-completion", {}, "chat", {})
     assert pc[2].meta == {"n_prompt": 1}
     qa = native_round_trip(tmp_path, "qa.jsonl", [{"question": "q", "answer": "a"}])
     assert qa[0].messages == (Message("user", "q"), Message("assistant", "a"))
     text = native_round_trip(tmp_path, "t.jsonl", [{"text": "raw text", "source": "web"}])
     assert text[0].messages == (Message("assistant", "raw text"),)
-    assert text[0].meta == {"kind": "text", "columns": {"source": "web"}}
+    assert text[0].shape == "text" and text[0].meta == {"columns": {"source": "web"}}
     labels = native_round_trip(tmp_path, "tl.jsonl", [{"text": "great!", "label": 1}, {"text": "meh", "label": "neg"}])
     assert labels[0].messages[1].content == "1" and labels[0].meta["label"] == 1
-    assert labels[0].meta["kind"] == "text-label"
+    assert labels[0].shape == "text-label" and "kind" not in labels[0].meta
 
 
 def test_knowledge_mapping(tmp_path):
@@ -994,3 +994,20 @@ def test_import_does_not_pull_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shape_is_a_field_not_meta_and_round_trips_through_messages(tmp_path):
+    """Conversation.shape (how a row was shaped) changes tokenization, so it is a typed field; the
+    messages format still stores it as `_meta.kind`, so files written before and after are alike."""
+    src = write_lines(tmp_path / "t.jsonl", [json.dumps({"text": "raw text"})])
+    first = [c for c in formats.read(str(src), "text") if isinstance(c, Conversation)]
+    assert first[0].shape == "text" and "kind" not in first[0].meta
+    out = tmp_path / "m.jsonl"
+    formats.write(first, str(out))
+    assert json.loads(out.read_text().splitlines()[0])["_meta"] == {"kind": "text"}
+    again = [c for c in formats.read(str(out)) if isinstance(c, Conversation)]
+    assert again[0].shape == "text" and again[0].meta == {} and again[0].messages == first[0].messages
+    hand = write_lines(tmp_path / "h.jsonl", [json.dumps({"messages": [{"role": "user", "content": "x"}],
+                                                          "_meta": {"kind": "something-else"}})])
+    (odd,) = [c for c in formats.read(str(hand)) if isinstance(c, Conversation)]
+    assert odd.shape == "chat" and odd.meta == {"kind": "something-else"}  # unknown: kept, not obeyed

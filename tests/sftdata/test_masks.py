@@ -175,7 +175,7 @@ def test_missing_template_is_a_finding(sft_tokenizer):
 
 
 def test_text_rows_train_everything_and_end_with_eos(sft_tokenizer):
-    conv = new_conversation([("assistant", "Plain pre-training text.")], meta={"kind": "text"})
+    conv = new_conversation([("assistant", "Plain pre-training text.")], shape="text")
     t = masks.tokenize(conv, sft_tokenizer)
     assert t.input_ids[-1] == sft_tokenizer.eos_token_id
     assert all(t.loss_mask)
@@ -222,7 +222,7 @@ def test_string_tool_arguments_render_as_objects(fam):
 
 def test_plain_prompt_completion_rows_train_the_completion_raw(sft_tokenizer):
     conv = new_conversation([("user", "Translate to French: cat =>"), ("assistant", " chat")],
-                            meta={"kind": "prompt-completion"})
+                            shape="prompt-completion")
     t = masks.tokenize(conv, sft_tokenizer)
     assert "<|im_start|>" not in sft_tokenizer.decode(t.input_ids)  # no chat template
     assert masks.trained_text(t, sft_tokenizer) == [" chat<|im_end|>"]
@@ -375,7 +375,7 @@ def test_truncation_or_padding_saved_in_the_tokenizer_do_not_reach_the_mask(sft_
     saved.backend_tokenizer.enable_truncation(48)
     saved.backend_tokenizer.enable_padding(length=200, pad_id=2, pad_token="<|im_end|>")
     long_chat = new_conversation([("user", "word " * 60), ("assistant", "reply " * 60)])
-    raw = Conversation("t", (Message("assistant", "plain text row"),), Source("f.jsonl", 1), meta={"kind": "text"})
+    raw = Conversation("t", (Message("assistant", "plain text row"),), Source("f.jsonl", 1), shape="text")
     want = masks.tokenize(long_chat, sft_tokenizer)
     assert len(want.input_ids) > 48
     assert list(want.input_ids) == sft_tokenizer.apply_chat_template(long_chat.message_dicts(), tokenize=True,
@@ -402,7 +402,7 @@ def test_raw_prompt_completion_rows_report_a_straddling_token(sft_tokenizer, tri
     if trim:
         tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
     row = Conversation("pc", (Message("user", "Question: hi "), Message("assistant", "there friend")),
-                       Source("f.jsonl", 1), meta={"kind": "prompt-completion"})
+                       Source("f.jsonl", 1), shape="prompt-completion")
     for t in (masks.tokenize(row, tok), masks.tokenize_batch([row] * 20, tok)[7]):
         assert masks.trained_text(t, tok) == [" friend<|im_end|>"]
         assert [f.check for f in t.findings] == ["mask.boundary-mismatch"]
@@ -421,7 +421,7 @@ def test_raw_rows_keep_the_special_tokens_the_tokenizer_adds(sft_tokenizer):
     tok = copy.deepcopy(sft_tokenizer)
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)])  # EOS: <|im_end|>
-    text = Conversation("t", (Message("assistant", "Some plain text."),), Source("f.jsonl", 1), meta={"kind": "text"})
+    text = Conversation("t", (Message("assistant", "Some plain text."),), Source("f.jsonl", 1), shape="text")
     for t in (masks.tokenize(text, tok), masks.tokenize_batch([text] * 20, tok)[3]):
         assert list(t.input_ids) == tok.backend_tokenizer.encode("Some plain text.").ids
         assert t.input_ids[0] == 1 and not t.loss_mask[0] and t.message_index[0] == -1

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sftdata.records import Conversation, Finding, Message, Source, Tokenized, make_id, replace
+from sftdata.records import SHAPES, Conversation, Finding, Message, Source, Tokenized, make_id, replace
 
 
 def test_message_dict_has_our_extras_only_when_set():
@@ -52,3 +52,9 @@ def test_records_is_stdlib_only():
     code = "import sys, sftdata.records, sftdata.errors, sftdata.catalogue; print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'transformers', 'torch', 'pyarrow')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_shape_is_a_typed_field_that_counts_for_equality():
+    chat = Conversation("x/1", (Message("assistant", "text"),), Source("x.jsonl", 1))
+    text = replace(chat, shape="text")
+    assert chat.shape == "chat" and text.shape in SHAPES and chat != text
