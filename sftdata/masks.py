@@ -28,7 +28,7 @@ import json
 import logging
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sftdata.catalogue import emits, finding
@@ -221,93 +221,129 @@ def _not_found(i: int, role: str, example_id: str | None, source: Any) -> Findin
         "check the render with `sftdata show` and use a template that keeps it", example_id=example_id, source=source)
 
 
-def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
-                         policy: str, overrides: Sequence[bool | None], eot_extra: tuple[str, ...],
-                         example_id: str | None = None, source: Any = None) -> Rendered:
-    """The exact per-conversation path (steps 1 and 2 of the module docstring)."""
-    findings: list[Finding] = []
-    full = render(tokenizer, messages, tools=tools, template=template)
-    n = len(messages)
-    last_asst = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-    renders, prefix_renders = _prefix_renders(tokenizer, template, messages, tools, full, eot_extra)
-    regions: list[Region] = []
-    glue_trained = policy == "all"
+@dataclass
+class _Regions:
+    """The regions of one render being built, and what building them needs."""
 
-    def add(start: int, end: int, idx: int, trained: bool) -> None:
+    tokenizer: Any
+    template: str
+    messages: list[dict[str, Any]]
+    tools: Any
+    full: str  # the render of the whole conversation
+    policy: str
+    overrides: Sequence[bool | None]
+    eot_extra: tuple[str, ...]
+    example_id: str | None
+    source: Any
+    regions: list[Region] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    last_assistant: int = -1
+
+    def __post_init__(self) -> None:
+        self.last_assistant = max((k for k, m in enumerate(self.messages) if m["role"] == "assistant"), default=-1)
+
+    def add(self, start: int, end: int, idx: int, trained: bool | None = None) -> None:
+        """Region [start, end) of message `idx` (-1: glue, trained only under policy all)."""
         if end > start:
-            regions.append(Region(start, end, idx, trained))
+            self.regions.append(Region(start, end, idx, self.policy == "all" if trained is None else trained))
 
-    def generation_prompt_end(i: int, pos: int, limit: int) -> int | None:
+    def trained(self, i: int) -> bool:
+        return _trained(self.policy, self.messages[i]["role"], self.overrides[i], i == self.last_assistant)
+
+    def generation_prompt_end(self, i: int, pos: int, limit: int) -> int | None:
         """End of the assistant header: what add_generation_prompt=True appends to messages[:i]."""
         if i == 0:
             return None
         try:
-            gp = render(tokenizer, messages[:i], tools=tools, add_generation_prompt=True, template=template)
+            gp = render(self.tokenizer, self.messages[:i], tools=self.tools, add_generation_prompt=True,
+                        template=self.template)
         except TemplateError:
             return None
-        ok = full.startswith(gp) and pos <= len(gp) <= limit
+        ok = self.full.startswith(gp) and pos <= len(gp) <= limit
         return len(gp) if ok else None
 
-    if renders is not None:
-        pos = 0
-        for i, m in enumerate(messages):
-            end = max(len(renders[i]), pos)
-            trained = _trained(policy, m["role"], overrides[i], i == last_asst)
-            if m["role"] == "assistant":
-                body_start = generation_prompt_end(i, pos, end)
-                if body_start is None:
-                    if i:
-                        findings.append(finding("template.generation-prompt-mismatch", f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render", hint="train/inference skew: at inference the model sees a different header than in training; "
-                            "use a template whose generation prompt matches its assistant header", example_id=example_id, source=source))
-                    found = _locate_content(tokenizer, template, messages, i, tools, renders[i])
-                    if found is None and not m.get("tool_calls"):
-                        findings.append(_not_found(i, "assistant", example_id, source))
-                        add(pos, end, -1, glue_trained)
-                        pos = end
-                        continue
-                    body_start = found[0] if found else pos
-                body_end = body_start + len(full[body_start:end].rstrip())
-                # A template that emits the end-of-turn token at the start of the *next* message
-                # still closes this turn with it: train it here (the model must learn to stop).
-                if i + 1 < n and not _ends_with_eot(full[body_start:body_end], eot_extra):
-                    s = _is_eot_start(full, end, eot_extra)
-                    if s:
-                        body_end = end + len(s)
-                add(pos, body_start, -1, glue_trained)
-                add(body_start, body_end, i, trained)
-                pos = body_end
-                if pos < end:  # whitespace after the end-of-turn token is glue
-                    add(pos, end, -1, glue_trained)
-                    pos = end
-            else:
-                found = _locate_content(tokenizer, template, messages, i, tools, renders[i])
-                if found is None or found[0] < pos:
-                    if trained and m.get("content"):
-                        findings.append(_not_found(i, m["role"], example_id, source))
-                    add(pos, end, -1, glue_trained)
-                else:
-                    add(pos, found[0], -1, glue_trained)
-                    add(found[0], found[1], i, trained)
-                    add(found[1], end, -1, glue_trained)
-                pos = end
-        add(pos, len(full), -1, glue_trained)
-        return Rendered(full, tuple(regions), tuple(findings))
+    def done(self, pos: int) -> Rendered:
+        self.add(pos, len(self.full), -1)
+        return Rendered(self.full, tuple(self.regions), tuple(self.findings))
 
-    # Not prefix-preserving: diff the full render against copies with one assistant replaced.
+
+def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
+                         policy: str, overrides: Sequence[bool | None], eot_extra: tuple[str, ...],
+                         example_id: str | None = None, source: Any = None) -> Rendered:
+    """The exact per-conversation path (steps 1 and 2 of the module docstring): from the renders
+    of each prefix when the template is prefix-preserving, else by diffing."""
+    full = render(tokenizer, messages, tools=tools, template=template)
+    renders, prefix_renders = _prefix_renders(tokenizer, template, messages, tools, full, eot_extra)
+    r = _Regions(tokenizer, template, messages, tools, full, policy, overrides, eot_extra, example_id, source)
+    if renders is not None:
+        return _regions_by_prefix(r, renders)
     if prefix_renders:
-        findings.append(finding("template.not-prefix-preserving", "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)", hint="multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
+        r.findings.append(finding("template.not-prefix-preserving", "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)", hint="multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
             "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template", example_id=example_id, source=source))
-    spans: list[tuple[int, int, int]] = []
+    return _regions_by_diff(r)
+
+
+def _regions_by_prefix(r: _Regions, renders: list[str]) -> Rendered:
+    """Message i spans what the render of messages[:i+1] adds to that of messages[:i]."""
+    full, messages = r.full, r.messages
+    pos = 0
     for i, m in enumerate(messages):
+        end = max(len(renders[i]), pos)
+        if m["role"] != "assistant":
+            found = _locate_content(r.tokenizer, r.template, messages, i, r.tools, renders[i])
+            if found is None or found[0] < pos:
+                if r.trained(i) and m.get("content"):
+                    r.findings.append(_not_found(i, m["role"], r.example_id, r.source))
+                r.add(pos, end, -1)
+            else:
+                r.add(pos, found[0], -1)
+                r.add(found[0], found[1], i, r.trained(i))
+                r.add(found[1], end, -1)
+            pos = end
+            continue
+        body_start = r.generation_prompt_end(i, pos, end)
+        if body_start is None:
+            if i:
+                r.findings.append(finding("template.generation-prompt-mismatch", f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render", hint="train/inference skew: at inference the model sees a different header than in training; "
+                    "use a template whose generation prompt matches its assistant header", example_id=r.example_id, source=r.source))
+            found = _locate_content(r.tokenizer, r.template, messages, i, r.tools, renders[i])
+            if found is None and not m.get("tool_calls"):
+                r.findings.append(_not_found(i, "assistant", r.example_id, r.source))
+                r.add(pos, end, -1)
+                pos = end
+                continue
+            body_start = found[0] if found else pos
+        body_end = body_start + len(full[body_start:end].rstrip())
+        # A template that emits the end-of-turn token at the start of the *next* message
+        # still closes this turn with it: train it here (the model must learn to stop).
+        if i + 1 < len(messages) and not _ends_with_eot(full[body_start:body_end], r.eot_extra):
+            s = _is_eot_start(full, end, r.eot_extra)
+            if s:
+                body_end = end + len(s)
+        r.add(pos, body_start, -1)
+        r.add(body_start, body_end, i, r.trained(i))
+        pos = body_end
+        if pos < end:  # whitespace after the end-of-turn token is glue
+            r.add(pos, end, -1)
+            pos = end
+    return r.done(pos)
+
+
+def _regions_by_diff(r: _Regions) -> Rendered:
+    """Not prefix-preserving: each assistant message spans where the full render differs from a
+    copy with that message replaced by a placeholder."""
+    full = r.full
+    spans: list[tuple[int, int, int]] = []
+    for i, m in enumerate(r.messages):
         if m["role"] != "assistant":
             continue
         # Replace everything the message renders (content, tool calls, reasoning) by a placeholder.
-        marked = [dict(x) for x in messages]
+        marked = [dict(x) for x in r.messages]
         marked[i] = {"role": "assistant", "content": _PLACEHOLDER.format(i)}
         try:
-            other = render(tokenizer, marked, tools=tools, template=template)
+            other = render(r.tokenizer, marked, tools=r.tools, template=r.template)
         except TemplateError:
-            findings.append(_not_found(i, "assistant", example_id, source))
+            r.findings.append(_not_found(i, "assistant", r.example_id, r.source))
             continue
         a = 0
         while a < min(len(full), len(other)) and full[a] == other[a]:
@@ -318,10 +354,10 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
         start, stop = a, len(full) - b
         # The header ends where the generation prompt ends (the diff alone would leave a
         # template-inserted prefix such as Qwen3's empty think block untrained).
-        header_end = generation_prompt_end(i, 0, start)
+        header_end = r.generation_prompt_end(i, 0, start)
         if header_end is not None and header_end >= (spans[-1][1] if spans else 0):
             start = header_end
-        s = _is_eot_start(full, stop, eot_extra)
+        s = _is_eot_start(full, stop, r.eot_extra)
         if s:
             stop += len(s)
         spans.append((start, stop, i))
@@ -329,12 +365,10 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
     for start, stop, i in spans:
         if start < pos:
             continue
-        trained = _trained(policy, "assistant", overrides[i], i == last_asst)
-        add(pos, start, -1, glue_trained)
-        add(start, stop, i, trained)
+        r.add(pos, start, -1)
+        r.add(start, stop, i, r.trained(i))
         pos = stop
-    add(pos, len(full), -1, glue_trained)
-    return Rendered(full, tuple(regions), tuple(findings))
+    return r.done(pos)
 
 
 # --------------------------------------------------------------------------------------------
