@@ -753,6 +753,9 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     weights = _weights_dir(spec, tokenizer) if selection.wants("tokens.untrained-embedding") else None
     config_dir = weights or _config_dir(spec, tokenizer)
     prepared = masks.prepare(tokenizer)  # once here (its byte table too), not in every worker
+    if prepared.template_error is not None and prepared.template_error.check == "template.render-error":
+        e = prepared.template_error  # the template does not compile: no example could be rendered
+        raise UsageError(f"--model {spec or getattr(tokenizer, 'name_or_path', '?')}: {e.message}; {e.hint}")
     info = checks.tokenizer_info(tokenizer, config_dir, prepared)
     limit = max_length or _context_length(info, config_dir)
     limit_name = "--max-length" if max_length else "the model's context length"
@@ -915,9 +918,11 @@ def _template_findings(probes: dict[str, Finding] | None, tally: _TemplateTally,
 
 
 def _embedding_findings(tokenizer: Any, info: checks.TokenizerInfo, weights: str) -> tuple[list[tuple[Finding, int]], str]:
+    from safetensors import SafetensorError
+
     try:
         embeddings = checks.load_input_embeddings(weights)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a corrupt or truncated weights file
         log.warning("tokens.untrained-embedding skipped: cannot read the embeddings in %s (%s)", weights, e)
         return [], f"skipped: cannot read the embeddings in {weights} ({type(e).__name__})"
     if embeddings is None:

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
 class UsageError(Exception):
@@ -37,9 +37,23 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so temporary files are removed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run(body: Callable[[], int]) -> int:
     """Run a command body with DESIGN.md §5 exit codes: usage errors 2, crashes 3 (traceback
-    printed), Ctrl-C 130."""
+    printed), Ctrl-C 130, SIGTERM 143 (both remove the temporary files of unfinished outputs)."""
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body()
     except UsageError as e:
@@ -48,6 +62,9 @@ def run(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED
+    except Terminated:
+        sys.stderr.write("terminated (SIGTERM)\n")
+        return EXIT_TERMINATED
     except SystemExit as e:  # argparse --help
         return int(e.code or 0)
     except BrokenPipeError:
@@ -56,6 +73,9 @@ def run(body: Callable[[], int]) -> int:
         traceback.print_exc()
         sys.stderr.write("sftlab crashed: this is a bug, please report it with the traceback above\n")
         return EXIT_CRASH
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def print_json(command: str, summary: dict[str, Any], findings: list[dict[str, Any]], **extra: Any) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from sftdata import clikit, formats
+from sftdata import clikit, formats, readers, rundir
 from sftdata.records import Conversation, Finding
 
 EXAMPLES = """\
@@ -60,6 +60,8 @@ def _convert(argv: list[str] | None) -> int:
         to_fmt = formats.output_format(args.output, args.to)  # a bad -o/--to fails before reading
     except clikit.UsageError as e:
         raise clikit.UsageError(f"-o/--to: {e}") from None
+    rundir.check_output(args.output, "-o")
+    source = readers.local_path(source)
     try:
         if fmt is None:
             fmt = formats.detect_file_format(source, args.split)

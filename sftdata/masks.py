@@ -99,10 +99,8 @@ def _special_kwargs(tokenizer: Any) -> dict[str, Any]:
 def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = None,
            add_generation_prompt: bool = False, template: str | None = None) -> str:
     """Render like `tokenizer.apply_chat_template(..., tokenize=False)`; TemplateError if it raises."""
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
     template = template or template_of(tokenizer)
-    compiled = _compile_jinja_template(template)
+    compiled = _compiled(tokenizer, template)
     try:
         return compiled.render(messages=list(messages), tools=tools, documents=None,
                                add_generation_prompt=add_generation_prompt, **_special_kwargs(tokenizer))
@@ -113,6 +111,36 @@ def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = N
             "the template cannot render this conversation (often: a role it does not support, such as "
             "system, or roles that do not alternate); fix the data or use a template that supports it",
         ) from e
+
+
+def _compiled(tokenizer: Any, template: str) -> Any:
+    """The compiled template (transformers caches it); TemplateError naming the template file and
+    line when it is not valid Jinja."""
+    from jinja2 import TemplateError as JinjaError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        return _compile_jinja_template(template)
+    except JinjaError as e:
+        line = getattr(e, "lineno", None)
+        raise TemplateError(
+            "template.render-error",
+            f"the chat template of {template_file(tokenizer)} does not compile"
+            + (f" (template line {line})" if line else "") + f": {type(e).__name__}: {e}",
+            "fix the Jinja syntax of the template (or copy a working one from the model family's instruct model)",
+        ) from None
+
+
+def template_file(tokenizer: Any) -> str:
+    """Where the tokenizer's chat template lives, for messages: chat_template.jinja or
+    tokenizer_config.json in its directory, else the tokenizer's name."""
+    from pathlib import Path
+
+    d = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if (d / name).is_file():
+            return str(d / name)
+    return str(d) if str(d) not in ("", ".") else "the tokenizer"
 
 
 def _template_messages(conv: Conversation) -> list[dict[str, Any]]:
@@ -564,6 +592,8 @@ def prepare(tokenizer: Any) -> Tokenizer:
         return tokenizer
     try:
         template, tool_template, err = template_of(tokenizer), template_of(tokenizer, tools=True), None
+        _compiled(tokenizer, template)
+        _compiled(tokenizer, tool_template)
     except TemplateError as e:
         template, tool_template, err = None, None, e
     eos = getattr(tokenizer, "eos_token", None)
@@ -633,7 +663,14 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
     for conv in conversations:
         try:
             _check_encodable(conv)
-            rendered.append(None if is_text_row(conv) else _render_one(t, conv, policy))
+            r = None if is_text_row(conv) else _render_one(t, conv, policy)
+            if r is not None and not r.text.strip():
+                raise TemplateError(
+                    "template.render-error",
+                    f"the chat template of {template_file(t.hf)} renders this conversation of {len(conv.messages)} "
+                    "messages as empty text: nothing would be trained or seen",
+                    "the template outputs nothing for these roles; fix it (or use the model family's own template)")
+            rendered.append(r)
             errors.append(None)
         except TemplateError as e:
             rendered.append(None)
