@@ -388,7 +388,7 @@ class _Piece:
 
 
 def _layout_key(conv: Conversation) -> tuple[Any, ...] | None:
-    if conv.tools:
+    if conv.tools is not None:  # an empty list too: templates such as Llama-3.1's render `tools=[]` differently
         return None
     key = []
     for m in conv.messages:
@@ -620,10 +620,23 @@ def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
             real = render(t.hf, _template_messages(conv), template=t.template)
             if real == filled.text:
                 return filled
-    template = t.tool_template if conv.tools else t.template
-    return _regions_incremental(t.hf, template, _template_messages(conv),
-                                list(conv.tools) if conv.tools else None, policy,
-                                [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+    # As apply_chat_template and TRL: `tools=[]` is passed as given (not as None), and picks the
+    # `tool_use` template of a tokenizer that has one.
+    template = t.tool_template if conv.tools is not None else t.template
+    messages = _template_messages(conv)
+    r = _regions_incremental(t.hf, template, messages, list(conv.tools) if conv.tools is not None else None, policy,
+                             [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+    if conv.tools == () and render(t.hf, messages, template=t.template) != r.text:
+        import dataclasses
+
+        r = dataclasses.replace(r, findings=(*r.findings, Finding(
+            "template.empty-tools", "warning",
+            "`tools` is an empty list, and the chat template renders that differently from no tools (e.g. "
+            "Llama-3.1 adds its tool-use preamble); tokenized as given, as TRL's SFTTrainer and "
+            "apply_chat_template(tools=[]) do",
+            "drop the empty `tools` key (or set it to null) where the conversation offers no tools",
+            conv.id, conv.source)))
+    return r
 
 
 def _check_encodable(conv: Conversation) -> None:

@@ -31,6 +31,17 @@ def check_output(path: str | os.PathLike[str], flag: str, *, directory: bool = F
 
     p = Path(path)
     what = f"{flag} {os.fspath(path)}"
+    try:
+        _check_output(p, what, directory)
+    except OSError as e:  # a name too long, a symlink loop on the way
+        raise UsageError(f"{what}: cannot be written ({e.strerror}); pick another place") from None
+
+
+def _check_output(p: Path, what: str, directory: bool) -> None:
+    from sftdata.clikit import UsageError
+
+    if len(p.name.encode()) > 200:  # atomic_open's temporary name adds ~15 characters to it
+        raise UsageError(f"{what}: the file name is too long ({len(p.name.encode())} bytes); shorten it")
     if p.is_dir() and not directory:
         raise UsageError(f"{what}: is a directory; name a file in it, e.g. {p / 'out.jsonl'}")
     if p.exists() and not p.is_dir() and directory:
@@ -48,8 +59,6 @@ def check_output(path: str | os.PathLike[str], flag: str, *, directory: bool = F
         os.unlink(probe)
     except OSError as e:
         raise UsageError(f"{what}: cannot write into {parent} ({e.strerror}); pick a writable place") from None
-    if len(p.name.encode()) > 200:  # atomic_open's temporary name adds ~15 characters to it
-        raise UsageError(f"{what}: the file name is too long ({len(p.name.encode())} bytes); shorten it")
 
 
 @contextlib.contextmanager
