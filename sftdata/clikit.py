@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -41,8 +42,37 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwinds like Ctrl-C, so temporary files are removed on the way out."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+_held = 0  # depth of signals_held() blocks
+_deferred: list[int] = []  # signals that arrived inside one
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _held:
+        _deferred.append(signum)
+        return
+    _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Under `run`: a Ctrl-C or SIGTERM arriving inside this block is raised when it ends
+    (e.g. between creating a temporary file and being ready to remove it)."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _deferred:
+            signum = _deferred[0]
+            _deferred.clear()
+            _raise_for(signum)
 
 
 def run(body: Callable[[], int]) -> int:
@@ -51,9 +81,11 @@ def run(body: Callable[[], int]) -> int:
     import signal
     import threading
 
-    previous = None
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.default_int_handler:
+                previous[signum] = signal.signal(signum, _on_signal)
     try:
         return body()
     except UsageError as e:
@@ -74,8 +106,8 @@ def run(body: Callable[[], int]) -> int:
         sys.stderr.write("sftlab crashed: this is a bug, please report it with the traceback above\n")
         return EXIT_CRASH
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def print_json(command: str, summary: dict[str, Any], findings: list[dict[str, Any]], **extra: Any) -> None:

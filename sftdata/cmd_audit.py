@@ -96,7 +96,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: not readable TOML ({e}); fix the file or run from another directory") from e
     except UnicodeDecodeError as e:
-        line = open(path, "rb").read()[: e.start].count(b"\n") + 1
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not UTF-8 text (TOML files must be UTF-8); re-save it as UTF-8 "
                          "or run from another directory") from e
 

@@ -277,10 +277,11 @@ def _huge_number(text: str, start: int) -> tuple[str, int | None]:
     try:
         _, end = json.JSONDecoder(parse_int=parse_int).raw_decode(text, start)
     except (ValueError, RecursionError):
-        pass
+        end = None  # broken in another way too: the element's end stays unknown
     n = max(digits) if digits else "too many"
-    return (f"a number with {n} digits, more than Python reads ({sys.get_int_max_str_digits()}); "
-            "quote it as a string or shorten it", end)
+    message = (f"a number with {n} digits, more than Python reads ({sys.get_int_max_str_digits()}); "
+               "quote it as a string or shorten it")
+    return message, end
 
 
 # --- JSON array -------------------------------------------------------------------------------

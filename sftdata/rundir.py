@@ -53,10 +53,13 @@ def _check_output(p: Path, what: str, directory: bool) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"{what}: {parent} is a file, not a directory; pick another place")
+    from sftdata.clikit import signals_held
+
     try:  # the one sure test (read-only mounts, /proc, ACLs): create and remove a file there
-        fd, probe = tempfile.mkstemp(prefix=".sftdata-probe.", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        with signals_held():
+            fd, probe = tempfile.mkstemp(prefix=".sftdata-probe.", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
         raise UsageError(f"{what}: cannot write into {parent} ({e.strerror}); pick a writable place") from None
 
@@ -64,17 +67,20 @@ def _check_output(p: Path, what: str, directory: bool) -> None:
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
-    from sftdata.clikit import UsageError
+    from sftdata.clikit import UsageError, signals_held
 
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write ({e.strerror}: {e.filename}); pick a writable place") from None
     binary = "b" in mode
-    f: BinaryIO | Any = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
+    f: BinaryIO | Any = None
+    tmp = None
     try:
+        with signals_held():  # Ctrl-C / SIGTERM wait until `tmp` is known, so the except below removes it
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise UsageError(f"{path}: cannot write ({e.strerror}: {e.filename}); pick a writable place") from None
+            f = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
         yield f
         f.flush()
         os.fsync(f.fileno())
@@ -87,9 +93,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         except OSError as e:  # e.g. a directory has taken the name since the run started
             raise UsageError(f"{path}: cannot be replaced ({e.strerror}); remove it or pick another name") from None
     except BaseException:
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if f is not None:
+            f.close()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
