@@ -749,6 +749,10 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     started = time.perf_counter()
     cpu_at_start = _cpu_sample()
     fmts = [formats.resolve_format(p, fmt) for p in inputs]  # UsageError for a bad path now, before any work
+    if run_dir is not None:
+        from sftdata.rundir import check_output
+
+        check_output(run_dir, "run_dir", directory=True)
     tokenizer, spec = _resolve_model(model)
     weights = _weights_dir(spec, tokenizer) if selection.wants("tokens.untrained-embedding") else None
     config_dir = weights or _config_dir(spec, tokenizer)

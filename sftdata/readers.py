@@ -236,7 +236,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         except ValueError:  # an integer literal past Python's int-string limit (4300 digits)
             yield RawRecord(number, Source(path, lineno), error=_huge_number(text, 0)[0])
             continue
-        if _LONE_SURROGATE_ESCAPE.search(text):
+        if (b"\\u" in raw if raw is not text else "\\u" in text) and _may_hold_lone_surrogate(text):  # bytes: a fast scan
             why = _lone_surrogate(row)
             if why:
                 yield RawRecord(number, Source(path, lineno), error=why)
@@ -244,8 +244,16 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         yield RawRecord(number, Source(path, lineno), row)
 
 
-# A \ud800-\udfff escape: valid only as half of a surrogate pair, checked after decoding.
-_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# A surrogate escape (\ud800-\udfff), a valid high+low pair matched whole: a match of 6
+# characters is a lone half, a candidate (an escaped backslash can fool it) the decoded row confirms.
+_SURROGATE_ESCAPES = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _may_hold_lone_surrogate(text: str, start: int = 0, end: int | None = None) -> bool:
+    end = len(text) if end is None else end
+    if text.find("\\ud", start, end) < 0 and text.find("\\uD", start, end) < 0:  # the common case: one fast scan
+        return False
+    return any(m.end() - m.start() == 6 for m in _SURROGATE_ESCAPES.finditer(text, start, end))
 
 
 def _lone_surrogate(row: Any) -> str | None:
@@ -314,7 +322,7 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
             log.info("%s: not a JSON array; reading it as JSON Lines", path)
             yield from _jsonl_records(path, io.StringIO(text), keep=keep)
             return
-        why = _lone_surrogate(row) if _LONE_SURROGATE_ESCAPE.search(text) else None
+        why = _lone_surrogate(row) if _may_hold_lone_surrogate(text) else None
         src = Source(path, text.count("\n", 0, start) + 1, 0)
         yield RawRecord(1, src, row) if why is None else RawRecord(1, src, error=why)
         return
@@ -365,7 +373,7 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
             yield RawRecord(number, Source(path, line, number - 1), error=why)
             row = None
         else:
-            why = _lone_surrogate(row) if _LONE_SURROGATE_ESCAPE.search(text, i, end) else None
+            why = _lone_surrogate(row) if _may_hold_lone_surrogate(text, i, end) else None
             if why is None:
                 yield RawRecord(number, Source(path, line, number - 1), row)
             else:
@@ -499,7 +507,7 @@ def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: se
                 return RawRecord(index + 1, src, error=f"column {key!r}: JSON nested too deeply")
             except ValueError:
                 return RawRecord(index + 1, src, error=f"column {key!r}: " + _huge_number(text, 0)[0])
-            if _LONE_SURROGATE_ESCAPE.search(text):
+            if _may_hold_lone_surrogate(text):
                 why = _lone_surrogate(value)
                 if why:
                     return RawRecord(index + 1, src, error=f"column {key!r}: {why}")
