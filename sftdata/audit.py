@@ -38,7 +38,7 @@ from sftdata import checks, formats, masks, models, parallel
 from sftdata.catalogue import PER_TEMPLATE, SEVERITY_RANK, Selection, finding, parse_check_list
 from sftdata.errors import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Conversation, Finding, Tokenized
-from sftdata.rundir import ExamplesWriter, atomic_open, update_manifest, write_json
+from sftdata.rundir import ExamplesWriter, atomic_open, check_output, update_manifest, write_json
 
 log = logging.getLogger(__name__)
 
@@ -395,9 +395,14 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     started = time.perf_counter()
     cpu_at_start = parallel.cpu_sample()
     fmts = [formats.resolve_format(p, fmt) for p in inputs]  # a bad path fails now, before any work
+    if run_dir is not None:
+        check_output(run_dir, "run_dir", directory=True)
     tokenizer, spec = models.tokenizer_of(model)
     weights = models.weights_dir(spec, tokenizer) if selection.wants("tokens.untrained-embedding") else None
     ctx = _context(tokenizer, weights or models.config_dir(spec, tokenizer), policy, max_length, selection)
+    if ctx.tokenizer.template_error is not None and ctx.tokenizer.template_error.check == "template.render-error":
+        e = ctx.tokenizer.template_error  # the template does not compile: no example could be rendered
+        raise UsageError(f"{e.message}; {e.hint}", param="model", value=spec or getattr(tokenizer, "name_or_path", "?"))
     audit_dir = Path(run_dir) / "audit" if run_dir else None
     with contextlib.ExitStack() as stack:
         n_workers = _workers(workers, inputs, cpu_at_start)
@@ -535,9 +540,11 @@ def _embedding_findings(tokenizer: Any, info: checks.TokenizerInfo, weights: str
     """tokens.untrained-embedding (when selected and there are weights), and a note for the summary."""
     if weights is None or not selection.wants("tokens.untrained-embedding"):
         return [], None
+    from safetensors import SafetensorError
+
     try:
         embeddings = checks.load_input_embeddings(weights)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a corrupt or truncated weights file
         log.warning("tokens.untrained-embedding skipped: cannot read the embeddings in %s (%s)", weights, e)
         return [], f"skipped: cannot read the embeddings in {weights} ({type(e).__name__})"
     if embeddings is None:

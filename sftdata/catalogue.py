@@ -142,6 +142,14 @@ CATALOGUE: tuple[Check, ...] = (
           'SmolLM2 template + {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}',
           "Decide explicitly: add the system prompt you want to the data (then the default is not used), or edit "
           "the template to drop the default."),
+    Check("template.empty-tools", "warning", "`tools: []` renders differently from no tools",
+          "The conversation has an empty `tools` list, and the chat template renders `tools=[]` differently from "
+          "no tools at all: Llama-3.1's template, for one, then adds its tool-use preamble ('Environment: ipython' "
+          "and the function-calling instructions) to every such example. transformers' apply_chat_template and "
+          "TRL's SFTTrainer pass the empty list as given, so the audit tokenizes it as given too: what is trained "
+          "on is what you see in `sftdata show`.",
+          '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "tools": []}',
+          "Drop the empty `tools` key (or set it to null) where the conversation offers no tools."),
     # --- tokens -----------------------------------------------------------------------------
     Check("tokens.double-bos", "warning", "an example starts with two BOS tokens",
           "The first two token ids are both the BOS id: usually pre-rendered text that already begins with the "

@@ -336,7 +336,7 @@ def _scalar_text(value: Any) -> str:
 # ============================================================================================
 
 
-@emits("format.unrepresentable")
+@emits("format.unrepresentable", "format.parse-error")
 def write(conversations: Iterable[Conversation], path: str, fmt: str | None = None) -> WriteResult:
     """Write conversations to `path` atomically, in `fmt` (default from the extension: .parquet ->
     parquet, .jsonl/.json -> messages). .jsonl writes one row per line, .json an array, .gz
@@ -362,11 +362,16 @@ def write(conversations: Iterable[Conversation], path: str, fmt: str | None = No
             except RecordError as e:
                 skipped.append(_skip_finding(conv, fmt, e))
                 continue
-            if container == "json":
-                text = json.dumps(row, ensure_ascii=False, indent=2).replace("\n", "\n  ")
-                out.write(((",\n  " if written else "\n  ") + text).encode("utf-8"))
-            else:
-                out.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+            try:
+                if container == "json":
+                    text = json.dumps(row, ensure_ascii=False, indent=2).replace("\n", "\n  ")
+                    data = ((",\n  " if written else "\n  ") + text).encode("utf-8")
+                else:
+                    data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+            except UnicodeEncodeError as e:
+                skipped.append(_skip_finding(conv, fmt, _not_unicode(e)))
+                continue
+            out.write(data)
             written += 1
         if container == "json":
             out.write(b"\n]\n" if written else b"]\n")
@@ -400,6 +405,11 @@ def output_format(path: str, fmt: str | None = None) -> str:
     if fmt == "parquet" and container != "parquet":
         raise UsageError(f"output {path}: the parquet format needs a .parquet file name")
     return "parquet" if container == "parquet" else fmt
+
+
+def _not_unicode(e: UnicodeEncodeError) -> RecordError:
+    return RecordError("format.parse-error", f"its text holds an unpaired surrogate {e.object[e.start:e.end]!r}, "
+                       "which is not valid Unicode", "repair or drop the character (text cut in the middle of an emoji)")
 
 
 def _skip_finding(conv: Conversation, fmt: str, e: RecordError) -> Finding:
@@ -530,6 +540,9 @@ def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mes
         raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
                           "rename the role (developer -> system, function -> tool), or use --from sharegpt for "
                           "from/value data")
+    if "content" not in d and not d.get("tool_calls"):
+        raise RecordError("format.missing-field", f"{where} ({role}) has no 'content' key (keys: {_keys(d)})",
+                          "add the message text as 'content' (\"\" if it really is empty)")
     reasoning = d.get("reasoning_content") if d.get("reasoning_content") is not None else d.get("reasoning")
     message = Message(
         role=role,
@@ -629,12 +642,21 @@ def _write_parquet(conversations: Iterable[Conversation], path: str, gz: bool) -
     schema = pa.schema([(n, pa.string()) for n in names],
                        metadata={readers.PARQUET_JSON_COLUMNS_KEY: json.dumps(list(names)).encode()})
     written = 0
+    skipped: list[Finding] = []
     with atomic_open(path, "wb") as raw:
         sink = io.BytesIO() if gz else raw
         with pq.ParquetWriter(sink, schema) as writer:
             batch: list[dict[str, Any]] = []
             for conv in conversations:
-                batch.append(_parquet_row(conv))
+                row = _parquet_row(conv)
+                try:
+                    for value in row.values():
+                        if value is not None:
+                            value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    skipped.append(_skip_finding(conv, "parquet", _not_unicode(e)))
+                    continue
+                batch.append(row)
                 if len(batch) >= _PARQUET_BATCH:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                     written += len(batch)
@@ -645,7 +667,7 @@ def _write_parquet(conversations: Iterable[Conversation], path: str, gz: bool) -
         if gz:
             raw.write(gzip.compress(sink.getvalue(), mtime=0))
     log.info("wrote %d conversations to %s", written, path)
-    return WriteResult(written, [])
+    return WriteResult(written, skipped)
 
 
 def _parquet_row(conv: Conversation) -> dict[str, Any]:
@@ -822,7 +844,8 @@ def _sharegpt_message(d: Any, where: str, index: int, cols: dict[str, Any], styl
                       meta: dict[str, Any]) -> Message:
     _typed(d, dict, where)
     role_tag = cols.get("role_tag") or ("from" if "from" in d else "role")
-    content_tag = cols.get("content_tag") or ("value" if "value" in d else "content")
+    content_tag = cols.get("content_tag") or ("value" if "value" in d else "content" if "content" in d else
+                                              style.get("content_tag") or ("value" if role_tag == "from" else "content"))
     style.setdefault("role_tag", role_tag)
     style.setdefault("content_tag", content_tag)
     names = dict(_SHAREGPT_ROLES)
@@ -837,6 +860,9 @@ def _sharegpt_message(d: Any, where: str, index: int, cols: dict[str, Any], styl
                           f"{where} has {role_tag} {name!r}, expected one of {', '.join(sorted(names))}",
                           "rename the role, or map it with a dataset_info.json entry's tags (--dataset-info)")
     style.setdefault(slot, name)
+    if content_tag not in d:
+        raise RecordError("format.missing-field", f"{where} ({name}) has no {content_tag!r} key (keys: {_keys(d)})",
+                          f"add the turn's text as {content_tag!r} (\"\" if it really is empty)")
     value = d.get(content_tag)
     value = "" if value is None else _typed(value, str, f"{where} {content_tag!r}")
     _keep_extra_keys(d, {role_tag, content_tag}, index, meta)
@@ -1279,6 +1305,18 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
     if not isinstance(entry, dict):
         raise UsageError(f"not in {path}{_did_you_mean(name, list(info))}; "
                          f"it has {len(info)} entries, e.g. {', '.join(list(info)[:5])}", param="dataset", value=name)
+    for key, types, what in (("file_name", str, "a file name"), ("hf_hub_url", str, "a hub id"),
+                             ("columns", dict, "an object of column names"), ("tags", dict, "an object of tag names"),
+                             ("formatting", str, "alpaca, sharegpt or openai"), ("ranking", bool, "true or false"),
+                             ("split", str, "a split name")):
+        if entry.get(key) is not None and not isinstance(entry[key], types):
+            raise UsageError(f"entry {name!r} has {key} = {entry[key]!r} ({_typename(entry[key])}), "
+                             f"expected {what}; fix the entry", param="dataset_info", value=path)
+    for key in ("columns", "tags"):
+        for k, v in (entry.get(key) or {}).items():
+            if not isinstance(v, str):
+                raise UsageError(f"entry {name!r} has {key}.{k} = {v!r} ({_typename(v)}), "
+                                 "expected a column or tag name (a string); fix the entry", param="dataset_info", value=path)
     if entry.get("file_name"):
         source = os.path.join(os.path.dirname(path), entry["file_name"])
     elif entry.get("hf_hub_url"):

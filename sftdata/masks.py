@@ -100,10 +100,8 @@ def _special_kwargs(tokenizer: Any) -> dict[str, Any]:
 def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = None,
            add_generation_prompt: bool = False, template: str | None = None) -> str:
     """Render like `tokenizer.apply_chat_template(..., tokenize=False)`; TemplateError if it raises."""
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
     template = template or template_of(tokenizer)
-    compiled = _compile_jinja_template(template)
+    compiled = _compiled(tokenizer, template)
     try:
         return compiled.render(messages=list(messages), tools=tools, documents=None,
                                add_generation_prompt=add_generation_prompt, **_special_kwargs(tokenizer))
@@ -114,6 +112,36 @@ def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = N
             "the template cannot render this conversation (often: a role it does not support, such as "
             "system, or roles that do not alternate); fix the data or use a template that supports it",
         ) from e
+
+
+def _compiled(tokenizer: Any, template: str) -> Any:
+    """The compiled template (transformers caches it); TemplateError naming the template file and
+    line when it is not valid Jinja."""
+    from jinja2 import TemplateError as JinjaError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        return _compile_jinja_template(template)
+    except JinjaError as e:
+        line = getattr(e, "lineno", None)
+        raise TemplateError(
+            "template.render-error",
+            f"the chat template of {template_file(tokenizer)} does not compile"
+            + (f" (template line {line})" if line else "") + f": {type(e).__name__}: {e}",
+            "fix the Jinja syntax of the template (or copy a working one from the model family's instruct model)",
+        ) from None
+
+
+def template_file(tokenizer: Any) -> str:
+    """Where the tokenizer's chat template lives, for messages: chat_template.jinja or
+    tokenizer_config.json in its directory, else the tokenizer's name."""
+    from pathlib import Path
+
+    d = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if (d / name).is_file():
+            return str(d / name)
+    return str(d) if str(d) not in ("", ".") else "the tokenizer"
 
 
 def _template_messages(conv: Conversation) -> list[dict[str, Any]]:
@@ -383,7 +411,7 @@ class _Piece:
 
 
 def _layout_key(conv: Conversation) -> tuple[Any, ...] | None:
-    if conv.tools:
+    if conv.tools is not None:  # an empty list too: templates such as Llama-3.1's render `tools=[]` differently
         return None
     key = []
     for m in conv.messages:
@@ -587,6 +615,8 @@ def prepare(tokenizer: Any) -> Tokenizer:
         return tokenizer
     try:
         template, tool_template, err = template_of(tokenizer), template_of(tokenizer, tools=True), None
+        _compiled(tokenizer, template)
+        _compiled(tokenizer, tool_template)
     except TemplateError as e:
         template, tool_template, err = None, None, e
     eos = getattr(tokenizer, "eos_token", None)
@@ -613,10 +643,22 @@ def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
             real = render(t.hf, _template_messages(conv), template=t.template)
             if real == filled.text:
                 return filled
-    template = t.tool_template if conv.tools else t.template
-    return _regions_incremental(t.hf, template, _template_messages(conv),
-                                list(conv.tools) if conv.tools else None, policy,
-                                [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+    # As apply_chat_template and TRL: `tools=[]` is passed as given (not as None), and picks the
+    # `tool_use` template of a tokenizer that has one.
+    template = t.tool_template if conv.tools is not None else t.template
+    messages = _template_messages(conv)
+    r = _regions_incremental(t.hf, template, messages, list(conv.tools) if conv.tools is not None else None, policy,
+                             [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+    if conv.tools == () and render(t.hf, messages, template=t.template) != r.text:
+        import dataclasses
+
+        r = dataclasses.replace(r, findings=(*r.findings, finding(
+            "template.empty-tools",
+            "`tools` is an empty list, and the chat template renders that differently from no tools (e.g. "
+            "Llama-3.1 adds its tool-use preamble); tokenized as given, as TRL's SFTTrainer and "
+            "apply_chat_template(tools=[]) do",
+            conv, hint="drop the empty `tools` key (or set it to null) where the conversation offers no tools")))
+    return r
 
 
 def _check_encodable(conv: Conversation) -> None:
@@ -645,7 +687,7 @@ def is_text_row(conv: Conversation) -> bool:
 
 # What tokenizing reports on a Tokenized (template errors, straddled boundaries, text it cannot encode).
 EMITS = ("template.missing", "template.render-error", "template.not-prefix-preserving",
-         "template.generation-prompt-mismatch", "mask.boundary-mismatch", "format.parse-error")
+         "template.generation-prompt-mismatch", "mask.boundary-mismatch", "format.parse-error", "template.empty-tools")
 
 
 @emits(*EMITS)
@@ -661,7 +703,14 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
     for conv in conversations:
         try:
             _check_encodable(conv)
-            rendered.append(None if is_text_row(conv) else _render_one(t, conv, policy))
+            r = None if is_text_row(conv) else _render_one(t, conv, policy)
+            if r is not None and not r.text.strip():
+                raise TemplateError(
+                    "template.render-error",
+                    f"the chat template of {template_file(t.hf)} renders this conversation of {len(conv.messages)} "
+                    "messages as empty text: nothing would be trained or seen",
+                    "the template outputs nothing for these roles; fix it (or use the model family's own template)")
+            rendered.append(r)
             errors.append(None)
         except TemplateError as e:
             rendered.append(None)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ def container_of(path: str) -> tuple[str, bool]:
     gz = name.endswith(".gz")
     if gz:
         name = name[:-3]
+    _check_readable(path)
     if os.path.isdir(path):
         return "hf-disk", False
     for ext, container in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
@@ -70,6 +72,89 @@ def container_of(path: str) -> tuple[str, bool]:
         return "hf-hub", False
     raise DataError(f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
                      ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name")
+
+
+STDIN = "-"
+
+
+def local_path(path: str) -> str:
+    """`path` itself, or for `-` (standard input) and a named pipe or device (`<(zcat f.gz)`),
+    a temporary file the stream is copied into (removed when the process exits): readers go over
+    a file more than once (format detection, worker processes), which a stream does not allow.
+    The copy is named `stdin` plus the extension its first bytes call for (.jsonl, .json,
+    .parquet, .csv; .gz kept), so findings say `.../stdin.jsonl:LINE`."""
+    import stat
+
+    if path != STDIN:
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode) or os.path.isdir(path):
+                return path
+        except OSError:
+            return path  # container_of says why
+        if not os.access(path, os.R_OK):
+            return path
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="sftdata-stdin-")
+    atexit.register(shutil.rmtree, folder, True)
+    tmp = os.path.join(folder, "stdin")
+    try:
+        with (open(path, "rb") if path != STDIN else os.fdopen(os.dup(sys.stdin.fileno()), "rb")) as src, \
+                open(tmp, "wb") as dst:
+            head = src.read(1 << 16)
+            dst.write(head)
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as e:
+        raise DataError(f"{'standard input' if path == STDIN else path}: cannot be read ({e.strerror or e}); "
+                         "check what is piped in") from None
+    name = tmp + _stream_extension(head)
+    os.replace(tmp, name)
+    log.info("%s: copied to %s to be read", "standard input" if path == STDIN else path, name)
+    return name
+
+
+def _stream_extension(head: bytes) -> str:
+    gz = head.startswith(b"\x1f\x8b")
+    if gz:
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4096)
+        except zlib.error:
+            head = b""
+    if head.startswith(b"PAR1"):
+        return ".parquet" + (".gz" if gz else "")
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    ext = ".json" if text.startswith(b"[") else ".jsonl" if text.startswith(b"{") or not text else ".csv"
+    return ext + (".gz" if gz else "")
+
+
+def _check_readable(path: str) -> None:
+    """DataError saying what `path` is and why it cannot be read: a dangling symlink, a symlink
+    loop, permission denied, a named pipe or device (read those through `-`). A path that does
+    not exist at all is left to the caller (it may be a hub id)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise DataError(f"{path}: a symlink to {os.readlink(path)!r}, which does not exist; "
+                             "fix the link or pass the file itself") from None
+        return
+    except OSError as e:  # ELOOP, ENAMETOOLONG, ENOTDIR, EACCES on a parent folder
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check the path") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise DataError(f"{path}: a directory this user cannot read (permission denied); "
+                             "fix its permissions (chmod u+rx) or pass a readable path")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file (device or socket)"
+        raise DataError(f"{path}: {kind}; pass it through readers.local_path() first, or copy it to a file")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied (mode {stat.filemode(st.st_mode)}); "
+                         f"make it readable (chmod u+r {path}) or run as a user who can read it")
 
 
 def iter_records(path: str, split: str = "train", keep: Keep | None = None) -> Iterator[RawRecord]:
@@ -148,7 +233,63 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         except RecursionError:
             yield RawRecord(number, Source(path, lineno), error="not readable JSON: nested too deeply")
             continue
+        except ValueError:  # an integer literal past Python's int-string limit (4300 digits)
+            yield RawRecord(number, Source(path, lineno), error=_huge_number(text, 0)[0])
+            continue
+        if (b"\\u" in raw if raw is not text else "\\u" in text) and _may_hold_lone_surrogate(text):  # bytes: a fast scan
+            why = _lone_surrogate(row)
+            if why:
+                yield RawRecord(number, Source(path, lineno), error=why)
+                continue
         yield RawRecord(number, Source(path, lineno), row)
+
+
+# A surrogate escape (\ud800-\udfff), a valid high+low pair matched whole: a match of 6
+# characters is a lone half, a candidate (an escaped backslash can fool it) the decoded row confirms.
+_SURROGATE_ESCAPES = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _may_hold_lone_surrogate(text: str, start: int = 0, end: int | None = None) -> bool:
+    end = len(text) if end is None else end
+    if text.find("\\ud", start, end) < 0 and text.find("\\uD", start, end) < 0:  # the common case: one fast scan
+        return False
+    return any(m.end() - m.start() == 6 for m in _SURROGATE_ESCAPES.finditer(text, start, end))
+
+
+def _lone_surrogate(row: Any) -> str | None:
+    """Why a decoded row holds text that is not valid Unicode (an unpaired surrogate from a lone
+    \\ud8xx JSON escape: text cut in the middle of an emoji), or None. Such text can be neither
+    tokenized nor written as UTF-8."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"invalid Unicode: an unpaired surrogate {e.object[e.start:e.end]!r} (a lone \\u{ord(e.object[e.start]):x} "
+                "escape, text cut in the middle of an emoji); repair or drop the character")
+    return None
+
+
+def _huge_number(text: str, start: int) -> tuple[str, int | None]:
+    """(message, end of the element) for JSON at `start` holding an integer longer than Python
+    reads (sys.get_int_max_str_digits). The element is decoded again with such numbers kept as
+    text, to find where it ends."""
+    digits: list[int] = []
+
+    def parse_int(s: str) -> Any:
+        try:
+            return int(s)
+        except ValueError:
+            digits.append(len(s))
+            return None
+
+    end = None
+    try:
+        _, end = json.JSONDecoder(parse_int=parse_int).raw_decode(text, start)
+    except (ValueError, RecursionError):
+        end = None  # broken in another way too: the element's end stays unknown
+    n = max(digits) if digits else "too many"
+    message = (f"a number with {n} digits, more than Python reads ({sys.get_int_max_str_digits()}); "
+               "quote it as a string or shorten it")
+    return message, end
 
 
 # --- JSON array -------------------------------------------------------------------------------
@@ -177,11 +318,13 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
         # One object, or JSON Lines saved with a .json name (common): try the whole first.
         try:
             row = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also a huge number: the JSON Lines reader reports it per line
             log.info("%s: not a JSON array; reading it as JSON Lines", path)
             yield from _jsonl_records(path, io.StringIO(text), keep=keep)
             return
-        yield RawRecord(1, Source(path, text.count("\n", 0, start) + 1, 0), row)
+        why = _lone_surrogate(row) if _may_hold_lone_surrogate(text) else None
+        src = Source(path, text.count("\n", 0, start) + 1, 0)
+        yield RawRecord(1, src, row) if why is None else RawRecord(1, src, error=why)
         return
     if text[start] != "[":
         line = text.count("\n", 0, start) + 1
@@ -222,7 +365,19 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
         except RecursionError:
             yield RawRecord(number, Source(path, line, number - 1), error="not readable JSON: nested too deeply")
             return
-        yield RawRecord(number, Source(path, line, number - 1), row)
+        except ValueError:  # an integer past Python's int-string limit: this element only
+            why, end = _huge_number(text, i)
+            if end is None:
+                yield RawRecord(number, Source(path, line, number - 1), error=why + "; the rest of the array cannot be read")
+                return
+            yield RawRecord(number, Source(path, line, number - 1), error=why)
+            row = None
+        else:
+            why = _lone_surrogate(row) if _may_hold_lone_surrogate(text, i, end) else None
+            if why is None:
+                yield RawRecord(number, Source(path, line, number - 1), row)
+            else:
+                yield RawRecord(number, Source(path, line, number - 1), error=why)
         i = _skip_ws(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip_ws(text, i + 1)
@@ -299,7 +454,17 @@ def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[Raw
         yield RawRecord(1, Source(path, None, 0), error=f"cannot read the parquet file: {e}")
         return
     meta = pf.schema_arrow.metadata or {}
-    json_columns = set(json.loads(meta[PARQUET_JSON_COLUMNS_KEY])) if PARQUET_JSON_COLUMNS_KEY in meta else None
+    json_columns = None
+    if PARQUET_JSON_COLUMNS_KEY in meta:
+        try:
+            json_columns = json.loads(meta[PARQUET_JSON_COLUMNS_KEY])
+        except (ValueError, UnicodeDecodeError):
+            json_columns = None
+        if not isinstance(json_columns, list) or not all(isinstance(c, str) for c in json_columns):
+            yield RawRecord(1, Source(path, None, 0), error=f"the file's {PARQUET_JSON_COLUMNS_KEY.decode()} metadata is "
+                            "not a JSON list of column names; rewrite the file with `sftdata convert`")
+            return
+        json_columns = set(json_columns)
     index = 0
     try:
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
@@ -331,10 +496,21 @@ def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: se
         if value is None:
             continue
         if key in json_columns:
+            if not isinstance(value, str):
+                return RawRecord(index + 1, src, error=f"column {key!r} holds a {type(value).__name__}, expected JSON text")
+            text = value
             try:
-                value = json.loads(value)
-            except (TypeError, json.JSONDecodeError) as e:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
                 return RawRecord(index + 1, src, error=f"column {key!r} is not valid JSON: {e}")
+            except RecursionError:
+                return RawRecord(index + 1, src, error=f"column {key!r}: JSON nested too deeply")
+            except ValueError:
+                return RawRecord(index + 1, src, error=f"column {key!r}: " + _huge_number(text, 0)[0])
+            if _may_hold_lone_surrogate(text):
+                why = _lone_surrogate(value)
+                if why:
+                    return RawRecord(index + 1, src, error=f"column {key!r}: {why}")
         out[key] = value
     return RawRecord(index + 1, src, out)
 
@@ -357,6 +533,9 @@ def _load_hf(path: str, container: str, split: str) -> Any:
         else:
             ds = datasets.load_dataset(path, split=split)
     except FileNotFoundError as e:
+        if container == "hf-disk":
+            raise DataError(f"{path}: a directory, but not one `datasets.save_to_disk` wrote ({e}); pass the "
+                            "data files inside it (.jsonl/.json/.csv/.parquet) instead") from e
         raise DataError(f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
                          "check the path, or set HF_HUB_OFFLINE=0 where the hub is reachable") from e
     except (OSError, ValueError, ConnectionError) as e:

@@ -23,15 +23,65 @@ log = logging.getLogger(__name__)
 PACKAGES = ("sftlab", "transformers", "tokenizers", "trl", "peft", "torch", "datasets", "datasketch")
 
 
+def check_output(path: str | os.PathLike[str], flag: str, *, directory: bool = False) -> None:
+    """Raise UsageError, before any work, when `path` cannot be written: an existing directory
+    where a file goes (or a file where a directory goes), a regular file on the way to it, a
+    folder this user cannot write into. `flag` names the option in the message."""
+    from sftdata.errors import UsageError
+
+    p = Path(path)
+    what = f"{flag} {os.fspath(path)}"
+    try:
+        _check_output(p, what, directory)
+    except OSError as e:  # a name too long, a symlink loop on the way
+        raise UsageError(f"{what}: cannot be written ({e.strerror}); pick another place") from None
+
+
+def _check_output(p: Path, what: str, directory: bool) -> None:
+    from sftdata.errors import UsageError
+
+    if len(p.name.encode()) > 200:  # atomic_open's temporary name adds ~15 characters to it
+        raise UsageError(f"{what}: the file name is too long ({len(p.name.encode())} bytes); shorten it")
+    if p.is_dir() and not directory:
+        raise UsageError(f"{what}: is a directory; name a file in it, e.g. {p / 'out.jsonl'}")
+    if p.exists() and not p.is_dir() and directory:
+        raise UsageError(f"{what}: is a file, not a directory; pick another run directory")
+    parent = p if p.is_dir() else p.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise UsageError(f"{what}: {parent} is a dangling symlink; fix it or pick another place")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what}: {parent} is a file, not a directory; pick another place")
+    from sftdata.cli.kit import signals_held
+
+    try:  # the one sure test (read-only mounts, /proc, ACLs): create and remove a file there
+        with signals_held():
+            fd, probe = tempfile.mkstemp(prefix=".sftdata-probe.", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{what}: cannot write into {parent} ({e.strerror}); pick a writable place") from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
+    from sftdata.cli.kit import signals_held
+    from sftdata.errors import UsageError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     binary = "b" in mode
-    f: BinaryIO | Any = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
+    f: BinaryIO | Any = None
+    tmp = None
     try:
+        with signals_held():  # Ctrl-C / SIGTERM wait until `tmp` is known, so the except below removes it
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise UsageError(f"{path}: cannot write ({e.strerror}: {e.filename}); pick a writable place") from None
+            f = os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"}))
         yield f
         f.flush()
         os.fsync(f.fileno())
@@ -39,11 +89,16 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # e.g. a directory has taken the name since the run started
+            raise UsageError(f"{path}: cannot be replaced ({e.strerror}); remove it or pick another name") from None
     except BaseException:
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if f is not None:
+            f.close()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 

@@ -96,6 +96,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: not readable TOML ({e}); fix the file or run from another directory") from e
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (TOML files must be UTF-8); re-save it as UTF-8 "
+                         "or run from another directory") from e
 
 
 def load_config(start: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -144,6 +148,20 @@ def _typed_config(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         raise bad("policy", " or ".join(POLICIES))
     if "fail-on" in cfg and cfg["fail-on"] not in SEVERITIES:
         raise bad("fail-on", " or ".join(SEVERITIES))
+    if "from" in cfg:
+        from sftdata.formats import FORMATS
+
+        if cfg["from"] not in FORMATS:
+            near = difflib.get_close_matches(cfg["from"], FORMATS, n=1)
+            raise bad("from", "one of " + ", ".join(FORMATS) + (f" (did you mean {near[0]!r}?)" if near else ""))
+    for key in ("select", "ignore"):
+        if key in out:
+            from sftdata.audit import parse_check_list
+
+            try:
+                parse_check_list(out[key], key)
+            except UsageError as e:
+                raise UsageError(f"{path}: [tool.sftdata] {e}") from None
     for key in ("run-dir", "model"):  # paths relative to the pyproject.toml's folder
         if key in cfg and not os.path.isabs(cfg[key]):
             candidate = path.parent / cfg[key]
@@ -172,21 +190,33 @@ def _audit(argv: list[str] | None) -> int:
         from sftdata.audit import default_run_dir
 
         run_dir = default_run_dir()
+    from sftdata import readers, rundir
+
+    flag = "--run-dir" if args.run_dir else f"run-dir (from {cfg_path})" if cfg.get("run-dir") else "the default run directory"
+    rundir.check_output(run_dir, flag, directory=True)
+    if args.inputs.count(readers.STDIN) > 1:
+        raise UsageError("INPUT: `-` (standard input) can be given once")
     _setup_logging()
+    inputs = [readers.local_path(p) for p in args.inputs]
     from sftdata.audit import run_audit
 
-    result = run_audit(
-        args.inputs, model,
-        max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
-        policy=args.policy or cfg.get("policy", "assistant"),
-        select=args.select if args.select is not None else cfg.get("select"),
-        ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
-        fail_on=args.fail_on or cfg.get("fail-on", "error"),
-        run_dir=run_dir,
-        fmt=args.fmt or cfg.get("from"),
-        workers=args.workers if args.workers is not None else cfg.get("workers"),
-        config_file=str(cfg_path) if cfg_path is not None else None,
-    )
+    try:
+        result = run_audit(
+            inputs, model,
+            max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
+            policy=args.policy or cfg.get("policy", "assistant"),
+            select=args.select if args.select is not None else cfg.get("select"),
+            ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
+            fail_on=args.fail_on or cfg.get("fail-on", "error"),
+            run_dir=run_dir,
+            fmt=args.fmt or cfg.get("from"),
+            workers=args.workers if args.workers is not None else cfg.get("workers"),
+            config_file=str(cfg_path) if cfg_path is not None else None,
+        )
+    except UsageError as e:
+        if cfg_path is not None and not args.model and (e.param == "model" or "--model" in e.message):
+            raise UsageError(f"{e.describe('--model')} (model = {model!r} comes from {cfg_path} [tool.sftdata])") from None
+        raise
     if args.json:
         _print_json(result)
         sys.stderr.write(f"audit written to {os.path.join(run_dir, 'audit')}\n")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from sftdata import formats
+from sftdata import formats, readers, rundir
 from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
@@ -61,6 +61,8 @@ def _convert(argv: list[str] | None) -> int:
         to_fmt = formats.output_format(args.output, args.to)  # a bad -o/--to fails before reading
     except kit.SftlabError as e:
         raise kit.UsageError(f"-o/--to: {e.describe(kit.flag(e.param))}") from None
+    rundir.check_output(args.output, "-o")
+    source = readers.local_path(source)
     try:
         if fmt is None:
             fmt = formats.detect_file_format(source, args.split)

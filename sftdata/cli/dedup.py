@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from sftdata import dedup, formats, rundir
+from sftdata import dedup, formats, readers, rundir
 from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
@@ -65,8 +65,21 @@ def _parser() -> Any:
     p.add_argument("--lsh-storage", metavar="URL",
                    help="redis://HOST:PORT/DB: a datasketch MinHashLSH index in Redis, shared by several workers")
     p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
-    p.add_argument("--seed", type=int, default=1, help="MinHash seed (default 1, datasketch's default)")
+    p.add_argument("--seed", type=_seed, default=1, help="MinHash seed, 0 to 2**32-1 (default 1, datasketch's default)")
     return p
+
+
+def _seed(text: str) -> int:
+    """argparse type: a MinHash seed numpy's RandomState takes (0 <= seed < 2**32)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32-1 = {2**32 - 1} (numpy's seed range), got {value}")
+    return value
 
 
 def _dedup(argv: list[str] | None) -> int:
@@ -78,6 +91,13 @@ def _dedup(argv: list[str] | None) -> int:
         raise kit.UsageError("; ".join(problems))
     if args.output:
         _check_output(args.output)  # a bad -o fails before the work
+        rundir.check_output(args.output, "-o")
+    if args.run_dir:
+        rundir.check_output(args.run_dir, "--run-dir", directory=True)
+    if (args.inputs + args.against).count(readers.STDIN) > 1:
+        raise kit.UsageError("`-` (standard input) can be given once, as an INPUT or an --against file")
+    args.inputs = [readers.local_path(p) for p in args.inputs]
+    args.against = [readers.local_path(p) for p in args.against]
 
     read_findings: list[Finding] = []
     train = _read_all(args.inputs, "INPUT", read_findings)

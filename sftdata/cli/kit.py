@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sftdata.errors import DataError, SftlabError, UsageError  # re-exported: commands raise them
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 __all__ = ["DataError", "SftlabError", "UsageError", "flag", "parser", "positive_int", "print_json", "run"]
 
@@ -45,9 +46,54 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so temporary files are removed on the way out."""
+
+
+_held = 0  # depth of signals_held() blocks
+_deferred: list[int] = []  # signals that arrived inside one
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _held:
+        _deferred.append(signum)
+        return
+    _raise_for(signum)
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Under `run`: a Ctrl-C or SIGTERM arriving inside this block is raised when it ends
+    (e.g. between creating a temporary file and being ready to remove it)."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _deferred:
+            signum = _deferred[0]
+            _deferred.clear()
+            _raise_for(signum)
+
+
 def run(body: Callable[[], int]) -> int:
     """Run a command body with DESIGN.md §5 exit codes: usage errors 2, crashes 3 (traceback
-    printed), Ctrl-C 130."""
+    printed), Ctrl-C 130, SIGTERM 143 (both remove the temporary files of unfinished outputs)."""
+    import signal
+    import threading
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signum == signal.SIGTERM or signal.getsignal(signum) is signal.default_int_handler:
+                previous[signum] = signal.signal(signum, _on_signal)
     try:
         return body()
     except SftlabError as e:
@@ -56,6 +102,9 @@ def run(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED
+    except Terminated:
+        sys.stderr.write("terminated (SIGTERM)\n")
+        return EXIT_TERMINATED
     except SystemExit as e:  # argparse --help
         return int(e.code or 0)
     except BrokenPipeError:
@@ -64,6 +113,9 @@ def run(body: Callable[[], int]) -> int:
         traceback.print_exc()
         sys.stderr.write("sftlab crashed: this is a bug, please report it with the traceback above\n")
         return EXIT_CRASH
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def print_json(command: str, summary: dict[str, Any], findings: list[dict[str, Any]], **extra: Any) -> None:

@@ -41,6 +41,11 @@ def _select(path: str, fmt: str | None, line: int | None, ex_id: str | None) -> 
             return item, skipped
         if line is None and ex_id is None:
             return item, skipped
+    if line is None and ex_id is None:
+        why = next((f for f in skipped if f.severity == "error"), None)
+        raise kit.UsageError(f"{path}: no readable example" + (
+            f"; the first record could not be read: {why.location()}: {why.message} ({why.hint})" if why else
+            " (the file holds no records)"))
     what = f"--line {line}" if line is not None else f"--id {ex_id}"
     hint = f" (the first example is {first.id} at {first.source})" if first else ""
     raise kit.UsageError(f"{what}: no example there in {path}{hint}; line numbers are 1-based file lines, ids as `sftdata convert --json` lists them")
@@ -110,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = p.parse_args(argv)
-        from sftdata import masks, models
+        from sftdata import masks, models, readers
 
-        conv, _ = _select(args.input, args.fmt, args.line, args.ex_id)
+        conv, _ = _select(readers.local_path(args.input), args.fmt, args.line, args.ex_id)
         tokenizer = models.load_tokenizer(args.model)
         tok = masks.tokenize(conv, tokenizer, policy=args.policy, max_length=args.max_length)
         rows = _token_rows(tok, tokenizer)
