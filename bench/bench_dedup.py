@@ -35,15 +35,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sftdata import dedup, formats  # noqa: E402
+from sftdata import dedup, formats, minhash  # noqa: E402
 from sftdata.records import Conversation  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SFTLAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
 LLAMAFACTORY = SHARED / "llamafactory"
 LF_FILES = ["alpaca_en_demo.json", "alpaca_zh_demo.json", "glaive_toolcall_en_demo.json", "identity.json",
             "kto_en_demo.json", "v1_sft_demo.jsonl", "reason_tool_use_demo_50.jsonl", "c4_demo.jsonl"]
-SPEC = dedup.ShingleSpec("words", 5)
+SPEC = minhash.ShingleSpec("words", 5)
 
 
 def main() -> int:
@@ -63,7 +63,7 @@ def main() -> int:
     load_before = os.getloadavg()
     report: dict = {"machine": _machine(), "load_before": load_before, "command": " ".join(["python", *sys.argv])}
     convs = read(T0, args.docs)
-    texts = [dedup.normalize(dedup.text_of(c)) for c in convs]
+    texts = [minhash.normalize(dedup.text_of(c)) for c in convs]
     report["throughput"] = throughput(texts, args.repeats, args.update_docs)
     report["end_to_end"] = end_to_end(args.docs)
     report["recall"] = recall(convs, args.sample)
@@ -111,25 +111,25 @@ def throughput(texts: list[str], repeats: int, update_docs: int) -> dict:
 
     n = len(texts)
     t = time.perf_counter()
-    shingle_lists = [dedup.shingles(t_, SPEC) for t_ in texts]
+    shingle_lists = [minhash.shingles(t_, SPEC) for t_ in texts]
     python_shingles = time.perf_counter() - t
     n_shingles = sum(len(s) for s in shingle_lists)
     log(f"{n} docs, {n_shingles} shingles ({n_shingles / n:.0f} per doc); python shingling {python_shingles:.1f}s")
 
     jit = jit_cost()
     t = time.perf_counter()
-    dedup._jit()  # load the kernels in this process (from the cache jit_cost filled): not in the timings
+    minhash._jit(); dedup._jit()  # load the kernels in this process (from the cache jit_cost filled): not in the timings
     jit["in_process_load_s"] = time.perf_counter() - t
     log(f"kernels: compile {jit['compile_s']:.1f}s (empty cache), load from cache {jit['cache_load_s']:.2f}s")
 
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     sig = None
-    for threads in (dedup.THREADS, 1):
+    for threads in (minhash.THREADS, 1):
         name = f"sftdata, {threads} thread{'s' if threads > 1 else ''}"
         for _ in range(repeats):
             w, c = time.perf_counter(), time.process_time()
-            sig = dedup.minhash_signatures(texts, SPEC, threads=threads)
+            sig = minhash.minhash_signatures(texts, SPEC, threads=threads)
             w, c = time.perf_counter() - w, time.process_time() - c
             wall[name], cpu[name] = min(wall.get(name, w), w), min(cpu.get(name, c), c)
         log(f"{name}: {wall[name]:.2f}s wall = {n / wall[name]:,.0f} docs/s ({cpu[name]:.2f}s CPU)")
@@ -160,13 +160,13 @@ _JIT_PROBE = """
 import time
 t = time.perf_counter()
 from sftdata import dedup
-dedup._jit()
+minhash._jit(); dedup._jit()
 print(time.perf_counter() - t)
 """
 
 
 def jit_cost() -> dict:
-    """Seconds for `dedup._jit()` (numba import included) in a fresh process with an empty numba
+    """Seconds for `minhash._jit(); dedup._jit()` (numba import included) in a fresh process with an empty numba
     cache (it compiles the kernels), then in another fresh process (it loads them from the cache)."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -242,11 +242,11 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     step = max(1, (len(convs) - len(dense)) // max(1, sample - len(dense)))
     spread = convs[: len(convs) - len(dense)][::step][: sample - len(dense)]
     chosen = spread + dense
-    texts = list(dict.fromkeys(dedup.normalize(dedup.text_of(c)) for c in chosen))
+    texts = list(dict.fromkeys(minhash.normalize(dedup.text_of(c)) for c in chosen))
     ids: dict[bytes, int] = {}
     rows, cols = [], []
     for i, t in enumerate(texts):
-        for s in set(dedup.shingles(t, SPEC)):
+        for s in set(minhash.shingles(t, SPEC)):
             rows.append(i)
             cols.append(ids.setdefault(s, len(ids)))
     m = sparse.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(texts), len(ids)))
@@ -256,7 +256,7 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     truth = {(int(a), int(b)): float(j) for a, b, j in zip(inter.row, inter.col, jac) if j >= threshold}
 
     params = dedup.lsh_params(threshold)
-    sig = dedup.minhash_signatures(texts, SPEC)
+    sig = minhash.minhash_signatures(texts, SPEC)
     cand = {tuple(p) for p in dedup.candidate_pairs(sig.hashvalues, params).tolist()}
     ver = dedup.verified_jaccard(dedup.shingle_sets(sig), np.array(sorted(cand), dtype=np.int64).reshape(-1, 2))
     reported = {p for p, j in zip(sorted(cand), ver) if j >= threshold}

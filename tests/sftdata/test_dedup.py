@@ -4,6 +4,7 @@ near / contaminated pairs in real data, CJK shingles, Redis shared index, CLI.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sftdata import cmd_dedup, dedup
-from sftdata.dedup import DedupConfig, ShingleSpec, minhash_signatures, normalize, shingles
+from sftdata import cmd_dedup, dedup, minhash
+from sftdata.dedup import DedupConfig
+from sftdata.minhash import ShingleSpec, minhash_signatures, normalize, shingles
 from sftdata.records import Conversation, Message, Source
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SFTLAB_SHARED_DATA") or REPO.parent / "shared" / "data")  # a worktree elsewhere: set it
 ALPACA_EN = SHARED / "llamafactory" / "alpaca_en_demo.json"
 ALPACA_ZH = SHARED / "llamafactory" / "alpaca_zh_demo.json"
 T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
@@ -182,13 +184,13 @@ def test_sha1_kernel_equals_hashlib():
     import hashlib
 
     msgs = _sha1_edge_messages()
-    got = dedup._sha1_prefixes(msgs)
+    got = minhash._sha1_prefixes(msgs)
     want = np.array([int.from_bytes(hashlib.sha1(m).digest()[:8], "big") for m in msgs], dtype=np.uint64)
     assert got.dtype == np.uint64 and np.array_equal(got, want)
     # one at a time (spare lanes) and in reverse order (other neighbours in the buffer)
     for m in msgs[:40]:
-        assert int(dedup._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
-    assert np.array_equal(dedup._sha1_prefixes(msgs[::-1]), want[::-1])
+        assert int(minhash._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
+    assert np.array_equal(minhash._sha1_prefixes(msgs[::-1]), want[::-1])
 
 
 def test_long_shingles_equal_datasketch():
@@ -358,7 +360,7 @@ def test_every_reported_pair_is_similar_and_unrelated_examples_never_pair(plante
 def test_cjk_rows_use_char_shingles_and_near_duplicates_are_found():
     rows = alpaca_rows(ALPACA_ZH)[:200]
     convs = [conv(i + 1, r["instruction"] + r["input"], r["output"], "zh.jsonl") for i, r in enumerate(rows)]
-    chinese = [i for i, r in enumerate(rows) if len(dedup._CJK.findall(r["output"])) > 0.8 * len(r["output"])]
+    chinese = [i for i, r in enumerate(rows) if len(minhash._CJK.findall(r["output"])) > 0.8 * len(r["output"])]
     k = max(chinese, key=lambda i: len(rows[i]["output"]))
     text = rows[k]["output"]
     changed = text[:20] + "很" + text[21:60] + "的" + text[61:]  # two characters changed
