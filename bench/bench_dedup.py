@@ -54,7 +54,21 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=4000, help="documents in the recall sample")
     ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 repeat, small samples")
     ap.add_argument("--out", default=str(REPO / "bench" / "dedup.md"), help="markdown report (default bench/dedup.md)")
+    ap.add_argument("--e2e", action="store_true", help="only the end-to-end comparison with the datasketch pipeline")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the end-to-end comparison")
     args = ap.parse_args()
+    if args.e2e:
+        if not T0.is_file():
+            raise SystemExit(f"{T0} not found: set SFTLAB_SHARED_DATA")
+        res = e2e(T0, args.rounds)
+        res["machine"], res["command"] = _machine(), " ".join(["python", *sys.argv])
+        text = render_e2e(res, res["machine"], res["command"])
+        json_path = REPO / "bench" / "results" / "dedup_e2e.json"
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+        Path(REPO / "bench" / "dedup_e2e.md").write_text(text, encoding="utf-8")
+        print(text)
+        return 0
     if args.quick:
         args.docs, args.repeats, args.update_docs, args.sample = 5000, 1, 200, 1500
     if not T0.is_file():
@@ -215,6 +229,89 @@ proc = subprocess.run(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
 sys.exit(proc.returncode)
 """
+
+_TIMED = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.buffer.write(proc.stderr)
+print(json.dumps({"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "peak_rss_mib": ru.ru_maxrss / 1024, "stdout": proc.stdout.decode()}))
+"""
+
+
+def timed(argv: list[str]) -> dict:
+    """Wall and CPU seconds and peak RSS of one process, start to exit (measured by a launcher)."""
+    proc = subprocess.run([sys.executable, "-c", _TIMED, *argv], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"launcher failed:\n{proc.stderr}")
+    out = json.loads(proc.stdout)
+    if out["rc"] not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed ({out['rc']}):\n{proc.stderr}")
+    return out
+
+
+def e2e(path: Path, rounds: int) -> dict:
+    """The datasketch pipeline (bench/datasketch_pipeline.py) and `sftdata dedup` as a user runs
+    them, each in its own process, interleaved for `rounds` rounds; best wall time of each, and
+    their ratio per round."""
+    sft_cmd = [str(Path(sys.executable).parent / "sftdata"), "dedup", str(path), "--json"]
+    ds_cmd = [sys.executable, str(REPO / "bench" / "datasketch_pipeline.py"), str(path)]
+    timed(sft_cmd[:2] + [str(REPO / "examples" / "messages.jsonl")])  # kernels compiled and cached: not timed
+    runs: list[dict] = []
+    for k in range(rounds):
+        load = os.getloadavg()
+        ds = timed(ds_cmd)
+        sft = timed(sft_cmd)
+        ds["result"] = json.loads(ds.pop("stdout"))
+        sft["summary"] = json.loads(sft.pop("stdout"))["summary"]
+        runs.append({"load": load, "datasketch": ds, "sftdata": sft, "ratio": ds["wall_s"] / sft["wall_s"],
+                     "cpu_ratio": ds["cpu_s"] / sft["cpu_s"]})
+        log(f"round {k + 1}: datasketch {ds['wall_s']:.1f}s ({ds['cpu_s']:.1f} CPU-s, {ds['peak_rss_mib']:.0f} MiB), "
+            f"sftdata {sft['wall_s']:.1f}s ({sft['cpu_s']:.1f} CPU-s, {sft['peak_rss_mib']:.0f} MiB): "
+            f"{runs[-1]['ratio']:.1f}x wall, {runs[-1]['cpu_ratio']:.1f}x CPU; load {_load(load)}")
+    best_ds = min(runs, key=lambda r: r["datasketch"]["wall_s"])["datasketch"]
+    best_sft = min(runs, key=lambda r: r["sftdata"]["wall_s"])["sftdata"]
+    return {"rounds": runs, "best_datasketch": best_ds, "best_sftdata": best_sft,
+            "ratio_best": best_ds["wall_s"] / best_sft["wall_s"],
+            "cpu_ratio_best": min(r["datasketch"]["cpu_s"] for r in runs) / min(r["sftdata"]["cpu_s"] for r in runs),
+            "sft_command": "sftdata dedup " + path.name + " --json",
+            "ds_command": "python bench/datasketch_pipeline.py " + path.name}
+
+
+def render_e2e(r: dict, machine: dict, command: str) -> str:
+    ds, sft = r["best_datasketch"], r["best_sftdata"]
+    lines = [
+        f"Command: `{command}` — {machine['cpus']} CPUs ({machine['cpu']}), Python {machine['python']}, "
+        f"numba {machine['numba']}, datasketch {machine['datasketch']}. Each side in its own process, start to "
+        f"exit, interleaved (datasketch, sftdata, datasketch, ...), {len(r['rounds'])} rounds; best wall time of each.",
+        "",
+        "| pipeline | wall s (best) | CPU s (best) | peak RSS MiB | seconds per stage (best run) |",
+        "|---|---:|---:|---:|---|",
+        f"| datasketch: `{r['ds_command']}` | {ds['wall_s']:.2f} | "
+        f"{min(x['datasketch']['cpu_s'] for x in r['rounds']):.2f} | {ds['peak_rss_mib']:.0f} | "
+        + ", ".join(f"{k} {v:.2f}" for k, v in ds["result"]["seconds"].items()) + " |",
+        f"| sftdata: `{r['sft_command']}` | {sft['wall_s']:.2f} | "
+        f"{min(x['sftdata']['cpu_s'] for x in r['rounds']):.2f} | {sft['peak_rss_mib']:.0f} | "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sft["summary"]["seconds"].items())
+        + " (the rest: start-up, reading, output) |",
+        "",
+        f"**Ratio (best wall / best wall): {r['ratio_best']:.1f}x; CPU seconds: {r['cpu_ratio_best']:.1f}x.**",
+        "",
+        "| round | load avg (1/5/15 min) before | datasketch wall s | sftdata wall s | ratio wall | ratio CPU |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for k, x in enumerate(r["rounds"], 1):
+        lines.append(f"| {k} | {_load(x['load'])} | {x['datasketch']['wall_s']:.2f} | {x['sftdata']['wall_s']:.2f} | "
+                     f"{x['ratio']:.1f}x | {x['cpu_ratio']:.1f}x |")
+    res, s = ds["result"], sft["summary"]
+    lines += ["", f"datasketch (its own bands x rows {res['bands_rows'][0]} x {res['bands_rows'][1]} for threshold 0.8, "
+              f"no verification) found {res['candidate_pairs']:,} candidate pairs and would drop {res['dropped']:,}; "
+              f"sftdata ({s['bands']} x {s['rows']}, every pair verified) found {s['near_pairs']:,} near pairs and "
+              f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters)."]
+    return "\n".join(lines) + "\n"
 
 
 def _t0_examples(findings: list[dict]) -> list[str]:

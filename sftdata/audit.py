@@ -724,13 +724,15 @@ def truncate(tok: Tokenized, max_length: int | None) -> Tokenized:
 
 def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = None, policy: str = "assistant",
               select: list[str] | None = None, ignore: list[str] | None = None, fail_on: str = "error",
-              run_dir: str | None = None, fmt: str | None = None, workers: int | None = None) -> AuditResult:
+              run_dir: str | None = None, fmt: str | None = None, workers: int | None = None,
+              progress: Callable[[int], None] | None = None) -> AuditResult:
     """Run every check on `inputs` in one pass. `model` is a model spec or a loaded fast tokenizer.
     With `run_dir`, writes RUN/audit/{summary.json, findings.jsonl, examples.parquet} and the
     manifest. `workers`: forked processes that read, tokenize and check (each every workers-th
     block of every file; default: $SFTLAB_AUDIT_WORKERS, else the CPUs other processes leave idle;
     files under 1 MiB in all are audited in this process). Output is identical whatever the
-    number. Raises UsageError for bad arguments and unreadable paths, never for bad data; a bug in
+    number. `progress(n)` is called as each block of n records is done (the CLI's progress bar).
+    Raises UsageError for bad arguments and unreadable paths, never for bad data; a bug in
     a worker is raised here as a RuntimeError carrying its traceback."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -815,6 +817,8 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
                     counts["chat_with_assistant"] += e.has_assistant
                 lengths.add(e)
             counts["examples"] += len(examples)
+            if progress is not None:
+                progress(len(examples) + sum(f.severity == "error" for f in read))
             if writer is not None and examples:
                 pending.append(_record_batch(examples, schema))
                 pending_rows += len(examples)

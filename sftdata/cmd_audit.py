@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftdata import checks, clikit
+from sftdata import checks, clikit, progress
 from sftdata.checks import CHECKS, SEVERITY_RANK
 from sftdata.clikit import UsageError
 from sftdata.records import POLICIES, SEVERITIES, Finding
@@ -174,17 +174,20 @@ def _audit(argv: list[str] | None) -> int:
     _setup_logging()
     from sftdata.audit import run_audit
 
-    result = run_audit(
-        args.inputs, model,
-        max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
-        policy=args.policy or cfg.get("policy", "assistant"),
-        select=args.select if args.select is not None else cfg.get("select"),
-        ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
-        fail_on=args.fail_on or cfg.get("fail-on", "error"),
-        run_dir=run_dir,
-        fmt=args.fmt or cfg.get("from"),
-        workers=args.workers if args.workers is not None else cfg.get("workers"),
-    )
+    total = progress.count_examples(args.inputs) if progress.is_shown() else None
+    with progress.bar("audit", total) as bar:
+        result = run_audit(
+            args.inputs, model,
+            max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
+            policy=args.policy or cfg.get("policy", "assistant"),
+            select=args.select if args.select is not None else cfg.get("select"),
+            ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
+            fail_on=args.fail_on or cfg.get("fail-on", "error"),
+            run_dir=run_dir,
+            fmt=args.fmt or cfg.get("from"),
+            workers=args.workers if args.workers is not None else cfg.get("workers"),
+            progress=bar.update,
+        )
     if cfg_path is not None:
         result.summary["config_file"] = str(cfg_path)
     if args.json:
