@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 from typing import Any
 
 from sftdata import clikit, dedup, formats, progress, rundir
@@ -80,6 +81,7 @@ def _dedup(argv: list[str] | None) -> int:
     if args.output:
         _check_output(args.output)  # a bad -o fails before the work
 
+    threading.Thread(target=dedup.load_kernels, name="sftdata-load-kernels", daemon=True).start()
     read_findings: list[Finding] = []
     total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
     with progress.bar("reading", total) as bar:
@@ -261,6 +263,7 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
             out.write(f"  {check}: {len(group)}\n")
             for f in group[:SHOW_LOCATIONS]:
                 out.write(f"    {f.location()}  {f.message}\n")
+    out.write("\nseconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s["seconds"].items()) + "\n")
     if not result.findings:
         out.write("\nno duplicates found\n")
     elif "output" not in s:

@@ -275,16 +275,22 @@ class ShingleSets:
         return np.diff(self.offsets)
 
 
-def shingle_sets(signatures: Signatures, texts: np.ndarray | None = None) -> ShingleSets:
+def shingle_sets(signatures: Signatures, texts: np.ndarray | None = None, *, threads: int = THREADS) -> ShingleSets:
     """The shingle sets of `texts` (default: all); the others are left empty. A compiled kernel
-    sorts each text's fingerprints and drops repeats."""
+    sorts each text's fingerprints and drops repeats, on `threads` threads."""
     _jit()
     n = len(signatures.hashvalues)
     chosen = np.ones(n, dtype=bool) if texts is None else np.zeros(n, dtype=bool)
     if texts is not None and len(texts):
         chosen[np.asarray(texts, dtype=np.int64).ravel()] = True
-    keys, offsets = _sets_kernel(signatures.fingerprints, signatures.offsets, chosen)
-    return ShingleSets(keys, offsets)
+    step = max(1, -(-n // max(1, threads)))
+    parts = _map(threads, lambda lo, hi: _sets_kernel(signatures.fingerprints, signatures.offsets[lo:hi + 1],
+                                                      chosen[lo:hi]), [(lo, min(n, lo + step)) for lo in range(0, n, step)])
+    if not parts:
+        return ShingleSets(np.empty(0, np.uint64), np.zeros(1, np.int64))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([np.diff(p[1]) for p in parts]), out=offsets[1:])
+    return ShingleSets(np.concatenate([p[0] for p in parts]), offsets)
 
 
 def verified_jaccard(sets: ShingleSets, pairs: np.ndarray, *, threads: int = THREADS,
@@ -354,6 +360,13 @@ _JIT_LOCK = threading.Lock()
 _jitted = False
 
 
+def load_kernels() -> None:
+    """Load (or compile) every compiled kernel dedup uses now; the CLI does it on a thread while
+    it reads the input."""
+    minhash._jit()
+    _jit()
+
+
 def _jit() -> None:
     """Compile the verification kernels (or load them from numba's cache) in place of the Python
     functions above; `import sftdata.dedup` does not import numba. Idempotent, thread-safe."""
@@ -366,6 +379,8 @@ def _jit() -> None:
         g = globals()
         g["_sets_kernel"] = numba.njit("Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])",
                                        nogil=True, cache=True)(_sets_kernel)
+        g["_estimate_kernel"] = numba.njit("float64[::1](uint32[:, ::1], int64[::1], int64[::1])",
+                                           nogil=True, cache=True)(_estimate_kernel)
         g["_jaccard_kernel"] = numba.njit("float64[::1](uint64[::1], int64[::1], int64[::1], int64[::1])",
                                           nogil=True, cache=True)(_jaccard_kernel)
         _jitted = True
@@ -382,10 +397,21 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 def estimated_jaccard(hashvalues: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """MinHash estimate: the share of equal hash values (datasketch `MinHash.jaccard`)."""
-    out = np.empty(len(pairs), dtype=np.float64)
-    for lo in range(0, len(pairs), 65536):
-        p = pairs[lo:lo + 65536]
-        out[lo:lo + 65536] = (hashvalues[p[:, 0]] == hashvalues[p[:, 1]]).mean(axis=1)
+    _jit()
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return _estimate_kernel(np.ascontiguousarray(hashvalues), np.ascontiguousarray(pairs[:, 0]),
+                            np.ascontiguousarray(pairs[:, 1]))
+
+
+def _estimate_kernel(hashvalues: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    out = np.empty(len(left), np.float64)
+    m = hashvalues.shape[1]
+    for k in range(len(left)):
+        a, b = hashvalues[left[k]], hashvalues[right[k]]
+        same = 0
+        for p in range(m):
+            same += a[p] == b[p]
+        out[k] = same / m
     return out
 
 
@@ -493,7 +519,8 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     params = lsh_params(config.threshold, config.num_perm)
     examples = tuple(train) + tuple(against)
     n_train = len(train)
-    norm = minhash.normalize_many([text_of(c, config.fields) for c in examples], threads=config.threads)
+    raw = [text_of(c, config.fields) for c in examples]  # kept for the findings' snippets
+    norm = minhash.normalize_many(raw, threads=config.threads)
     uid, first = _exact_groups(norm.packed)  # exact duplicates share a text id
     length = norm.chars  # normalised length, for --keep longest
     texts = minhash.pack([norm.packed.text(i) for i in first.tolist()])
@@ -521,7 +548,7 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     tu, tv, au, av = first_train[u] >= 0, first_train[v] >= 0, first_against[u] >= 0, first_against[v] >= 0
     cand = cand[(tu & tv) | (tu & av) | (tv & au)]  # pairs of two --against texts do not matter
     clock.start("verify")
-    sets = shingle_sets(sigs)
+    sets = shingle_sets(sigs, cand, threads=config.threads)
     ver = verified_jaccard(sets, cand, threads=config.threads)
     ok = ver >= config.threshold - 1e-12
     near, near_ver, near_est = cand[ok], ver[ok], estimated_jaccard(sigs.hashvalues, cand[ok])
@@ -563,7 +590,7 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     dropped = member_order[~representative[member_order] & ~contaminated[rep_of[member_order]]]
     size_of = np.ones(n_train, dtype=np.int64)
     size_of[members] = size[cluster[members]]
-    findings = _findings(examples, config.fields, pairs, dropped, rep_of, uid, size_of,
+    findings = _findings(examples, raw, pairs, dropped, rep_of, uid, size_of,
                          dict(zip(member_order.tolist(), zip(rep_est.tolist(), rep_ver.tolist()))))
     exact_drop = dropped[(uid[dropped] == uid[rep_of[dropped]]) & ~contaminated[dropped]]
     near_drop = dropped[(uid[dropped] != uid[rep_of[dropped]]) & ~contaminated[dropped]]
@@ -715,7 +742,7 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _findings(examples: tuple[Conversation, ...], fields: str, pairs: Pairs, dropped: np.ndarray,
+def _findings(examples: tuple[Conversation, ...], texts: list[str], pairs: Pairs, dropped: np.ndarray,
               rep_of: np.ndarray, uid: np.ndarray, cluster_size: np.ndarray,
               to_rep: dict[int, tuple[float, float]]) -> list[Finding]:
     """One dedup.exact / dedup.near finding per example -o drops from a cluster with a kept
@@ -728,12 +755,12 @@ def _findings(examples: tuple[Conversation, ...], fields: str, pairs: Pairs, dro
     first = np.ones(len(order), dtype=bool)
     first[1:] = pairs.left[order[1:]] != pairs.left[order[:-1]]
     for e in order[first]:
-        findings.append(_contamination_finding(examples, fields, int(pairs.left[e]), int(pairs.right[e]),
+        findings.append(_contamination_finding(examples, texts, int(pairs.left[e]), int(pairs.right[e]),
                                                float(pairs.estimated_jaccard[e]), float(pairs.verified_jaccard[e])))
     for x in np.sort(dropped).tolist():
         rep = int(rep_of[x])
         est, ver = to_rep[x]
-        findings.append(_duplicate_finding(examples, fields, x, rep, "exact" if uid[x] == uid[rep] else "near",
+        findings.append(_duplicate_finding(examples, texts, x, rep, "exact" if uid[x] == uid[rep] else "near",
                                            est, ver, int(cluster_size[x])))
     return findings
 
@@ -765,17 +792,17 @@ def _side(conversation: Conversation) -> dict[str, Any]:
     return {"example_id": conversation.id, "source": conversation.source.to_dict()}
 
 
-def _duplicate_finding(examples: tuple[Conversation, ...], fields: str, x: int, rep: int, kind: str,
+def _duplicate_finding(examples: tuple[Conversation, ...], texts: list[str], x: int, rep: int, kind: str,
                        estimate: float, verified: float, size: int) -> Finding:
     ex, kept = examples[x], examples[rep]
-    mine = snippet(text_of(ex, fields))
+    mine = snippet(texts[x])
     if kind == "exact":
         message = (f"{ex.source} is an exact duplicate (after normalisation) of {kept.source} ({kept.id}), which "
                    f"-o keeps; cluster of {size} examples: {mine!r}")
     else:
         message = (f"{ex.source} near-duplicates {kept.source} ({kept.id}), which -o keeps: verified Jaccard "
                    f"{verified:.3f} (MinHash estimate {estimate:.3f}); cluster of {size} examples: {mine!r} vs "
-                   f"{snippet(text_of(kept, fields))!r}")
+                   f"{snippet(texts[rep])!r}")
     return Finding(
         check=f"dedup.{kind}", severity="warning", message=message,
         hint=f"drop it: `sftdata dedup ... -o KEPT` keeps {kept.source} for this cluster"
@@ -787,14 +814,14 @@ def _duplicate_finding(examples: tuple[Conversation, ...], fields: str, x: int, 
     )
 
 
-def _contamination_finding(examples: tuple[Conversation, ...], fields: str, x: int, y: int, estimate: float,
+def _contamination_finding(examples: tuple[Conversation, ...], texts: list[str], x: int, y: int, estimate: float,
                            verified: float) -> Finding:
     ex, other = examples[x], examples[y]
     how = "an exact copy of" if verified >= 1.0 else f"a near-duplicate (Jaccard {verified:.3f}) of"
     return Finding(
         check="dedup.contamination", severity="error",
         message=(f"training example {ex.source} is {how} evaluation example {other.source} ({other.id}): "
-                 f"{snippet(text_of(ex, fields))!r}"),
+                 f"{snippet(texts[x])!r}"),
         hint="remove it from the training data (`-o KEPT` drops it) or from the evaluation set; "
              "otherwise the evaluation measures memorisation",
         example_id=ex.id, source=ex.source,
