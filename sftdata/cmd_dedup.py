@@ -1,6 +1,6 @@
 """`sftdata dedup INPUT... [--against FILE...]`: exact and near-duplicates, eval contamination.
 
-Prints counts and the closest pairs (both sides file:line, verified Jaccard, a snippet);
+Prints counts and, per check, the first examples -o drops and why (the kept example, file:line);
 `--json` prints one JSON object instead. `-o KEPT` writes one example per duplicate cluster plus
 every example without a duplicate, minus those contaminated by --against, in the input's format.
 `--run-dir DIR` writes dedup/clusters.parquet, dedup/pairs.parquet, dedup/findings.jsonl and
@@ -41,7 +41,7 @@ how it decides:
   LSH       bands x rows derived from --threshold so a pair at exactly the threshold is a
             candidate with probability >= 0.95
 """
-TOP_PAIRS = 10
+SHOW_DROPPED = 4
 SHOW_LOCATIONS = 3
 
 
@@ -245,15 +245,17 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
         out.write(f"     {s['lsh_unverified_remote_candidates']} candidate links to other workers' examples in the "
                   "shared index (not verified here: dedup those files together)\n")
 
-    by_kind = [result.pairs.top(kind, TOP_PAIRS) for kind in ("contamination", "near", "exact")]
-    share = max(1, TOP_PAIRS // max(1, sum(bool(k) for k in by_kind)))
-    top = [p for k in by_kind for p in k[:share]]
-    if top:
-        out.write("\nclosest pairs (--json lists every finding):\n")
-        for p in top:
-            a, b = result.examples[p.left], result.examples[p.right]
-            out.write(f"  {p.kind:<13}  J={p.verified_jaccard:.3f}  {a.source}  {_snip(a, s['fields'])}\n")
-            out.write(f"  {'':<13}           {b.source}  {_snip(b, s['fields'])}\n")
+    shown = [f for check in ("dedup.contamination", "dedup.near", "dedup.exact")
+             for f in [f for f in result.findings if f.check == check][:SHOW_DROPPED]]
+    if shown:
+        out.write("\nexamples -o drops, and why (first of each check; --json or --run-dir lists them all):\n")
+        for f in shown:
+            other = f.data["other"]["source"]
+            where = f"{other['file']}:{other['line']}" if other.get("line") is not None else other["file"]
+            role = "copies --against" if f.check == "dedup.contamination" else "kept instead:"
+            size = f", cluster of {f.data['cluster_size']}" if "cluster_size" in f.data else ""
+            out.write(f"  {f.check:<20} {f.source}  J={f.data['verified_jaccard']:.3f}{size}\n"
+                      f"  {'':<20} {role} {where}\n")
     if read_findings:
         groups: dict[str, list[Finding]] = {}
         for f in read_findings:
@@ -269,6 +271,3 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
     elif "output" not in s:
         out.write("\nhint: -o KEPT writes one example per cluster, minus contaminated ones\n")
 
-
-def _snip(conversation: Conversation, fields: str) -> str:
-    return repr(dedup.snippet(dedup.text_of(conversation, fields), 70))
