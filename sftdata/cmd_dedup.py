@@ -40,6 +40,9 @@ how it decides:
             use chars:3; a text shorter than N units is a single shingle
   LSH       bands x rows derived from --threshold so a pair at exactly the threshold is a
             candidate with probability >= 0.95
+  findings  one per example -o drops (naming the kept example, the cluster size and the Jaccard
+            to it) and one per contaminated training example; the pairs: --run-dir's
+            dedup/pairs.parquet. A progress bar on stderr when it is a terminal.
 """
 SHOW_DROPPED = 4
 SHOW_LOCATIONS = 3
@@ -81,7 +84,7 @@ def _dedup(argv: list[str] | None) -> int:
     if args.output:
         _check_output(args.output)  # a bad -o fails before the work
 
-    threading.Thread(target=dedup.load_kernels, name="sftdata-load-kernels", daemon=True).start()
+    threading.Thread(target=_load_kernels, name="sftdata-load-kernels", daemon=True).start()
     read_findings: list[Finding] = []
     total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
     with progress.bar("reading", total) as bar:
@@ -116,6 +119,14 @@ def _dedup(argv: list[str] | None) -> int:
         _print_report(summary, result, read_findings)
     found = result.findings or summary["unreadable_records"] or summary.get("not_written")
     return clikit.EXIT_FINDINGS if found else clikit.EXIT_OK
+
+
+def _load_kernels() -> None:
+    """Load the compiled kernels while the input is read (a thread)."""
+    try:
+        dedup.load_kernels()
+    except ImportError:  # numba missing: dedup.dedup raises it again, with the install hint, in the main thread
+        return
 
 
 def _check_output(output: str) -> None:
