@@ -35,15 +35,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sftdata import dedup, formats  # noqa: E402
+from sftdata import dedup, formats, minhash  # noqa: E402
 from sftdata.records import Conversation  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SFTLAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
 LLAMAFACTORY = SHARED / "llamafactory"
 LF_FILES = ["alpaca_en_demo.json", "alpaca_zh_demo.json", "glaive_toolcall_en_demo.json", "identity.json",
             "kto_en_demo.json", "v1_sft_demo.jsonl", "reason_tool_use_demo_50.jsonl", "c4_demo.jsonl"]
-SPEC = dedup.ShingleSpec("words", 5)
+SPEC = minhash.ShingleSpec("words", 5)
 
 
 def main() -> int:
@@ -54,7 +54,21 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=4000, help="documents in the recall sample")
     ap.add_argument("--quick", action="store_true", help="5,000 rows, 1 repeat, small samples")
     ap.add_argument("--out", default=str(REPO / "bench" / "dedup.md"), help="markdown report (default bench/dedup.md)")
+    ap.add_argument("--e2e", action="store_true", help="only the end-to-end comparison with the datasketch pipeline")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the end-to-end comparison")
     args = ap.parse_args()
+    if args.e2e:
+        if not T0.is_file():
+            raise SystemExit(f"{T0} not found: set SFTLAB_SHARED_DATA")
+        res = e2e(T0, args.rounds)
+        res["machine"], res["command"] = _machine(), " ".join(["python", *sys.argv])
+        text = render_e2e(res, res["machine"], res["command"])
+        json_path = REPO / "bench" / "results" / "dedup_e2e.json"
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2, default=str), encoding="utf-8")
+        Path(REPO / "bench" / "dedup_e2e.md").write_text(text, encoding="utf-8")
+        print(text)
+        return 0
     if args.quick:
         args.docs, args.repeats, args.update_docs, args.sample = 5000, 1, 200, 1500
     if not T0.is_file():
@@ -63,7 +77,7 @@ def main() -> int:
     load_before = os.getloadavg()
     report: dict = {"machine": _machine(), "load_before": load_before, "command": " ".join(["python", *sys.argv])}
     convs = read(T0, args.docs)
-    texts = [dedup.normalize(dedup.text_of(c)) for c in convs]
+    texts = [minhash.normalize(dedup.text_of(c)) for c in convs]
     report["throughput"] = throughput(texts, args.repeats, args.update_docs)
     report["end_to_end"] = end_to_end(args.docs)
     report["recall"] = recall(convs, args.sample)
@@ -111,25 +125,25 @@ def throughput(texts: list[str], repeats: int, update_docs: int) -> dict:
 
     n = len(texts)
     t = time.perf_counter()
-    shingle_lists = [dedup.shingles(t_, SPEC) for t_ in texts]
+    shingle_lists = [minhash.shingles(t_, SPEC) for t_ in texts]
     python_shingles = time.perf_counter() - t
     n_shingles = sum(len(s) for s in shingle_lists)
     log(f"{n} docs, {n_shingles} shingles ({n_shingles / n:.0f} per doc); python shingling {python_shingles:.1f}s")
 
     jit = jit_cost()
     t = time.perf_counter()
-    dedup._jit()  # load the kernels in this process (from the cache jit_cost filled): not in the timings
+    dedup.load_kernels()  # load the kernels in this process (from the cache jit_cost filled): not in the timings
     jit["in_process_load_s"] = time.perf_counter() - t
     log(f"kernels: compile {jit['compile_s']:.1f}s (empty cache), load from cache {jit['cache_load_s']:.2f}s")
 
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
     sig = None
-    for threads in (dedup.THREADS, 1):
+    for threads in (minhash.THREADS, 1):
         name = f"sftdata, {threads} thread{'s' if threads > 1 else ''}"
         for _ in range(repeats):
             w, c = time.perf_counter(), time.process_time()
-            sig = dedup.minhash_signatures(texts, SPEC, threads=threads)
+            sig = minhash.minhash_signatures(texts, SPEC, threads=threads)
             w, c = time.perf_counter() - w, time.process_time() - c
             wall[name], cpu[name] = min(wall.get(name, w), w), min(cpu.get(name, c), c)
         log(f"{name}: {wall[name]:.2f}s wall = {n / wall[name]:,.0f} docs/s ({cpu[name]:.2f}s CPU)")
@@ -160,13 +174,13 @@ _JIT_PROBE = """
 import time
 t = time.perf_counter()
 from sftdata import dedup
-dedup._jit()
+dedup.load_kernels()
 print(time.perf_counter() - t)
 """
 
 
 def jit_cost() -> dict:
-    """Seconds for `dedup._jit()` (numba import included) in a fresh process with an empty numba
+    """Seconds for `dedup.load_kernels()` (numba import included) in a fresh process with an empty numba
     cache (it compiles the kernels), then in another fresh process (it loads them from the cache)."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -216,6 +230,89 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
 sys.exit(proc.returncode)
 """
 
+_TIMED = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+wall = time.perf_counter() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.buffer.write(proc.stderr)
+print(json.dumps({"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "peak_rss_mib": ru.ru_maxrss / 1024, "stdout": proc.stdout.decode()}))
+"""
+
+
+def timed(argv: list[str]) -> dict:
+    """Wall and CPU seconds and peak RSS of one process, start to exit (measured by a launcher)."""
+    proc = subprocess.run([sys.executable, "-c", _TIMED, *argv], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"launcher failed:\n{proc.stderr}")
+    out = json.loads(proc.stdout)
+    if out["rc"] not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed ({out['rc']}):\n{proc.stderr}")
+    return out
+
+
+def e2e(path: Path, rounds: int) -> dict:
+    """The datasketch pipeline (bench/datasketch_pipeline.py) and `sftdata dedup` as a user runs
+    them, each in its own process, interleaved for `rounds` rounds; best wall time of each, and
+    their ratio per round."""
+    sft_cmd = [str(Path(sys.executable).parent / "sftdata"), "dedup", str(path), "--json"]
+    ds_cmd = [sys.executable, str(REPO / "bench" / "datasketch_pipeline.py"), str(path)]
+    timed(sft_cmd[:2] + [str(REPO / "examples" / "messages.jsonl")])  # kernels compiled and cached: not timed
+    runs: list[dict] = []
+    for k in range(rounds):
+        load = os.getloadavg()
+        ds = timed(ds_cmd)
+        sft = timed(sft_cmd)
+        ds["result"] = json.loads(ds.pop("stdout"))
+        sft["summary"] = json.loads(sft.pop("stdout"))["summary"]
+        runs.append({"load": load, "datasketch": ds, "sftdata": sft, "ratio": ds["wall_s"] / sft["wall_s"],
+                     "cpu_ratio": ds["cpu_s"] / sft["cpu_s"]})
+        log(f"round {k + 1}: datasketch {ds['wall_s']:.1f}s ({ds['cpu_s']:.1f} CPU-s, {ds['peak_rss_mib']:.0f} MiB), "
+            f"sftdata {sft['wall_s']:.1f}s ({sft['cpu_s']:.1f} CPU-s, {sft['peak_rss_mib']:.0f} MiB): "
+            f"{runs[-1]['ratio']:.1f}x wall, {runs[-1]['cpu_ratio']:.1f}x CPU; load {_load(load)}")
+    best_ds = min(runs, key=lambda r: r["datasketch"]["wall_s"])["datasketch"]
+    best_sft = min(runs, key=lambda r: r["sftdata"]["wall_s"])["sftdata"]
+    return {"rounds": runs, "best_datasketch": best_ds, "best_sftdata": best_sft,
+            "ratio_best": best_ds["wall_s"] / best_sft["wall_s"],
+            "cpu_ratio_best": min(r["datasketch"]["cpu_s"] for r in runs) / min(r["sftdata"]["cpu_s"] for r in runs),
+            "sft_command": "sftdata dedup " + path.name + " --json",
+            "ds_command": "python bench/datasketch_pipeline.py " + path.name}
+
+
+def render_e2e(r: dict, machine: dict, command: str) -> str:
+    ds, sft = r["best_datasketch"], r["best_sftdata"]
+    lines = [
+        f"Command: `{command}` — {machine['cpus']} CPUs ({machine['cpu']}), Python {machine['python']}, "
+        f"numba {machine['numba']}, datasketch {machine['datasketch']}. Each side in its own process, start to "
+        f"exit, interleaved (datasketch, sftdata, datasketch, ...), {len(r['rounds'])} rounds; best wall time of each.",
+        "",
+        "| pipeline | wall s (best) | CPU s (best) | peak RSS MiB | seconds per stage (best run) |",
+        "|---|---:|---:|---:|---|",
+        f"| datasketch: `{r['ds_command']}` | {ds['wall_s']:.2f} | "
+        f"{min(x['datasketch']['cpu_s'] for x in r['rounds']):.2f} | {ds['peak_rss_mib']:.0f} | "
+        + ", ".join(f"{k} {v:.2f}" for k, v in ds["result"]["seconds"].items()) + " |",
+        f"| sftdata: `{r['sft_command']}` | {sft['wall_s']:.2f} | "
+        f"{min(x['sftdata']['cpu_s'] for x in r['rounds']):.2f} | {sft['peak_rss_mib']:.0f} | "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sft["summary"]["seconds"].items())
+        + " (the rest: start-up, reading, output) |",
+        "",
+        f"**Ratio (best wall / best wall): {r['ratio_best']:.1f}x; CPU seconds: {r['cpu_ratio_best']:.1f}x.**",
+        "",
+        "| round | load avg (1/5/15 min) before | datasketch wall s | sftdata wall s | ratio wall | ratio CPU |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for k, x in enumerate(r["rounds"], 1):
+        lines.append(f"| {k} | {_load(x['load'])} | {x['datasketch']['wall_s']:.2f} | {x['sftdata']['wall_s']:.2f} | "
+                     f"{x['ratio']:.1f}x | {x['cpu_ratio']:.1f}x |")
+    res, s = ds["result"], sft["summary"]
+    lines += ["", f"datasketch (its own bands x rows {res['bands_rows'][0]} x {res['bands_rows'][1]} for threshold 0.8, "
+              f"no verification) found {res['candidate_pairs']:,} candidate pairs and would drop {res['dropped']:,}; "
+              f"sftdata ({s['bands']} x {s['rows']}, every pair verified) found {s['near_pairs']:,} near pairs and "
+              f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters)."]
+    return "\n".join(lines) + "\n"
+
 
 def _t0_examples(findings: list[dict]) -> list[str]:
     out = []
@@ -242,11 +339,11 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     step = max(1, (len(convs) - len(dense)) // max(1, sample - len(dense)))
     spread = convs[: len(convs) - len(dense)][::step][: sample - len(dense)]
     chosen = spread + dense
-    texts = list(dict.fromkeys(dedup.normalize(dedup.text_of(c)) for c in chosen))
+    texts = list(dict.fromkeys(minhash.normalize(dedup.text_of(c)) for c in chosen))
     ids: dict[bytes, int] = {}
     rows, cols = [], []
     for i, t in enumerate(texts):
-        for s in set(dedup.shingles(t, SPEC)):
+        for s in set(minhash.shingles(t, SPEC)):
             rows.append(i)
             cols.append(ids.setdefault(s, len(ids)))
     m = sparse.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(texts), len(ids)))
@@ -256,7 +353,7 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     truth = {(int(a), int(b)): float(j) for a, b, j in zip(inter.row, inter.col, jac) if j >= threshold}
 
     params = dedup.lsh_params(threshold)
-    sig = dedup.minhash_signatures(texts, SPEC)
+    sig = minhash.minhash_signatures(texts, SPEC)
     cand = {tuple(p) for p in dedup.candidate_pairs(sig.hashvalues, params).tolist()}
     ver = dedup.verified_jaccard(dedup.shingle_sets(sig), np.array(sorted(cand), dtype=np.int64).reshape(-1, 2))
     reported = {p for p, j in zip(sorted(cand), ver) if j >= threshold}
@@ -407,9 +504,9 @@ NOTES = """### How it works, and where the time goes
   b*r <= num_perm and P(candidate | J = threshold) >= 0.95; at 0.8 and 128 permutations that is 13 x 7
   (P = 0.953; P(0.85) = 0.993; P(0.5) = 0.10). datasketch's default weights give 9 x 13 here, which finds a
   pair at J = 0.8 with P ~ 0.40.
-- Verification: every candidate's exact Jaccard over its shingle sets (SHA-1 fingerprints), vectorised
-  as binary searches of one set's fingerprints in the other's, on all cores. It is now the slowest stage
-  end to end (numpy; not yet a compiled kernel).
+- Verification: each candidate text's fingerprints are sorted and de-duplicated once by a compiled
+  kernel, and every candidate pair's sets are merged by another (no Python object per pair), on all
+  cores. Normalisation is a compiled kernel too (NFKC in Python only where a text needs it).
 """
 
 

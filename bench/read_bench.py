@@ -1,5 +1,9 @@
 """Reader throughput: this tree vs a baseline tree, alternated in fresh processes."""
-import json, os, subprocess, sys, time
+import json
+import os
+import subprocess
+import sys
+
 N = int(os.environ.get("N", "200000"))
 path = os.environ.get("DATA", "/tmp/sftlab-read-bench.jsonl")
 if not os.path.exists(path):

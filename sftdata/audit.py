@@ -381,15 +381,16 @@ def _context(tokenizer: Any, config_dir: str | None, policy: str, max_length: in
 def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = None, policy: str = "assistant",
               select: list[str] | None = None, ignore: list[str] | None = None, fail_on: str = "error",
               run_dir: str | None = None, fmt: str | None = None, workers: int | None = None,
-              config_file: str | None = None) -> AuditResult:
+              config_file: str | None = None, progress: Callable[[int], None] | None = None) -> AuditResult:
     """Run every check on `inputs` in one pass. `model` is a model spec or a loaded fast tokenizer.
     With `run_dir`, writes RUN/audit/{summary.json, findings.jsonl, examples.parquet} and the
     manifest. `workers`: forked processes that read, tokenize and check (each every workers-th
     block of every file; default: $SFTLAB_AUDIT_WORKERS, else the CPUs other processes leave idle;
     files under 1 MiB in all are audited in this process). Output is identical whatever the
-    number. `config_file`: where settings came from, recorded in the summary. Raises UsageError
-    for bad arguments and DataError for unreadable inputs, never for bad data; a bug in a worker
-    is raised here as a RuntimeError carrying its traceback."""
+    number. `config_file`: where settings came from, recorded in the summary. `progress(n)` is
+    called as each block of n records is done (the CLI's progress bar). Raises UsageError for bad
+    arguments and DataError for unreadable inputs, never for bad data; a bug in a worker is raised
+    here as a RuntimeError carrying its traceback."""
     inputs = _check_arguments(inputs, policy, fail_on, max_length, workers)
     selection = Selection(parse_check_list(select, "select"), parse_check_list(ignore, "ignore"))
     started = time.perf_counter()
@@ -416,7 +417,7 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         # What needs no example: done here while worker processes (if any) audit.
         probes = _template_probes(tokenizer, ctx.info, selection)
         embedding_findings, embedding_note = _embedding_findings(tokenizer, ctx.info, weights, selection)
-        tally, lengths, counts = _consume(results, found, table)
+        tally, lengths, counts = _consume(results, found, table, progress)
         for f, n in [*_template_findings(probes, tally, counts), *embedding_findings]:
             found.add(f, examples=n)
     passed = all(SEVERITY_RANK.get(sev, 0) < SEVERITY_RANK[fail_on] for sev, n in found.by_severity.items() if n)
@@ -441,8 +442,8 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     return AuditResult(findings, summary, passed, str(run_dir) if run_dir else None)
 
 
-def _consume(results: Iterable[tuple[list[Finding], list[_Example]]], found: _Findings,
-             table: ExamplesWriter | None) -> tuple[_TemplateTally, _Lengths, dict[str, int]]:
+def _consume(results: Iterable[tuple[list[Finding], list[_Example]]], found: _Findings, table: ExamplesWriter | None,
+             progress: Callable[[int], None] | None) -> tuple[_TemplateTally, _Lengths, dict[str, int]]:
     """Count, keep and write what the workers (or this process) audited, in input order."""
     tally, lengths = _TemplateTally(), _Lengths()
     counts = {"examples": 0, "unreadable": 0, "chat": 0, "chat_no_system": 0, "chat_with_assistant": 0, "raw": 0}
@@ -463,6 +464,8 @@ def _consume(results: Iterable[tuple[list[Finding], list[_Example]]], found: _Fi
                 counts["chat_with_assistant"] += e.has_assistant
             lengths.add(e)
         counts["examples"] += len(examples)
+        if progress is not None:
+            progress(len(examples) + sum(f.severity == "error" for f in read))
         if table is not None:
             table.add(examples)
         if counts["examples"] % 10_000 < len(examples):

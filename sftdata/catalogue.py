@@ -246,7 +246,7 @@ CATALOGUE: tuple[Check, ...] = (
           "the same source document under two prompt templates", "`sftdata dedup ... -o KEPT` keeps one per cluster.",
           "sftdata dedup"),
     Check("dedup.contamination", "error", "a training example overlaps an evaluation example",
-          "Reported by `sftdata dedup --eval`. See docs/checks-dedup.md.",
+          "Reported by `sftdata dedup --against EVAL`. See docs/checks-dedup.md.",
           "a benchmark question copied into the training set", "Drop the training example.", "sftdata dedup"),
 )
 CHECKS: dict[str, Check] = {c.id: c for c in CATALOGUE}

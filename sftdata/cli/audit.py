@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftdata import catalogue
+from sftdata import catalogue, progress
 from sftdata.catalogue import CHECKS, SEVERITY_RANK
 from sftdata.cli import kit
 from sftdata.errors import UsageError
@@ -200,9 +200,11 @@ def _audit(argv: list[str] | None) -> int:
     inputs = [readers.local_path(p) for p in args.inputs]
     from sftdata.audit import run_audit
 
+    total = progress.count_examples(inputs) if progress.is_shown() else None
     try:
-        result = run_audit(
-            inputs, model,
+        with progress.bar("audit", total) as bar:
+            result = run_audit(
+                inputs, model,
             max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
             policy=args.policy or cfg.get("policy", "assistant"),
             select=args.select if args.select is not None else cfg.get("select"),
@@ -212,6 +214,7 @@ def _audit(argv: list[str] | None) -> int:
             fmt=args.fmt or cfg.get("from"),
             workers=args.workers if args.workers is not None else cfg.get("workers"),
             config_file=str(cfg_path) if cfg_path is not None else None,
+            progress=bar.update,
         )
     except UsageError as e:
         if cfg_path is not None and not args.model and (e.param == "model" or "--model" in e.message):

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from sftdata import formats, readers, rundir
+from sftdata import formats, progress, readers, rundir
 from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
@@ -73,16 +73,21 @@ def _convert(argv: list[str] | None) -> int:
     read_findings: list[Finding] = []
     counts = {"read": 0}
 
-    def conversations() -> Iterator[Conversation]:
+    def conversations(bar: Any) -> Iterator[Conversation]:
         for item in stream:
             if isinstance(item, Conversation):
                 counts["read"] += 1
+                bar.update()
                 yield item
             else:
                 read_findings.append(item)
-                counts["read"] += item.severity == "error"  # a skipped record was read too
+                if item.severity == "error":  # a skipped record was read too
+                    counts["read"] += 1
+                    bar.update()
 
-    result = formats.write(conversations(), args.output, to_fmt)
+    total = progress.count_examples([source]) if progress.is_shown() else None
+    with progress.bar("convert", total) as bar:
+        result = formats.write(conversations(bar), args.output, to_fmt)
     findings = read_findings + result.skipped
     skipped = sum(f.severity == "error" for f in findings)
     summary = {"read": counts["read"], "written": result.written, "skipped": skipped, "input": source,

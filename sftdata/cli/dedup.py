@@ -1,10 +1,12 @@
 """`sftdata dedup INPUT... [--against FILE...]`: exact and near-duplicates, eval contamination.
 
-Prints counts and the closest pairs (both sides file:line, verified Jaccard, a snippet);
+Prints counts and, per check, the first examples -o drops and why (the kept example, file:line);
 `--json` prints one JSON object instead. `-o KEPT` writes one example per duplicate cluster plus
 every example without a duplicate, minus those contaminated by --against, in the input's format.
-`--run-dir DIR` writes dedup/clusters.parquet, dedup/findings.jsonl and dedup/summary.json there
-(nothing is written without it). Exit 0 when nothing was found, 1 when duplicates, contamination
+`--run-dir DIR` writes dedup/clusters.parquet, dedup/pairs.parquet, dedup/findings.jsonl and
+dedup/summary.json there (nothing is written without it). Findings are per example: one per
+example -o drops (naming the kept one) and one per contaminated training example. A progress bar
+on stderr while it works, when stderr is a terminal. Exit 0 when nothing was found, 1 when duplicates, contamination
 or unreadable records were, 2 on usage errors.
 """
 
@@ -13,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 from typing import Any
 
-from sftdata import dedup, formats, readers, rundir
+from sftdata import dedup, formats, progress, readers, rundir
 from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
@@ -38,8 +41,11 @@ how it decides:
             use chars:3; a text shorter than N units is a single shingle
   LSH       bands x rows derived from --threshold so a pair at exactly the threshold is a
             candidate with probability >= 0.95
+  findings  one per example -o drops (naming the kept example, the cluster size and the Jaccard
+            to it) and one per contaminated training example; the pairs: --run-dir's
+            dedup/pairs.parquet. A progress bar on stderr when it is a terminal.
 """
-TOP_PAIRS = 10
+SHOW_DROPPED = 4
 SHOW_LOCATIONS = 3
 
 
@@ -61,7 +67,7 @@ def _parser() -> Any:
                    help="which example of a cluster -o keeps: the first or the longest (default first)")
     p.add_argument("-o", "--output", metavar="KEPT", help="write the kept examples here, in the input's format")
     p.add_argument("--json", action="store_true", help="print one JSON object (summary + findings) on stdout")
-    p.add_argument("--run-dir", metavar="DIR", help="write dedup/clusters.parquet, findings and summary into DIR")
+    p.add_argument("--run-dir", metavar="DIR", help="write dedup/clusters.parquet, pairs.parquet, findings and summary into DIR")
     p.add_argument("--lsh-storage", metavar="URL",
                    help="redis://HOST:PORT/DB: a datasketch MinHashLSH index in Redis, shared by several workers")
     p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
@@ -99,11 +105,15 @@ def _dedup(argv: list[str] | None) -> int:
     args.inputs = [readers.local_path(p) for p in args.inputs]
     args.against = [readers.local_path(p) for p in args.against]
 
+    threading.Thread(target=_load_kernels, name="sftdata-load-kernels", daemon=True).start()
     read_findings: list[Finding] = []
-    train = _read_all(args.inputs, "INPUT", read_findings)
-    against = _read_all(args.against, "--against", read_findings)
+    total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
+    with progress.bar("reading", total) as bar:
+        train = _read_all(args.inputs, "INPUT", read_findings, bar)
+        against = _read_all(args.against, "--against", read_findings, bar)
     try:
-        result = dedup.dedup(train, against, config)
+        with progress.bar("dedup", len(dedup.STAGES), unit="stage") as bar:
+            result = dedup.dedup(train, against, config, progress=_stages(bar))
     except _redis_errors() as e:
         raise kit.UsageError(f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); "
                                 "start redis-server or fix the URL") from None
@@ -132,6 +142,14 @@ def _dedup(argv: list[str] | None) -> int:
     return kit.EXIT_FINDINGS if found else kit.EXIT_OK
 
 
+def _load_kernels() -> None:
+    """Load the compiled kernels while the input is read (a thread)."""
+    try:
+        dedup.load_kernels()
+    except ImportError:  # numba missing: dedup.dedup raises it again, with the install hint, in the main thread
+        return
+
+
 def _check_output(output: str) -> None:
     try:
         formats.output_format(output)
@@ -152,7 +170,7 @@ def _output_format(output: str, first_input: str) -> str | None:
     return fmt
 
 
-def _read_all(paths: list[str], flag: str, findings: list[Finding]) -> list[Conversation]:
+def _read_all(paths: list[str], flag: str, findings: list[Finding], bar: Any) -> list[Conversation]:
     out: list[Conversation] = []
     for path in paths:
         try:
@@ -162,9 +180,25 @@ def _read_all(paths: list[str], flag: str, findings: list[Finding]) -> list[Conv
         for item in items:
             if isinstance(item, Conversation):
                 out.append(item)
+                bar.update()
             else:
                 findings.append(item)
+                if item.severity == "error":
+                    bar.update()
     return out
+
+
+def _stages(bar: Any) -> Any:
+    """dedup's progress callback: one bar step per finished stage, the current stage's name shown."""
+    begun: list[str] = []
+
+    def on_stage(name: str) -> None:
+        if begun:
+            bar.update(1)
+        begun.append(name)
+        bar.set_description_str(f"dedup: {name}")
+
+    return on_stage
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -181,16 +215,41 @@ def _write_run_dir(run_dir: str, result: dedup.DedupResult, findings: list[Findi
     import pyarrow as pa
 
     schema = pa.schema([
-        ("cluster_id", pa.int64()), ("example_id", pa.string()), ("source_file", pa.string()),
+        ("cluster_id", pa.int64()), ("cluster_size", pa.int64()), ("example_id", pa.string()), ("source_file", pa.string()),
         ("source_line", pa.int64()), ("representative", pa.bool_()), ("representative_id", pa.string()),
         ("estimated_jaccard", pa.float64()), ("verified_jaccard", pa.float64()), ("contaminated", pa.bool_()),
     ])
     table = pa.Table.from_pydict(result.clusters, schema=schema)
     rundir.write_parquet(os.path.join(run_dir, "dedup", "clusters.parquet"), table)
+    rundir.write_parquet(os.path.join(run_dir, "dedup", "pairs.parquet"), _pairs_table(result))
     rundir.write_jsonl(os.path.join(run_dir, "dedup", "findings.jsonl"), (f.to_dict() for f in findings))
     rundir.write_json(os.path.join(run_dir, "dedup", "summary.json"), summary)
     command = ["sftdata", "dedup", *(argv if argv is not None else sys.argv[1:])]
     rundir.update_manifest(run_dir, "dedup", command=command, config=dataclasses.asdict(config), inputs=inputs)
+
+
+def _pairs_table(result: dedup.DedupResult) -> Any:
+    """dedup/pairs.parquet: every exact, near and contamination pair (both sides' id, file, line),
+    the strings dictionary-encoded (T0 has half a million pairs)."""
+    import numpy as np
+    import pyarrow as pa
+
+    ex = result.examples
+    ids = pa.array([c.id for c in ex], pa.string())
+    files = pa.array([c.source.file for c in ex], pa.string())
+    lines = np.array([-1 if dedup._line(c) is None else dedup._line(c) for c in ex], dtype=np.int64)
+    p = result.pairs
+
+    def side(idx: np.ndarray) -> list[Any]:
+        return [pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), ids),
+                pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), files),
+                pa.array(lines[idx], pa.int64(), mask=lines[idx] < 0)]
+
+    kinds = pa.DictionaryArray.from_arrays(pa.array(p.kind.astype(np.int32)), pa.array(list(dedup.KINDS)))
+    return pa.Table.from_arrays(
+        [kinds, *side(p.left), *side(p.right), pa.array(p.estimated_jaccard), pa.array(p.verified_jaccard)],
+        names=["kind", "example_id", "source_file", "source_line", "other_id", "other_file", "other_line",
+               "estimated_jaccard", "verified_jaccard"])
 
 
 def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findings: list[Finding]) -> None:
@@ -204,6 +263,8 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
         ("clusters", s["clusters"], f"{s['examples_in_clusters']} examples in clusters, the largest has "
                                     f"{s['largest_cluster']}"),
         ("contaminated", s["contaminated"], "training examples duplicating an --against example"),
+        ("dropped by", s["removed"], ", ".join(f"{k} {v}" for k, v in s["dropped_by"].items())
+         + " (each example counted once)"),
         ("kept", s["kept"], f"{s['removed']} dropped"
          + (f"; wrote {s['written']} to {s['output']}" if "output" in s else " with -o KEPT")),
     ]
@@ -216,15 +277,17 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
         out.write(f"     {s['lsh_unverified_remote_candidates']} candidate links to other workers' examples in the "
                   "shared index (not verified here: dedup those files together)\n")
 
-    by_kind = [result.pairs.top(kind, TOP_PAIRS) for kind in ("contamination", "near", "exact")]
-    share = max(1, TOP_PAIRS // max(1, sum(bool(k) for k in by_kind)))
-    top = [p for k in by_kind for p in k[:share]]
-    if top:
-        out.write("\nclosest pairs (--json lists every finding):\n")
-        for p in top:
-            a, b = result.examples[p.left], result.examples[p.right]
-            out.write(f"  {p.kind:<13}  J={p.verified_jaccard:.3f}  {a.source}  {_snip(a, s['fields'])}\n")
-            out.write(f"  {'':<13}           {b.source}  {_snip(b, s['fields'])}\n")
+    shown = [f for check in ("dedup.contamination", "dedup.near", "dedup.exact")
+             for f in [f for f in result.findings if f.check == check][:SHOW_DROPPED]]
+    if shown:
+        out.write("\nexamples -o drops, and why (first of each check; --json or --run-dir lists them all):\n")
+        for f in shown:
+            other = f.data["other"]["source"]
+            where = f"{other['file']}:{other['line']}" if other.get("line") is not None else other["file"]
+            role = "copies --against" if f.check == "dedup.contamination" else "kept instead:"
+            size = f", cluster of {f.data['cluster_size']}" if "cluster_size" in f.data else ""
+            out.write(f"  {f.check:<20} {f.source}  J={f.data['verified_jaccard']:.3f}{size}\n"
+                      f"  {'':<20} {role} {where}\n")
     if read_findings:
         groups: dict[str, list[Finding]] = {}
         for f in read_findings:
@@ -234,11 +297,9 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
             out.write(f"  {check}: {len(group)}\n")
             for f in group[:SHOW_LOCATIONS]:
                 out.write(f"    {f.location()}  {f.message}\n")
+    out.write("\nseconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s["seconds"].items()) + "\n")
     if not result.findings:
         out.write("\nno duplicates found\n")
     elif "output" not in s:
         out.write("\nhint: -o KEPT writes one example per cluster, minus contaminated ones\n")
 
-
-def _snip(conversation: Conversation, fields: str) -> str:
-    return repr(dedup.snippet(dedup.text_of(conversation, fields), 70))

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from sftdata import cli, masks
-from sftdata.testing.families import family_tokenizer
 from sftdata.models import DEMO_MODEL, resolve_tokenizer_path
+from sftdata.testing.families import family_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."}]}

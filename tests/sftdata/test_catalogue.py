@@ -37,7 +37,6 @@ def test_every_check_id_in_the_code_is_documented():
     ids = set()
     for path in _modules():
         ids |= set(re.findall(r"[\"'](" + ID.pattern + r")[\"']", path.read_text(encoding="utf-8")))
-    ids |= {f"dedup.{kind}" for kind in ("exact", "near")}  # built as f"dedup.{p.kind}"
     doc = (REPO / "docs" / "checks.md").read_text(encoding="utf-8")
     assert ids <= set(CHECKS), ids - set(CHECKS)
     for check in ids:
@@ -54,7 +53,7 @@ def test_findings_are_built_only_by_finding():
         n = len(_calls(ast.parse(path.read_text(encoding="utf-8")), {"Finding"}))
         if n:
             builders[str(path.relative_to(REPO))] = n
-    assert builders == {"sftdata/dedup.py": 2}  # dedup.py moves to finding() when its rewrite lands
+    assert builders == {}, builders
 
 
 def test_every_emitted_id_is_declared_by_its_module():
@@ -71,8 +70,7 @@ def test_every_emitted_id_is_declared_by_its_module():
         used = {c.args[0].value for c in _calls(tree, {"finding", "RecordError", "TemplateError"})
                 if c.args and isinstance(c.args[0], ast.Constant) and isinstance(c.args[0].value, str)}
         assert used <= set(CHECKS), (path.name, used - set(CHECKS))
-        if path.name != "dedup.py":
-            assert used <= declared, (path.name, used - declared)
+        assert used <= declared, (path.name, used - declared)
     for fn in (checks.check_roles, checks.check_special_strings, checks.check_double_bos, checks.check_mask,
                checks.check_length, checks.check_pad_token, checks.check_template, checks.check_embeddings):
         used = {c.args[0].value for c in _calls(ast.parse(_source_with_helpers(fn)), {"finding"})

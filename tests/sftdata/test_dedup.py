@@ -4,6 +4,7 @@ near / contaminated pairs in real data, CJK shingles, Redis shared index, CLI.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sftdata import dedup
+from sftdata import dedup, minhash
 from sftdata.cli import dedup as cmd_dedup
-from sftdata.dedup import DedupConfig, ShingleSpec, minhash_signatures, normalize, shingles
+from sftdata.dedup import DedupConfig
+from sftdata.minhash import ShingleSpec, minhash_signatures, normalize, shingles
 from sftdata.records import Conversation, Message, Source
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("SFTLAB_SHARED_DATA") or REPO.parent / "shared" / "data")  # a worktree elsewhere: set it
 ALPACA_EN = SHARED / "llamafactory" / "alpaca_en_demo.json"
 ALPACA_ZH = SHARED / "llamafactory" / "alpaca_zh_demo.json"
 T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
@@ -183,13 +185,13 @@ def test_sha1_kernel_equals_hashlib():
     import hashlib
 
     msgs = _sha1_edge_messages()
-    got = dedup._sha1_prefixes(msgs)
+    got = minhash._sha1_prefixes(msgs)
     want = np.array([int.from_bytes(hashlib.sha1(m).digest()[:8], "big") for m in msgs], dtype=np.uint64)
     assert got.dtype == np.uint64 and np.array_equal(got, want)
     # one at a time (spare lanes) and in reverse order (other neighbours in the buffer)
     for m in msgs[:40]:
-        assert int(dedup._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
-    assert np.array_equal(dedup._sha1_prefixes(msgs[::-1]), want[::-1])
+        assert int(minhash._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
+    assert np.array_equal(minhash._sha1_prefixes(msgs[::-1]), want[::-1])
 
 
 def test_long_shingles_equal_datasketch():
@@ -359,7 +361,7 @@ def test_every_reported_pair_is_similar_and_unrelated_examples_never_pair(plante
 def test_cjk_rows_use_char_shingles_and_near_duplicates_are_found():
     rows = alpaca_rows(ALPACA_ZH)[:200]
     convs = [conv(i + 1, r["instruction"] + r["input"], r["output"], "zh.jsonl") for i, r in enumerate(rows)]
-    chinese = [i for i, r in enumerate(rows) if len(dedup._CJK.findall(r["output"])) > 0.8 * len(r["output"])]
+    chinese = [i for i, r in enumerate(rows) if len(minhash._CJK.findall(r["output"])) > 0.8 * len(r["output"])]
     k = max(chinese, key=lambda i: len(rows[i]["output"]))
     text = rows[k]["output"]
     changed = text[:20] + "很" + text[21:60] + "的" + text[61:]  # two characters changed
@@ -597,3 +599,200 @@ def test_t0_slice_verified_jaccard_is_exact_for_every_candidate():
     want = np.array([len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in cand.tolist()])
     assert len(cand) > 1000 and (want < 0.8).any() and (want >= 0.8).any()
     assert np.array_equal(got, want)
+
+
+# --------------------------------------------------------------------------------------------
+# Findings per example (issue 13)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted_cluster(tmp_path_factory):
+    """200 alpaca_en rows plus: an exact and a near copy of row a (a cluster of three), a near copy
+    of an eval example (row c) and an exact copy of that row (a cluster with nothing clean to keep)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not present")
+    rows = [as_messages(r) for r in alpaca_rows()[:200]]
+    long_rows = [i for i, r in enumerate(rows) if len(r["messages"][1]["content"].split()) > 150]
+    a, c = long_rows[0], long_rows[1]
+    exact = json.loads(json.dumps(rows[a]))
+    exact["messages"][0]["content"] = "  " + exact["messages"][0]["content"].upper() + " !!"
+    near = json.loads(json.dumps(rows[a]))
+    near["messages"][1]["content"] = change_words(near["messages"][1]["content"], 50)
+    copy_c = json.loads(json.dumps(rows[c]))
+    train = rows + [exact, near, copy_c]
+    ev = json.loads(json.dumps(rows[c]))
+    ev["messages"][1]["content"] = change_words(ev["messages"][1]["content"], 80, start=7)
+    d = tmp_path_factory.mktemp("cluster")
+    return {"train": write_jsonl(d / "train.jsonl", train), "eval": write_jsonl(d / "eval.jsonl", [ev]),
+            "a": a, "c": c, "n": len(rows), "rows": train}
+
+
+@needs_shared
+def test_one_finding_per_dropped_example_names_kept_representative_and_cluster_size(planted_cluster, capsys,
+                                                                                    tmp_path):
+    p = planted_cluster
+    code = cmd_dedup.main([str(p["train"]), "--against", str(p["eval"]), "--json", "--run-dir", str(tmp_path)])
+    obj = json.loads(capsys.readouterr().out)
+    assert code == 1
+    found = {(f["check"], f["source"]["line"]): f for f in obj["findings"]}
+    n, a, c = p["n"], p["a"], p["c"]
+    # lines: row k is line k + 1; the exact copy of a is line n + 1, the near copy n + 2, the copy of c n + 3
+    exact, near = found[("dedup.exact", n + 1)], found[("dedup.near", n + 2)]
+    for f in (exact, near):
+        assert f["data"]["other"]["source"]["line"] == a + 1  # the kept representative: the first of the cluster
+        assert f["data"]["cluster_size"] == 3 and "cluster of 3" in f["message"]
+        assert f"train.jsonl:{a + 1}" in f["message"] and "-o keeps" in f["message"]
+    assert exact["data"]["verified_jaccard"] == 1.0
+    want = true_jaccard(dedup.text_of(_to_conv(p["rows"][a])), dedup.text_of(_to_conv(p["rows"][n + 1])))
+    assert near["data"]["verified_jaccard"] == pytest.approx(want, abs=1e-4) and 0.8 <= want < 1.0
+    # the kept representative itself is never reported; nothing else in the cluster is reported twice
+    dup_lines = [f["source"]["line"] for f in obj["findings"] if f["check"] in ("dedup.exact", "dedup.near")]
+    assert a + 1 not in dup_lines and len(dup_lines) == len(set(dup_lines))
+    # row c and its exact copy both near-copy the eval example: one contamination finding each, naming
+    # eval.jsonl:1; their cluster keeps nothing, so neither gets a dedup.exact finding
+    cont = sorted(f["source"]["line"] for f in obj["findings"] if f["check"] == "dedup.contamination")
+    assert cont == [c + 1, n + 3]
+    assert all("eval.jsonl:1" in found[("dedup.contamination", line)]["message"] for line in cont)
+    assert ("dedup.exact", n + 3) not in found
+    s = obj["summary"]
+    assert s["dropped_by"]["dedup.contamination"] == 2 and s["dropped_by"]["dedup.near"] >= 1
+    assert s["dropped_by"]["dedup.exact"] >= 1 and sum(s["dropped_by"].values()) == s["removed"]
+    import pyarrow.parquet as pq
+
+    pairs = pq.read_table(tmp_path / "dedup" / "pairs.parquet").to_pylist()
+    kinds = {(r["kind"], r["source_line"], r["other_line"]) for r in pairs}
+    assert ("exact", a + 1, n + 1) in kinds and ("contamination", c + 1, 1) in kinds
+    assert ("near", a + 1, n + 2) in kinds
+    clusters = pq.read_table(tmp_path / "dedup" / "clusters.parquet").to_pylist()
+    assert {r["cluster_size"] for r in clusters if r["source_line"] in (a + 1, n + 1, n + 2)} == {3}
+
+
+# Kept sets of the code before the compiled normalisation/verification (commit efcfa90), on T0:
+# sha1 of the JSON list of kept line numbers, and its length.
+KEPT_BEFORE = {
+    ("head3000", "first"): (737, "4ec0e52d17cea061992b8de8c2f26ef356442bcb"),
+    ("head3000", "longest"): (737, "71fe1816bba4ded84a54d3334bf7b8f79f95ef55"),
+    ("all", "first"): (31587, "e7349f7dc27092664e9b4905213c16cb57e24e43"),
+    ("all", "longest"): (31587, "dfe7e57fc79ee4b9e5843b5a90ba2a25e18cbde1"),
+}
+
+
+def _kept_lines(result: dedup.DedupResult) -> tuple[int, str]:
+    import hashlib
+
+    lines = [result.examples[i].source.line for i in result.kept]
+    return len(lines), hashlib.sha1(json.dumps(lines).encode()).hexdigest()
+
+
+@pytest.mark.skipif(not T0.is_file(), reason="../shared/data not present")
+def test_kept_sets_identical_to_before_the_speed_work_t0_head():
+    from sftdata import formats
+
+    convs = [c for c in formats.read(str(T0), limit=3500) if isinstance(c, Conversation)]
+    for keep in ("first", "longest"):
+        assert _kept_lines(dedup.dedup(convs[:3000], config=DedupConfig(keep=keep))) == KEPT_BEFORE[("head3000", keep)]
+    r = dedup.dedup(convs[:3000], convs[2500:3500])
+    assert _kept_lines(r) == (563, "cd821c33719d744b8994677f0120153ea18a7f8b") and int(r.contaminated.sum()) == 820
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not T0.is_file(), reason="../shared/data not present")
+def test_kept_sets_identical_to_before_the_speed_work_whole_t0():
+    from sftdata import formats
+
+    convs = [c for c in formats.read(str(T0)) if isinstance(c, Conversation)]
+    r = dedup.dedup(convs, config=DedupConfig(keep="longest"))
+    assert _kept_lines(r) == KEPT_BEFORE[("all", "longest")]
+    assert len(r.findings) == r.summary["removed"] == 23598  # one finding per dropped example
+
+
+EDGE_TEXTS = ["Straße ＦＵＬＬ ﬁne 😀 x_y", "", "  ,, ", "İstanbul ΣΑΣ ς", "a\x1cb\u00a0c\u2028d", "日本語のテキストです。",
+              "Ⱥ ⱥ ǅ ǈ Ω K Å", "tab\tand\nnewline -- dash—em", "١٢٣ ٤٥ arabic digits", "\u00e9 vs e\u0301"]
+
+
+@needs_shared
+def test_normalize_many_equals_normalize_on_real_data():
+    """The compiled normalisation equals the Python reference (NFKC, casefold, non-word runs to one
+    space) byte for byte, with each text's length in characters and its CJK flag."""
+    texts = EDGE_TEXTS[:]
+    for path in (ALPACA_ZH, SHARED / "llamafactory" / "glaive_toolcall_en_demo.json", ALPACA_EN):
+        for r in json.loads(path.read_text(encoding="utf-8"))[:400]:
+            texts.append("\n".join(str(v) for v in r.values()))
+    got = minhash.normalize_many(texts, threads=2, batch_chars=1 << 16)
+    for i, t in enumerate(texts):
+        want = normalize(t)
+        assert got.packed.text(i) == want.encode("utf-8"), (i, t[:80])
+        assert got.chars[i] == len(want) and got.cjk[i] == minhash.is_cjk_heavy(want), i
+    assert got.cjk.sum() > 300
+
+
+# --------------------------------------------------------------------------------------------
+# Progress bars: on stderr under a terminal, nothing otherwise
+# --------------------------------------------------------------------------------------------
+
+
+def _run_with_tty_stderr(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run argv with stderr on a pseudo-terminal and stdout on a pipe: (exit code, stdout, what the
+    terminal received)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # 30 rows, 100 columns
+    env = dict(os.environ)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, cwd=cwd, env=env)
+    out_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()))
+    reader.start()
+    chunks = []
+    # the slave stays open here until the child is gone and everything is read (Linux drops unread
+    # terminal output once every slave descriptor is closed)
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            chunks.append(os.read(master, 65536))
+        elif proc.poll() is not None:
+            break
+    code = proc.wait(timeout=300)
+    reader.join()
+    os.close(slave)
+    os.close(master)
+    out = b"".join(out_chunks).decode()
+    return code, out, b"".join(chunks).decode("utf-8", "replace")
+
+
+def _sftdata() -> str:
+    return str(Path(sys.executable).parent / "sftdata")
+
+
+@pytest.mark.parametrize("argv", [
+    ["convert", "examples/sharegpt.jsonl", "-o", "{tmp}/out.jsonl"],
+    ["dedup", "examples/messages.jsonl", "examples/sharegpt.jsonl"],
+])
+def test_progress_bar_on_a_terminal_and_absent_otherwise(argv, tmp_path):
+    argv = [_sftdata()] + [a.format(tmp=tmp_path) for a in argv]
+    code, out, tty = _run_with_tty_stderr(argv, REPO)
+    assert code in (0, 1), tty
+    assert "ex/s" in tty or "stage/s" in tty or "s/stage" in tty or "ex [" in tty, tty
+    assert "\r" in tty and "ex/s" not in out and "\r" not in out  # the bar redraws on stderr, never on stdout
+    if argv[1] == "dedup":
+        assert "dedup: " in tty and "reading" in tty
+    piped = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert piped.returncode == code
+    assert "\r" not in piped.stderr and "ex/s" not in piped.stderr and "it/s" not in piped.stderr
+
+
+@pytest.mark.slow
+def test_audit_progress_bar_on_a_terminal_only(tmp_path):
+    argv = [_sftdata(), "audit", "examples/messages.jsonl", "--model", "smollm2-135m-instruct", "--run-dir",
+            str(tmp_path / "run")]
+    code, _, tty = _run_with_tty_stderr(argv, REPO)
+    assert code in (0, 1), tty
+    assert "audit" in tty and "\r" in tty and "ex" in tty, tty
+    piped = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert "\r" not in piped.stderr and "ex/s" not in piped.stderr

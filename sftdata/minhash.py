@@ -1,0 +1,672 @@
+"""MinHash signatures bit-identical to datasketch 2.x, and the text normalisation they start from.
+
+1. `normalize` folds a text (NFKC, casefold, every run of non-word characters to one space,
+   stripped); `normalize_many` does the same for a whole corpus with a compiled kernel and returns
+   the results packed into one UTF-8 buffer (`Packed`), plus which texts are CJK-heavy.
+2. `minhash_signatures` shingles every text and computes MinHash signatures bit-identical to
+   datasketch 2.x `MinHash` (scheme "affine32": SHA-1 of each UTF-8 shingle, first 4 digest bytes
+   read little-endian, MurmurHash3 fmix32, then `a * h + b mod 2**32` per permutation, with `a`/`b`
+   drawn from `np.random.RandomState(seed)` exactly as datasketch draws them), so the signatures
+   can go into datasketch's own LSH and storage. It runs compiled kernels (numba, imported on first
+   use and cached on disk): per batch of texts, one call without the GIL finds the shingles' byte
+   ranges in the UTF-8 buffer, hashes them with a SIMD SHA-1 (32 messages at a time) and takes the
+   per-permutation minimum; batches run on several threads.
+
+Shingles: `words:N` are N consecutive words of the normalised text joined by single spaces;
+`chars:N` are N consecutive characters. A text with fewer units than N is one shingle (the whole
+text), so short texts still compare. Texts that are CJK-heavy (more than 30% of their non-space
+characters Han, Hiragana or Katakana) use `chars:3` instead of `words:N`: Chinese and Japanese put
+no spaces between words. (Korean does, so Hangul is not counted.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Packed", "ShingleSpec", "Signatures", "is_cjk_heavy", "minhash_signatures", "normalize", "normalize_many",
+    "parse_shingle", "permutations", "shingles", "sign_packed",
+]
+
+CJK_SHARE = 0.30  # a text is CJK-heavy above this share of CJK characters
+CJK_CHARS = 3  # character n-gram size used for CJK-heavy texts
+THREADS = min(os.cpu_count() or 1, 8)  # normalising and signing run on this many threads by default
+
+# ---------------------------------------------------------------------------------------------
+# 1. Normalisation (reference functions; `normalize_many` is the compiled version)
+# ---------------------------------------------------------------------------------------------
+
+_PUNCT = re.compile(r"[^\w\s]+")
+_ASCII_PUNCT = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+def normalize(text: str) -> str:
+    """NFKC, casefold, punctuation replaced by spaces, whitespace collapsed to single spaces."""
+    if text.isascii():  # fast path, same result: NFKC and casefold are lower() on ASCII
+        return " ".join(text.lower().translate(_ASCII_PUNCT).split())
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def is_cjk_heavy(normalized: str) -> bool:
+    if normalized.isascii():
+        return False
+    chars = len(normalized) - normalized.count(" ")
+    return chars > 0 and len(_CJK.findall(normalized)) > CJK_SHARE * chars
+
+
+# ---------------------------------------------------------------------------------------------
+# 1b. Normalising a corpus at once
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Packed:
+    """n texts as one UTF-8 buffer: text i is bytes buf[off[i]:off[i + 1]]; _PAD zero bytes follow
+    the last one (the SHA-1 kernel reads whole words past a message's end)."""
+
+    buf: np.ndarray  # uint8
+    off: np.ndarray  # (n + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.off) - 1
+
+    def text(self, i: int) -> bytes:
+        return self.buf[self.off[i]:self.off[i + 1]].tobytes()
+
+
+def pack(texts: Sequence[bytes]) -> Packed:
+    """UTF-8 byte strings packed into one buffer."""
+    return Packed(_buffer(b"".join(texts)), _offsets(np.fromiter(map(len, texts), np.int64, len(texts))))
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """`normalize_many`'s result: the normalised texts packed, each text's length in characters
+    and whether it is CJK-heavy (`is_cjk_heavy`)."""
+
+    packed: Packed
+    chars: np.ndarray  # (n,) int64
+    cjk: np.ndarray  # (n,) bool
+
+
+def normalize_many(texts: Sequence[str], *, threads: int = THREADS, batch_chars: int = 4 << 20) -> Normalized:
+    """`normalize(t)` of every text, UTF-8 packed (equal to `normalize(t).encode()`; a test checks
+    it on real data in many scripts). Python applies NFKC to the few non-ASCII texts that are not
+    already NFKC; a compiled kernel decodes the UTF-8, casefolds (the single-character folds of the
+    Basic Multilingual Plane, from a table built from `str.casefold`) and folds non-word
+    characters (`str.isalnum` and `_` are word characters, as `re`'s `\\w`) to single spaces.
+    Texts the table cannot fold (characters outside the BMP, folds to several characters such as
+    ß -> ss) go through `normalize` in Python."""
+    _jit()
+    fold, word = _tables()
+    n = len(texts)
+
+    def work(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        part = [t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)
+                for t in texts[lo:hi]]
+        nchars = np.fromiter(map(len, part), np.int64, len(part))
+        buf = _buffer("".join(part).encode("utf-8", "surrogatepass"))
+        return _normalize_batch(buf, nchars, fold, word)
+
+    parts = _map(threads, work, _batches(texts, batch_chars)) if n else []
+    lengths = np.concatenate([np.diff(p[1]) for p in parts]) if parts else np.empty(0, np.int64)
+    chars = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
+    cjk = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, bool)
+    redo = np.flatnonzero(np.concatenate([p[4] for p in parts])) if parts else np.empty(0, np.int64)
+    if len(redo) == 0:
+        body = np.concatenate([p[0][:p[1][-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
+        return Normalized(Packed(body, _offsets(lengths)), chars, cjk)
+    # some texts need Python: re-pack, splicing their results in
+    pieces: list[bytes] = []
+    for p in parts:
+        data = p[0].tobytes()
+        pieces.extend(data[p[1][i]:p[1][i + 1]] for i in range(len(p[1]) - 1))
+    for i in redo.tolist():
+        t = normalize(texts[i])
+        pieces[i] = t.encode("utf-8", "surrogatepass")
+        chars[i] = len(t)
+        cjk[i] = is_cjk_heavy(t)
+    return Normalized(pack(pieces), chars, cjk)
+
+
+_TABLES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each BMP code point: its casefold if that is one character (else 0: the text goes to
+    Python), and whether it is a word character (`str.isalnum()` or `_`)."""
+    global _TABLES
+    if _TABLES is None:
+        chars = [chr(c) for c in range(0x10000)]
+        folded = [c.casefold() for c in chars]
+        fold = np.array([ord(f) if len(f) == 1 else 0 for f in folded], dtype=np.uint32)
+        word = np.array([c.isalnum() or c == "_" for c in chars], dtype=np.bool_)
+        _TABLES = fold, word
+    return _TABLES
+
+
+def _is_cjk(c: int) -> bool:
+    return 0x3040 <= c <= 0x30FF or 0x3400 <= c <= 0x4DBF or 0x4E00 <= c <= 0x9FFF or 0xF900 <= c <= 0xFAFF
+
+
+def _normalize_batch(buf: np.ndarray, nchars: np.ndarray, fold: np.ndarray, word: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Kernel of `normalize_many` over texts of nchars[i] characters, UTF-8 in buf one after the
+    other. Returns the output buffer, its (n + 1,) offsets, each output's length in characters,
+    CJK-heavy flags and the texts left to Python (characters outside the BMP or without a
+    one-character fold). Casefolding never more than doubles a UTF-8 length."""
+    n = len(nchars)
+    out = np.empty(2 * len(buf) + 8, np.uint8)
+    off = np.zeros(n + 1, np.int64)
+    chars = np.zeros(n, np.int64)
+    cjk = np.zeros(n, np.bool_)
+    redo = np.zeros(n, np.bool_)
+    p = 0
+    q = 0
+    for i in range(n):
+        start = q
+        pending = False  # a separator is owed before the next word character
+        count = 0
+        kanji = 0
+        letters = 0
+        bad = False
+        for _ in range(nchars[i]):
+            b0 = np.int64(buf[p])
+            if b0 < 0x80:
+                p += 1
+                c = b0
+                if 0x41 <= c <= 0x5A:
+                    c += 32
+                is_word = (0x61 <= c <= 0x7A) or (0x30 <= c <= 0x39) or c == 0x5F
+                if not is_word:
+                    pending = q > start
+                    continue
+                if pending:
+                    out[q] = 0x20
+                    q += 1
+                    count += 1
+                    pending = False
+                out[q] = c
+                q += 1
+                count += 1
+                letters += 1
+                continue
+            if b0 < 0xE0:
+                c = ((b0 & 0x1F) << 6) | (np.int64(buf[p + 1]) & 0x3F)
+                p += 2
+            elif b0 < 0xF0:
+                c = ((b0 & 0x0F) << 12) | ((np.int64(buf[p + 1]) & 0x3F) << 6) | (np.int64(buf[p + 2]) & 0x3F)
+                p += 3
+            else:  # outside the BMP: Python
+                p += 4
+                bad = True
+                continue
+            f = np.int64(fold[c])
+            if f == 0:
+                bad = True
+                continue
+            if not word[f]:
+                pending = q > start
+                continue
+            if pending:
+                out[q] = 0x20
+                q += 1
+                count += 1
+                pending = False
+            if f < 0x80:
+                out[q] = f
+                q += 1
+            elif f < 0x800:
+                out[q] = 0xC0 | (f >> 6)
+                out[q + 1] = 0x80 | (f & 0x3F)
+                q += 2
+            else:
+                out[q] = 0xE0 | (f >> 12)
+                out[q + 1] = 0x80 | ((f >> 6) & 0x3F)
+                out[q + 2] = 0x80 | (f & 0x3F)
+                q += 3
+            count += 1
+            letters += 1
+            kanji += _is_cjk(f)
+        off[i + 1] = q
+        chars[i] = count
+        cjk[i] = kanji > CJK_SHARE * letters
+        redo[i] = bad
+    return out, off, chars, cjk, redo
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Shingles and MinHash signatures
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShingleSpec:
+    kind: str  # "words" or "chars"
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.size}"
+
+
+def parse_shingle(spec: str) -> ShingleSpec:
+    """`words:5` or `chars:3`; raises ValueError naming the expected form."""
+    kind, _, size = spec.partition(":")
+    if kind not in ("words", "chars") or not size.isdigit() or int(size) < 1:
+        raise ValueError(f"shingle spec {spec!r} is not words:N or chars:N with N >= 1 (e.g. words:5, chars:3)")
+    return ShingleSpec(kind, int(size))
+
+
+def spec_for(normalized: str, spec: ShingleSpec) -> ShingleSpec:
+    """The spec a text actually uses: CJK-heavy texts switch from words to chars:3."""
+    if spec.kind == "words" and is_cjk_heavy(normalized):
+        return ShingleSpec("chars", CJK_CHARS)
+    return spec
+
+
+def shingles(normalized: str, spec: ShingleSpec) -> list[bytes]:
+    """Reference (pure Python) shingles of a normalised text, as UTF-8 bytes. The kernel in
+    `minhash_signatures` hashes exactly these byte strings; tests and the benchmark feed them to
+    datasketch."""
+    if not normalized:
+        return []
+    spec = spec_for(normalized, spec)
+    units = normalized.split(" ") if spec.kind == "words" else list(normalized)
+    joiner = " " if spec.kind == "words" else ""
+    if len(units) < spec.size:
+        return [normalized.encode("utf-8")]
+    return [joiner.join(units[i:i + spec.size]).encode("utf-8") for i in range(len(units) - spec.size + 1)]
+
+
+def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch 2.x affine32 permutation parameters (`MinHash._init_permutations`)."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """MinHash signatures of n texts plus their shingle fingerprints for exact verification.
+
+    `hashvalues[i]` equals datasketch `MinHash(num_perm, seed).update(s)` over `shingles(text_i)`.
+    A fingerprint is the first 8 SHA-1 digest bytes (big-endian) of a shingle; text i's shingles
+    have theirs, in order and repeats included, in `fingerprints[offsets[i]:offsets[i + 1]]`.
+    `shingle_set` and `shingle_sets` make sets of them."""
+
+    hashvalues: np.ndarray  # (n, num_perm) uint32
+    fingerprints: np.ndarray  # (m,) uint64, every shingle of every text
+    offsets: np.ndarray  # (n + 1,) int64
+    char_shingled: np.ndarray  # (n,) bool: text used character shingles
+    num_perm: int
+    seed: int
+
+    def shingle_set(self, i: int) -> np.ndarray:
+        """Sorted unique fingerprints of text i's shingles."""
+        return np.unique(self.fingerprints[self.offsets[i]:self.offsets[i + 1]])
+
+
+def minhash_signatures(normalized: Sequence[str], spec: ShingleSpec = ShingleSpec("words", 5), *,
+                       num_perm: int = 128, seed: int = 1, threads: int = THREADS,
+                       batch_bytes: int = 1 << 20) -> Signatures:
+    """Signatures of normalised texts (see `normalize`), computed by compiled kernels (numba) in
+    batches of about `batch_bytes` characters on `threads` threads (the kernels release the GIL).
+    Empty texts get the empty signature (all 0xFFFFFFFF, as datasketch) and an empty set.
+
+    The first call in a process loads the kernels from numba's on-disk cache; the first call after
+    installing or editing this file compiles them (seconds, once)."""
+    packed = pack([t.encode("utf-8") for t in normalized])
+    cjk = np.array([spec.kind == "words" and is_cjk_heavy(t) for t in normalized], dtype=bool)
+    return sign_packed(packed, cjk, spec, num_perm=num_perm, seed=seed, threads=threads, batch_bytes=batch_bytes)
+
+
+def sign_packed(packed: Packed, cjk: np.ndarray, spec: ShingleSpec = ShingleSpec("words", 5), *,
+                num_perm: int = 128, seed: int = 1, threads: int = THREADS, batch_bytes: int = 1 << 20) -> Signatures:
+    """`minhash_signatures` of texts already normalised and packed (`normalize_many`); `cjk[i]`:
+    text i is CJK-heavy, so a `words` spec shingles it as chars:3."""
+    _jit()
+    a, b = permutations(num_perm, seed)
+    n = len(packed)
+    switch = np.asarray(cjk, dtype=bool) & (spec.kind == "words")
+    is_chars = switch | (spec.kind == "chars")
+    size = np.where(switch, CJK_CHARS, spec.size).astype(np.int64)
+    bounds = _byte_batches(packed.off, batch_bytes)
+
+    def sign(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _sign_batch(packed.buf, packed.off[lo:hi + 1], is_chars[lo:hi], size[lo:hi], a, b)
+
+    parts = _map(threads, sign, bounds)
+    counts = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
+    return Signatures(
+        hashvalues=np.concatenate([p[0] for p in parts]) if parts else np.empty((0, num_perm), np.uint32),
+        fingerprints=np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.uint64),
+        offsets=_offsets(counts), char_shingled=is_chars[:n].copy(), num_perm=num_perm, seed=seed)
+
+
+def _byte_batches(off: np.ndarray, batch_bytes: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of the texts with offsets `off`, each about batch_bytes long in all."""
+    n = len(off) - 1
+    if n <= 0:
+        return []
+    cuts = np.searchsorted(off, np.arange(batch_bytes, int(off[-1]), batch_bytes), side="right")
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n), [n]]))
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def _batches(items: Sequence[str], batch_size: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges of items, each about batch_size characters long in all."""
+    out, start, size = [], 0, 0
+    for i, e in enumerate(items):
+        size += len(e)
+        if size >= batch_size:
+            out.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(items):
+        out.append((start, len(items)))
+    return out
+
+
+def _map(threads: int, fn: Any, calls: list[tuple[int, ...]]) -> list[Any]:
+    """[fn(*args) for args in calls], on `threads` threads."""
+    if threads > 1 and len(calls) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(lambda args: fn(*args), calls))
+    return [fn(*args) for args in calls]
+
+
+_PAD = 128  # zero bytes after a batch: SHA-1 loads whole words of a message's last 64-byte block
+
+
+def _buffer(data: bytes) -> np.ndarray:
+    buf = np.zeros(len(data) + _PAD, dtype=np.uint8)
+    buf[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buf
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    off = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    return off
+
+
+def _sha1_prefixes(messages: Sequence[bytes]) -> np.ndarray:
+    """The first 8 SHA-1 digest bytes (big-endian uint64) of each message, computed by the kernel
+    that signs shingles (equal to `hashlib.sha1(m).digest()[:8]`; the tests check it)."""
+    _jit()
+    off = _offsets(np.array([len(m) for m in messages], dtype=np.int64))
+    return _sha1_batch(_buffer(b"".join(messages)), off[:-1].copy(), np.diff(off))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b. The compiled kernels (numba)
+#
+# Plain Python functions until `_jit` compiles them (or loads them from numba's cache) and puts the
+# compiled versions in their place in this module, so `import sftdata.dedup` does not import numba.
+# A batch is one uint8 buffer of UTF-8 texts with int64 offsets; `_sign_batch` does the whole batch
+# in one call that releases the GIL:
+#   1. shingles: byte ranges of the buffer. A word unit starts at a text start or after a space
+#      (b" ", as `str.split(" ")`), a character unit at every byte that is not a UTF-8 continuation
+#      byte; shingle j of a text spans units j .. j+N-1 (the whole text if it has fewer than N).
+#   2. SHA-1 of every shingle, _LANES messages at a time with the same number of 64-byte blocks:
+#      every step of the 80 rounds is a loop over the lanes, which LLVM turns into SIMD.
+#   3. MinHash: per text, min over its shingles of (a * fmix32(h) + b) mod 2**32, where h is the
+#      first 4 digest bytes read little-endian (datasketch `sha1_hash32`).
+# ---------------------------------------------------------------------------------------------
+
+_LANES = 32  # messages hashed together (SIMD lanes; two AVX-512 or four AVX2 vectors)
+# scratch v: state word s of lane l at v[s*_LANES + l], message schedule word t at v[_SCHED + t*_LANES + l]
+_SCHED = 5 * _LANES
+_HEAD = np.array([0, 0xFF000000, 0xFFFF0000, 0xFFFFFF00], dtype=np.uint64)  # the first 0..3 bytes of a word
+_MARK = np.array([0x80000000, 0x00800000, 0x00008000, 0x00000080], dtype=np.uint64)  # 0x80 at byte 0..3
+
+
+def _rotl(x: Any, n: int) -> Any:
+    """32-bit rotation of a uint64 holding a 32-bit value (bits above 32 are dropped on store)."""
+    return (x << np.uint64(n)) | (x >> np.uint64(32 - n))
+
+
+def _load_be(buf: np.ndarray, p: int) -> Any:
+    """Big-endian uint32 at buf[p:p+4]; an unsigned index spares numba's negative-index check, so
+    LLVM merges the four loads into one."""
+    q = np.uint64(p)
+    return ((np.uint64(buf[q]) << np.uint64(24)) | (np.uint64(buf[q + np.uint64(1)]) << np.uint64(16))
+            | (np.uint64(buf[q + np.uint64(2)]) << np.uint64(8)) | np.uint64(buf[q + np.uint64(3)]))
+
+
+def _round(v: np.ndarray, f: int, ia: int, ib: int, ic: int, id_: int, ie: int, t: int) -> None:
+    """SHA-1 round t on every lane. State words rotate through the five slots instead of moving:
+    the new a goes to e's slot and rotl(b, 30) (the new c) stays in b's."""
+    a, b, c, d, e, w = ia * _LANES, ib * _LANES, ic * _LANES, id_ * _LANES, ie * _LANES, _SCHED + t * _LANES
+    for lane in range(_LANES):
+        x, y, z = np.uint64(v[b + lane]), np.uint64(v[c + lane]), np.uint64(v[d + lane])
+        if f == 0:
+            k = (z ^ (x & (y ^ z))) + np.uint64(0x5A827999)
+        elif f == 1:
+            k = (x ^ y ^ z) + np.uint64(0x6ED9EBA1)
+        elif f == 2:
+            k = ((x & y) | (z & (x | y))) + np.uint64(0x8F1BBCDC)
+        else:
+            k = (x ^ y ^ z) + np.uint64(0xCA62C1D6)
+        v[e + lane] = np.uint64(v[e + lane]) + _rotl(np.uint64(v[a + lane]), 5) + k + np.uint64(v[w + lane])
+        v[b + lane] = _rotl(x, 30)
+
+
+def _sha1_lanes(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, v: np.ndarray,
+                h: np.ndarray) -> None:
+    """SHA-1 of the _LANES messages buf[start[l]:start[l] + length[l]], each of `nblocks` blocks
+    once padded; leaves digest word s of lane l in h[s*_LANES + l]."""
+    for lane in range(_LANES):
+        h[lane] = 0x67452301
+        h[_LANES + lane] = 0xEFCDAB89
+        h[2 * _LANES + lane] = 0x98BADCFE
+        h[3 * _LANES + lane] = 0x10325476
+        h[4 * _LANES + lane] = 0xC3D2E1F0
+    for blk in range(nblocks):
+        base = blk * 64
+        for lane in range(_LANES):  # the block's 16 words: message bytes, 0x80, zeros, bit length
+            p = start[lane] + base
+            r = length[lane] - base
+            for j in range(16):
+                if r >= 4:
+                    v[_SCHED + j * _LANES + lane] = _load_be(buf, p)
+                elif r >= 0:
+                    v[_SCHED + j * _LANES + lane] = (_load_be(buf, p) & _HEAD[r]) | _MARK[r]
+                else:
+                    v[_SCHED + j * _LANES + lane] = 0
+                p += 4
+                r -= 4
+            if blk == nblocks - 1:
+                bits = np.uint64(length[lane]) * np.uint64(8)
+                v[_SCHED + 14 * _LANES + lane] = bits >> np.uint64(32)
+                v[_SCHED + 15 * _LANES + lane] = bits
+        for t in range(16, 80):
+            w = _SCHED + t * _LANES
+            for lane in range(_LANES):
+                v[w + lane] = _rotl(np.uint64(v[w - 3 * _LANES + lane] ^ v[w - 8 * _LANES + lane]
+                                              ^ v[w - 14 * _LANES + lane] ^ v[w - 16 * _LANES + lane]), 1)
+        for k in range(5 * _LANES):
+            v[k] = h[k]
+        for f in range(4):
+            for t in range(20 * f, 20 * f + 20, 5):
+                _round(v, f, 0, 1, 2, 3, 4, t)
+                _round(v, f, 4, 0, 1, 2, 3, t + 1)
+                _round(v, f, 3, 4, 0, 1, 2, t + 2)
+                _round(v, f, 2, 3, 4, 0, 1, t + 3)
+                _round(v, f, 1, 2, 3, 4, 0, t + 4)
+        for k in range(5 * _LANES):
+            h[k] += v[k]
+
+
+def _sha1_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """First 8 SHA-1 digest bytes (big-endian) of each message buf[start[i]:start[i] + length[i]].
+    Messages are grouped by block count (a counting sort) and hashed _LANES at a time; a group's
+    spare lanes repeat its last message. buf needs _PAD readable bytes after every message."""
+    m = len(start)
+    nblocks = (length + 8) // 64 + 1
+    top = 0
+    for i in range(m):
+        top = max(top, nblocks[i])
+    first = np.zeros(top + 2, np.int64)
+    for i in range(m):
+        first[nblocks[i] + 1] += 1
+    for q in range(top + 1):
+        first[q + 1] += first[q]
+    fill = first.copy()
+    order = np.empty(m, np.int64)
+    for i in range(m):
+        order[fill[nblocks[i]]] = i
+        fill[nblocks[i]] += 1
+    out = np.empty(m, np.uint64)
+    v = np.empty(85 * _LANES, np.uint32)
+    h = np.empty(5 * _LANES, np.uint32)
+    st = np.empty(_LANES, np.int64)
+    ln = np.empty(_LANES, np.int64)
+    for nb in range(1, top + 1):
+        lo, hi = first[nb], first[nb + 1]
+        for g in range(lo, hi, _LANES):
+            for lane in range(_LANES):
+                i = order[min(g + lane, hi - 1)]
+                st[lane] = start[i]
+                ln[lane] = length[i]
+            _sha1_lanes(buf, st, ln, nb, v, h)
+            for lane in range(min(_LANES, hi - g)):
+                out[order[g + lane]] = (np.uint64(h[lane]) << np.uint64(32)) | np.uint64(h[_LANES + lane])
+    return out
+
+
+def _fmix32(x: Any) -> Any:
+    """datasketch's hash of a shingle from the first digest word x (big-endian): the 4 bytes read
+    little-endian (`sha1_hash32`), then the MurmurHash3 finalizer (`_fmix(hv, 32)`)."""
+    x = (((x & np.uint64(0xFF)) << np.uint64(24)) | ((x & np.uint64(0xFF00)) << np.uint64(8))
+         | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | (x >> np.uint64(24)))
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(13)
+    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    return np.uint32(x)
+
+
+def _sign_batch(buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np.ndarray, a: np.ndarray,
+                b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Text i is buf[off[i]:off[i + 1]], shingled by characters if is_chars[i] else by words, size[i]
+    units a shingle. Returns the (n, num_perm) uint32 signatures, every shingle's fingerprint (text
+    by text, in order) and the number of shingles of each text."""
+    n = len(off) - 1
+    counts = np.zeros(n, np.int64)
+    longest = 0
+    for i in range(n):  # 1. count units (and so shingles)
+        s, e = off[i], off[i + 1]
+        if e == s:
+            continue
+        longest = max(longest, e - s)
+        units = 0
+        if is_chars[i]:
+            for p in range(s, e):
+                units += (buf[p] & 0xC0) != 0x80
+        else:
+            units = 1
+            for p in range(s, e):
+                units += buf[p] == 0x20
+        counts[i] = units - size[i] + 1 if units >= size[i] else 1
+    first = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        first[i + 1] = first[i] + counts[i]
+    start = np.empty(first[n], np.int64)
+    length = np.empty(first[n], np.int64)
+    pos = np.empty(longest + 2, np.int64)
+    for i in range(n):  # 2. each shingle's byte range
+        s, e, k = off[i], off[i + 1], first[i]
+        if e == s:
+            continue
+        units = 0
+        if is_chars[i]:  # unit starts, branch-free: write every position, advance past unit starts
+            for p in range(s, e):
+                pos[units] = p
+                units += (buf[p] & 0xC0) != 0x80
+            pos[units] = e
+            sep = 0
+        else:
+            pos[0] = s
+            units = 1
+            for p in range(s, e):
+                pos[units] = p + 1
+                units += buf[p] == 0x20
+            pos[units] = e + 1  # as if a space followed the text
+            sep = 1
+        if units < size[i]:  # one shingle: the whole text
+            start[k] = s
+            length[k] = e - s
+            continue
+        for j in range(counts[i]):
+            start[k + j] = pos[j]
+            length[k + j] = pos[j + size[i]] - sep - pos[j]
+    fps = _sha1_batch(buf, start, length)  # 3. hash them
+    num_perm = len(a)
+    hashvalues = np.full((n, num_perm), 0xFFFFFFFF, np.uint32)
+    mins = np.empty(num_perm, np.uint32)
+    for i in range(n):  # 4. the minimum per permutation, four shingles at a time
+        if counts[i] == 0:
+            continue
+        mins[:] = 0xFFFFFFFF
+        k, end = first[i], first[i + 1]
+        while k + 4 <= end:
+            h0, h1 = _fmix32(fps[k] >> np.uint64(32)), _fmix32(fps[k + 1] >> np.uint64(32))
+            h2, h3 = _fmix32(fps[k + 2] >> np.uint64(32)), _fmix32(fps[k + 3] >> np.uint64(32))
+            for p in range(num_perm):
+                ap, bp = a[p], b[p]
+                low = min(min(np.uint32(ap * h0 + bp), np.uint32(ap * h1 + bp)),
+                          min(np.uint32(ap * h2 + bp), np.uint32(ap * h3 + bp)))
+                mins[p] = min(mins[p], low)
+            k += 4
+        while k < end:
+            h0 = _fmix32(fps[k] >> np.uint64(32))
+            for p in range(num_perm):
+                mins[p] = min(mins[p], np.uint32(a[p] * h0 + b[p]))
+            k += 1
+        hashvalues[i] = mins
+    return hashvalues, fps, counts
+
+
+_JIT_LOCK = threading.Lock()
+_jitted = False
+
+
+def _jit() -> None:
+    """Compile the kernels (or load them from numba's cache: `__pycache__` next to this file, or
+    NUMBA_CACHE_DIR) and put them in place of the Python functions. Idempotent, thread-safe."""
+    global _jitted
+    with _JIT_LOCK:
+        if _jitted:
+            return
+        try:
+            import numba
+        except ImportError as e:  # a dependency of sftlab; no slow fallback
+            raise ImportError("sftdata dedup computes MinHash signatures with numba: pip install 'numba>=0.60'") from e
+
+        g = globals()
+        for name in ("_rotl", "_load_be", "_round", "_fmix32", "_is_cjk"):
+            g[name] = numba.njit(inline="always")(g[name])
+        g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_sha1_lanes)
+        g["_sha1_batch"] = numba.njit("uint64[::1](uint8[::1], int64[::1], int64[::1])",
+                                      nogil=True, cache=True)(_sha1_batch)
+        g["_sign_batch"] = numba.njit("Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
+                                      "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
+                                      nogil=True, cache=True)(_sign_batch)
+        g["_normalize_batch"] = numba.njit("Tuple((uint8[::1], int64[::1], int64[::1], boolean[::1], boolean[::1]))"
+                                           "(uint8[::1], int64[::1], uint32[::1], boolean[::1])",
+                                           nogil=True, cache=True)(_normalize_batch)
+        _jitted = True
+
+
