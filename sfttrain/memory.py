@@ -8,14 +8,16 @@
                                               accumulation that keeps the tokens per optimizer step
 
 The per-token constants are measured (bench/train_memory.py, BENCHMARKS.md): on CPU, a Llama layer
-saves about 17 x (hidden + intermediate) values per token for backward under LoRA (inputs of each
+saves about 12 x (hidden + intermediate) values per token for backward under LoRA (inputs of each
 norm, projection, activation, the fp32 upcasts, LoRA's dropout copies); full fine-tuning saves a
 little less per token but adds the weight gradients and AdamW's two states. Attention adds
-heads x T values per token and layer where the kernel materializes the scores (eager); sdpa,
-flash and flex do not keep them. The LM head runs in tiles (TRL's fused head) over the trained
-positions only, so it costs a bounded buffer, not batch x length x vocabulary logits.
+about 1.5 x heads x T values per token and layer under sdpa with the block mask of packed rows
+(2 x under eager, which keeps scores and softmax); flash and flex keep only per-row statistics.
+The LM head runs in tiles (TRL's fused head) over the trained positions only, so it costs a
+bounded buffer, not batch x length x vocabulary logits.
 
-The estimate is checked against measured peaks (tests/sfttrain/test_memory.py) and errs high.
+The estimate is checked against measured peaks (tests/sfttrain/test_memory.py): within -25% and
++100% of them on small models, about 20% high on SmolLM2-135M at 512-1024 tokens (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GiB = 1024**3
-ACT_PER_TOKEN_LAYER = 17.5  # values saved per token and layer, in units of (hidden + intermediate); measured
+ACT_PER_TOKEN_LAYER = 12.0  # values saved per token and layer, in units of (hidden + intermediate); measured
+ACT_PER_TOKEN_LAYER_FULL = 10.0  # the same without LoRA's dropout copies and fp32 adapter inputs
+ATTN_PER_TOKEN_HEAD = 1.5  # sdpa with a block mask (packed rows) on CPU: values per token, head and key
 GC_PER_TOKEN_LAYER = 2.0  # with gradient checkpointing: the layer input (+ its norm), per layer, in units of hidden
-HEAD_TILE_COPIES = 4  # the fused head's fp32 tile and its torch temporaries (exp, masked copies)
+HEAD_TILE_COPIES = 6  # the fused head's fp32 tile and its torch temporaries (exp, masked copies)
 HEAD_TOKENS, HEAD_VOCAB = 4096, 32768  # TRL's tile: at most 4096 tokens x 32768 vocabulary entries
-OVERHEAD = 400 * 2**20  # autograd, allocator and thread buffers measured at short lengths on CPU
+OVERHEAD = 64 * 2**20  # autograd, allocator and thread buffers
 HEADROOM = 0.85  # the share of the available memory a step may plan to use
+CPU_SHARE = 0.25  # on CPU a step also stays within this share of the RAM: more rows per micro-batch
+#                   do not train faster there (one row of a few hundred tokens keeps the cores busy)
 
 
 @dataclass(frozen=True)
@@ -77,14 +83,22 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def _meminfo_available() -> int | None:
+def _meminfo(key: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _meminfo_available() -> int | None:
+    return _meminfo("MemAvailable")
+
+
+def _meminfo_total() -> int | None:
+    return _meminfo("MemTotal")
 
 
 def available_bytes(device: Any) -> tuple[int | None, str]:
@@ -97,10 +111,14 @@ def available_bytes(device: Any) -> tuple[int | None, str]:
         return int(free), f"free memory on {device}"
     if device.type != "cpu":
         return None, f"{device.type} (memory not queried)"
-    ram, room = _meminfo_available(), _cgroup_room()
+    ram, room, total = _meminfo_available(), _cgroup_room(), _meminfo_total()
     if room is not None and (ram is None or room < ram):
-        return room, "the cgroup memory limit"
-    return ram, "MemAvailable in /proc/meminfo"
+        ram, where = room, "the cgroup memory limit"
+    else:
+        where = "MemAvailable in /proc/meminfo"
+    if ram is not None and total is not None and total * CPU_SHARE < ram * HEADROOM:
+        return int(total * CPU_SHARE / HEADROOM), f"{CPU_SHARE:.0%} of the RAM (on CPU larger micro-batches are not faster)"
+    return ram, where
 
 
 def _n_params(model: Any) -> tuple[int, int, int]:
@@ -134,14 +152,14 @@ def estimate(model: Any, *, length: int, lora: bool, gradient_checkpointing: boo
     _, trainable, trainable_bytes = _n_params(model)
 
     # Activations saved for backward, per token.
-    if gradient_checkpointing:
-        per_token = layers * GC_PER_TOKEN_LAYER * h * s + ACT_PER_TOKEN_LAYER * (h + inter) * s
-    else:
-        per_token = layers * ACT_PER_TOKEN_LAYER * (h + inter) * s
-    eager = (attn_implementation or "sdpa") == "eager"
+    act = (ACT_PER_TOKEN_LAYER if lora else ACT_PER_TOKEN_LAYER_FULL) * (h + inter) * s
+    per_token = layers * GC_PER_TOKEN_LAYER * h * s + act if gradient_checkpointing else layers * act
+    kernel = attn_implementation or "sdpa"
     attn_layers = 1 if gradient_checkpointing else layers
-    # Eager keeps the scores and their softmax, [heads, T, T] each, per layer; sdpa/flash/flex do not.
-    attention = 2 * attn_layers * heads * length * length * s if eager else 0
+    # Eager keeps the scores and their softmax, [heads, T, T] each, per layer; sdpa over a masked
+    # (packed) row keeps part of that on CPU; flash and flex keep only per-row statistics.
+    per_key = 2.0 if kernel == "eager" else 0.0 if ("flash" in kernel or "flex" in kernel) else ATTN_PER_TOKEN_HEAD
+    attention = per_key * attn_layers * heads * length * length * s
     # Backward: the gradient of the widest activation (the MLP's) and of the hidden states, per token.
     backward = 4 * (h + inter) * s * length
     per_row = int(per_token * length + attention + backward)
