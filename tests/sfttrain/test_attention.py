@@ -94,7 +94,7 @@ def _per_example_logits(model, batch, ex):
     return [logits[0, :na], logits[0, na:na + nb], logits[1, :nc]]
 
 
-@pytest.mark.parametrize("kernel", ["eager", "sdpa", "flex_attention", "torch_flash"])
+@pytest.mark.parametrize("kernel", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow), "torch_flash"])
 def test_a_packed_example_sees_only_itself(kernel, sft_tokenizer, make_conversation, request):
     name = request.getfixturevalue("torch_flash") if kernel == "torch_flash" else kernel
     model = build_tiny_causal_lm(sft_tokenizer).eval()
