@@ -151,3 +151,18 @@ def test_packed_rows_do_not_attend_across_examples(tiny_model, sft_tokenizer, ma
     torch.testing.assert_close(logits[0, :na], alone_a, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[0, na:], alone_b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[1, :na], alone_a, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_rows_have_no_cross_example_targets_when_every_token_is_trained():
+    """A first token that is trained (policy=all on a template without glue before the text, or raw
+    text) would be predicted from the previous example's last token in a packed row: the collators
+    (ours and, under flash kernels, TRL's padding-free one) drop it."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
+            {"input_ids": [10, 11], "labels": [10, 11], "seq_lengths": [2]}]
+    for collate in (data.PackedCollator(0), DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)):
+        batch = collate([dict(r) for r in rows])
+        starts = batch["position_ids"] == 0
+        assert (batch["labels"][starts] == -100).all()
+        assert (batch["labels"][~starts] != -100).all()
