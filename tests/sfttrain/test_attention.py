@@ -9,6 +9,7 @@ from position ids only for a batch of one row, else the plain causal kernel)."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            deterministic=False, return_attn_probs=False):
     out = torch.empty_like(q)
     bounds = cu_seqlens_q.tolist()
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], causal, softmax_scale)[0]
     return out
 

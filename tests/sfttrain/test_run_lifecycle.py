@@ -15,8 +15,9 @@ from sfttrain.train import train
 
 
 def _cfg(data_file, out, **kw):
-    return Config(**{**dict(model="tiny", data=(str(data_file),), output_dir=str(out), max_length=64, batch_size=4,
-                            max_steps=2, save_steps=0, seed=42), **kw})
+    base = {"model": "tiny", "data": (str(data_file),), "output_dir": str(out), "max_length": 64, "batch_size": 4,
+            "max_steps": 2, "save_steps": 0, "seed": 42}
+    return Config(**{**base, **kw})
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
