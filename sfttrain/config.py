@@ -20,6 +20,12 @@ from sftdata.records import POLICIES
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
+MIN_LR_RATE = 0.1  # cosine_with_min_lr decays to this share of the peak learning rate
+
+
+def scheduler_kwargs(name: str) -> dict[str, Any]:
+    """The extra arguments a schedule needs (transformers' cosine_with_min_lr requires a floor)."""
+    return {"min_lr_rate": MIN_LR_RATE} if name == "cosine_with_min_lr" else {}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -56,12 +62,16 @@ class Config:
     batch_size: int = _f(8, "rows per device per step (with packing: packed rows of up to max_length tokens)")
     gradient_accumulation_steps: int = _f(1, "micro-batches accumulated into one optimizer step")
     learning_rate: float = _f(2e-4, "peak learning rate (2e-4 suits LoRA; use ~2e-5 for full fine-tuning)")
-    lr_scheduler: str = _f("linear", "learning-rate schedule after warmup", choices=SCHEDULERS)
+    lr_scheduler: str = _f("linear", "learning-rate schedule after warmup (cosine_with_min_lr: cosine down to "
+                           f"{MIN_LR_RATE:g} x the peak)", choices=SCHEDULERS)
     warmup_steps: float = _f(0.0, "warmup steps; a value below 1 is a fraction of all steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~20-30% slower")
     dtype: str = _f("auto", "auto = bf16 on a GPU that supports it, else fp32; or bf16, fp16, fp32", choices=DTYPES)
+    memory_gb: float = _f(0.0, "memory one training step may use, in GiB; 0 = 85% of what is available (RAM "
+                          "on CPU, free memory on the GPU). A micro-batch estimated above it is split into "
+                          "smaller ones with more gradient accumulation (same tokens per step)")
     attn_implementation: str | None = _f(None, "attention kernel (sdpa, eager, flash_attention_2, ...); "
                                          "None = transformers' default")
     seed: int = _f(42, "seed for LoRA init, data order, dropout and NEFTune noise")
@@ -176,6 +186,7 @@ def check_required(cfg: Config) -> None:
         ("epochs", cfg.max_steps > 0 or cfg.epochs > 0, "positive (or set max_steps)"),
         ("warmup_steps", cfg.warmup_steps >= 0, "0 or more"),
         ("neftune_alpha", cfg.neftune_alpha >= 0, "0 (off) or more"),
+        ("memory_gb", cfg.memory_gb >= 0, "0 (auto) or more"),
         ("logging_steps", cfg.logging_steps >= 1, "at least 1"),
         ("save_steps", cfg.save_steps >= 0, "0 (only on Ctrl-C) or more"),
         ("save_total_limit", cfg.save_total_limit >= 1, "at least 1"),

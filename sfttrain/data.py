@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sftdata import formats, masks
-from sftdata.records import Conversation, Finding, Tokenized
+from sftdata.records import Conversation, Finding, Source, Tokenized
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,38 @@ def to_example(conv: Conversation, tok: Tokenized) -> Example | Skipped:
         return Skipped(conv.id, str(conv.source), "no trained tokens (mask policy, or truncated before the answer)")
     return Example(conv.id, str(conv.source), np.asarray(tok.input_ids, dtype=np.int32),
                    np.asarray(labels_from_mask(tok.input_ids, tok.loss_mask), dtype=np.int32), sum(tok.loss_mask[1:]))
+
+
+def examples_from_parquet(path: str | os.PathLike[str]) -> tuple[list[Example], list[Skipped]]:
+    """The audit's examples.parquet (DESIGN.md §4) as training examples: the audited tokens and
+    masks themselves, so no file is read or tokenized a second time. The same rules as
+    `to_example`: no tokens, or no trained token after the first, is skipped."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "file", "line", "row", "input_ids", "loss_mask"])
+    examples: list[Example] = []
+    skipped: list[Skipped] = []
+    for batch in table.to_batches():
+        ids_col, mask_col = batch.column("input_ids"), batch.column("loss_mask")
+        id_off = ids_col.offsets.to_numpy()
+        ids_all = ids_col.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        mask_off = mask_col.offsets.to_numpy()
+        mask_all = mask_col.values.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+        meta = zip(batch.column("id").to_pylist(), batch.column("file").to_pylist(),
+                   batch.column("line").to_pylist(), batch.column("row").to_pylist(), strict=True)
+        for k, (eid, file, line, row) in enumerate(meta):
+            source = str(Source(file, line, row))
+            ids = ids_all[id_off[k]:id_off[k + 1]]
+            mask = mask_all[mask_off[k]:mask_off[k + 1]]
+            if len(ids) == 0:
+                skipped.append(Skipped(eid, source, "could not be tokenized (the audit's findings say why)"))
+                continue
+            n_trained = int(mask[1:].sum())
+            if n_trained == 0:
+                skipped.append(Skipped(eid, source, "no trained tokens (mask policy, or truncated before the answer)"))
+                continue
+            examples.append(Example(eid, source, ids.copy(), np.where(mask, ids, IGNORE).astype(np.int32), n_trained))
+    return examples, skipped
 
 
 def read_conversations(paths: Iterable[str]) -> Iterable[Conversation]:

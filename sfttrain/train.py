@@ -3,13 +3,18 @@
     train(cfg) -> Result
       1. gate       sftdata's audit on the same files, tokenizer, policy and max_length; error-level
                     findings refuse the run (GateRefused) unless force=True
-      2. data       sfttrain.data: sftdata's tokens and masks -> input_ids/labels (+ packing)
+      2. data       the audit's own RUN/audit/examples.parquet (same tokens and masks by construction;
+                    without the audit, sfttrain.data tokenizes through sftdata) -> input_ids/labels
       3. model      fp32 weights on CPU; on a GPU bf16 weights for LoRA, fp32 + bf16 autocast for full
                     fine-tuning; new special tokens resized in and trained; wrapped with peft LoRA
-      4. train      TRL SFTTrainer, dataset preparation skipped; TRL's collator for padded batches,
-                    data.PackedCollator for packed rows; NEFTune hooks; Ctrl-C -> checkpoint, exit 130
-      5. outputs    RUN/train/{config.yaml, metrics.jsonl, example_loss.parquet, adapter/ or model/,
-                    checkpoints/} and the manifest
+      4. memory     sfttrain.memory: one micro-batch's peak against the memory available; too big ->
+                    smaller micro-batch, more accumulation (same tokens per step), or exit 2
+      5. train      TRL SFTTrainer, dataset preparation skipped; TRL's collator for padded batches,
+                    data.PackedCollator for packed rows (flattened with cu_seq_lens under flash
+                    kernels); the LM head only on trained positions; NEFTune hooks; Ctrl-C ->
+                    checkpoint, exit 130
+      6. outputs    RUN/train/{config.yaml, metrics.jsonl, example_loss.parquet, adapter/ or model/}
+                    and the manifest; checkpoints/ only while the run is unfinished
 
 Nothing here subclasses SFTTrainer: the trainer is configured, and what it does not do is added
 with TrainerCallbacks and module hooks.
@@ -18,6 +23,7 @@ with TrainerCallbacks and module hooks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -39,7 +45,7 @@ from sftdata import rundir
 from sftdata.errors import UsageError
 from sftdata.records import Finding
 from sfttrain import config as config_mod
-from sfttrain import data, neftune
+from sfttrain import data, memory, neftune
 from sfttrain.config import Config
 
 log = logging.getLogger(__name__)
@@ -90,19 +96,20 @@ def is_main_process() -> bool:
 # 1. gate
 
 
-def gate(cfg: Config, tokenizer: Any, *, force: bool) -> None:
-    """Run the audit (written to RUN/audit/ by the main process); refuse on errors unless forced."""
+def gate(cfg: Config, tokenizer: Any, *, force: bool, run_dir: Path) -> Path:
+    """Run the audit into `run_dir`/audit/ (RUN itself on the main process); refuse on errors
+    unless forced. Returns the audit's examples.parquet, which training then reads."""
     from sftdata.audit import run_audit
 
     result = run_audit(list(cfg.data), tokenizer, max_length=cfg.max_length, policy=cfg.policy,
-                       run_dir=str(cfg.output_dir) if is_main_process() else None)
+                       run_dir=str(run_dir))
     errors = [f for f in result.findings if f.severity == "error"]
-    if not errors:
-        return
-    if not force:
+    if errors and not force:
         raise GateRefused(errors)
-    log.warning("training despite %d error-level audit finding(s) (--force); examples that cannot be "
-                "tokenized or have no trained tokens are skipped", len(errors))
+    if errors:
+        log.warning("training despite %d error-level audit finding(s) (--force); examples that cannot be "
+                    "tokenized or have no trained tokens are skipped", len(errors))
+    return run_dir / "audit" / "examples.parquet"
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +335,7 @@ def sft_config(cfg: Config, p: Paths, autocast: str | None) -> Any:
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
+        lr_scheduler_kwargs=config_mod.scheduler_kwargs(cfg.lr_scheduler),
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -356,9 +364,149 @@ def latest_checkpoint(p: Paths) -> Path | None:
     return max(found)[1] if found else None
 
 
+def finished_output(p: Paths) -> Path | None:
+    """The adapter/ or model/ of a run that finished (only a finished run saves one), else None."""
+    return next((d for d in (p.adapter, p.model) if d.is_dir()), None)
+
+
+def check_run_dir(p: Paths, *, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: a new run); UsageError when the directory says otherwise."""
+    done = finished_output(p)
+    if done is not None:
+        steps = [json.loads(x).get("step") for x in p.metrics.read_text(encoding="utf-8").splitlines()
+                 if x.strip()] if p.metrics.is_file() else []
+        at = f" after {steps[-1]} steps" if steps else ""
+        if resume:
+            raise UsageError(f"{p.run} holds a finished run{at} (its weights are in {done}): there is nothing to "
+                             f"resume. To train further, start a new run from those weights (full fine-tuning: "
+                             f"--model {p.model}; LoRA: `sfttrain merge {p.run} -o DIR`, then --model DIR)")
+        raise UsageError(f"{p.run} already holds a finished run{at}; choose a new --output-dir")
+    checkpoint = latest_checkpoint(p)
+    if resume and checkpoint is None:
+        raise UsageError(f"--resume: no checkpoint in {p.checkpoints}; start without --resume")
+    if not resume and checkpoint is not None:
+        raise UsageError(f"{p.checkpoints} already holds checkpoints; pass --resume to continue that run, "
+                         f"or choose a new --output-dir")
+    return checkpoint
+
+
+def refuse_data_parallel() -> None:
+    """Several GPUs in one process means nn.DataParallel, which TRL refuses and under which the
+    NEFTune hooks' per-batch state would be shared by the replicas: ask for a launcher instead."""
+    if "WORLD_SIZE" in os.environ or not torch.cuda.is_available():
+        return
+    n = torch.cuda.device_count()
+    if n > 1:
+        raise UsageError(f"{n} GPUs are visible to one process, which would train with nn.DataParallel (not "
+                         f"supported: replicas would share NEFTune's hook state and TRL refuses it). Launch one "
+                         f"process per GPU: `torchrun --nproc_per_node {n} -m sfttrain.cli run ...` or "
+                         f"`accelerate launch --num_processes {n} -m sfttrain.cli run ...`; or make one GPU "
+                         f"visible with CUDA_VISIBLE_DEVICES=0")
+
+
+def is_varlen_kernel(model: Any) -> bool:
+    """Whether the model's attention is a flash/varlen kernel (flash_attention_2/3/4, a hub kernel
+    registered through transformers' flash wrapper): those need packed rows flattened into one
+    sequence with cu_seq_lens, since transformers derives varlen attention from position ids only
+    for a batch of one row."""
+    from transformers.integrations.flash_attention import flash_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    name = getattr(model.config, "_attn_implementation", None) or ""
+    fn = ALL_ATTENTION_FUNCTIONS.get(name, None)
+    fn = getattr(fn, "func", fn)  # a functools.partial around the wrapper
+    return fn is flash_attention_forward or "flash" in name
+
+
+def collator(cfg: Config, model: Any, tokenizer: Any) -> Any:
+    """Packed rows: [rows, longest row] with position ids (sdpa, eager, flex build the block mask
+    from them), or, under a varlen kernel, TRL's padding-free layout: one row with cu_seq_lens_q/k
+    and max_length_q/k. Unpacked: None, i.e. TRL's padded collator."""
+    if not cfg.packing:
+        return None
+    if is_varlen_kernel(model):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    return data.PackedCollator(tokenizer.pad_token_id)
+
+
+@contextlib.contextmanager
+def lm_head_on_trained_positions() -> Iterator[None]:
+    """TRL's fused LM head projects only the positions that have a label where Triton runs
+    (CUDA, XPU) and every position elsewhere (so that Neuron's compiled tile shapes stay fixed).
+    On CPU (and MPS) there is nothing to recompile, and the prompt positions of a chat batch are
+    often most of it: project only the trained ones there too. The choice is TRL's private
+    `_use_triton` test in its fused forward; without it (another TRL) nothing changes."""
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        log.info("this TRL has no _use_triton: the LM head keeps its own choice of positions")
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # only `compact` in TRL's _fused_forward reads it
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def fit_memory(cfg: Config, model: Any, examples: Sequence[data.Example], autocast: str | None) -> Config:
+    """Estimate one micro-batch's peak (sfttrain.memory) against the memory available; return cfg
+    with a smaller batch_size and more gradient_accumulation_steps (the same rows per optimizer
+    step) when it does not fit, or raise UsageError naming the flags when not even one row does."""
+    device = next(model.parameters()).device
+    if device.type == "cpu" and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())  # the Trainer moves the model there
+    n_tokens = sum(len(e.input_ids) for e in examples)
+    length = cfg.max_length if cfg.packing else max(len(e.input_ids) for e in examples)
+    half = autocast is not None or next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    est = memory.estimate(model, length=length, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
+                          attn_implementation=getattr(model.config, "_attn_implementation", None),
+                          activation_bytes=2 if half else 4,
+                          trained_fraction=sum(e.n_trained for e in examples) / max(1, n_tokens))
+    available, where = memory.available_bytes(device)
+    plan = memory.plan(est, batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       available=available, where=where, limit=memory.limit_from_config(cfg.memory_gb))
+    gb = memory.describe_bytes
+    if plan is None:
+        budget = memory.limit_from_config(cfg.memory_gb) or int((available or 0) * memory.HEADROOM)
+        raise UsageError(
+            f"one row of {length} tokens needs about {gb(est.peak(1))} to train, more than the {gb(budget)} "
+            f"available ({'--memory-gb' if cfg.memory_gb else where}). Lower --max-length, turn on "
+            f"--gradient-checkpointing{'' if cfg.lora else ', train a LoRA adapter (--lora)'}"
+            f"{', use --dtype bf16' if not half else ''}, or raise --memory-gb if more is free")
+    log.info("memory: a micro-batch of %d row(s) x %d tokens is estimated at %s (%s available: %s)",
+             plan.batch_size, length, gb(plan.estimate), gb(plan.available) if plan.available else "?", plan.where)
+    if not plan.changed:
+        return cfg
+    log.warning("memory: %d rows x %d tokens per micro-batch would need about %s, more than the %s available "
+                "(%s): training %d row(s) per micro-batch with gradient_accumulation_steps %d instead (the same "
+                "%d rows per optimizer step). Set --batch-size/--gradient-accumulation-steps, "
+                "--gradient-checkpointing or --memory-gb to choose otherwise",
+                cfg.batch_size, length, gb(est.peak(cfg.batch_size)), gb(plan.available), plan.where,
+                plan.batch_size, plan.gradient_accumulation_steps, cfg.batch_size * cfg.gradient_accumulation_steps)
+    return dataclasses.replace(cfg, batch_size=plan.batch_size,
+                               gradient_accumulation_steps=plan.gradient_accumulation_steps)
+
+
+def load_audited_examples(cfg: Config, tokenizer: Any, *, force: bool, p: Paths) -> tuple[list[data.Example],
+                                                                                         list[data.Skipped]]:
+    """The audit gate, then its examples.parquet as training examples: no second read or tokenization.
+    Other ranks than the main one audit into a private directory (the same tokens: it is deterministic)."""
+    if is_main_process():
+        return data.examples_from_parquet(gate(cfg, tokenizer, force=force, run_dir=p.run))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sfttrain-audit-") as tmp:
+        return data.examples_from_parquet(gate(cfg, tokenizer, force=force, run_dir=Path(tmp)))
+
+
 def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any = None, tokenizer: Any = None,
           callbacks: Sequence[TrainerCallback] = (), audit: bool = True) -> Result:
-    """Train per `cfg`. `model`/`tokenizer` may be passed in-process (tests); otherwise loaded from cfg.model."""
+    """Train per `cfg`. `model`/`tokenizer` may be passed in-process (tests); otherwise loaded from cfg.model.
+    `audit=False` skips the gate and tokenizes the data here (the same sftdata path)."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
@@ -367,28 +515,24 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
 
     config_mod.check_required(cfg)
     p = paths(cfg.output_dir)
-    checkpoint = latest_checkpoint(p)
-    if resume and checkpoint is None:
-        raise UsageError(f"--resume: no checkpoint in {p.checkpoints}; start without --resume")
-    if not resume and checkpoint is not None:
-        raise UsageError(f"{p.checkpoints} already holds checkpoints; pass --resume to continue that run, "
-                         f"or choose a new --output-dir")
+    checkpoint = check_run_dir(p, resume=resume)
+    refuse_data_parallel()
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     new_ids = prepare_tokenizer(tokenizer, cfg)
+    t0 = time.perf_counter()
     if audit:
-        gate(cfg, tokenizer, force=force)
-    examples, skipped = data.load_examples(data.read_conversations(cfg.data), tokenizer,
-                                           policy=cfg.policy, max_length=cfg.max_length)
+        examples, skipped = load_audited_examples(cfg, tokenizer, force=force, p=p)
+    else:
+        examples, skipped = data.load_examples(data.read_conversations(cfg.data), tokenizer,
+                                               policy=cfg.policy, max_length=cfg.max_length)
     for s in skipped[:5]:
         log.warning("skipped %s (%s): %s", s.example_id, s.source, s.reason)
     if not examples:
         raise UsageError(f"no trainable examples in {', '.join(cfg.data)} ({len(skipped)} skipped); "
                          f"`sftdata audit` shows why")
-    log.info("%d training examples, %d skipped", len(examples), len(skipped))
-    if is_main_process():
-        with rundir.atomic_open(p.config) as f:
-            f.write(config_mod.to_yaml(cfg))
+    log.info("%d training examples, %d skipped (data ready in %.2f s)", len(examples), len(skipped),
+             time.perf_counter() - t0)
 
     weights_dtype, autocast = precision(cfg)
     set_seed(cfg.seed)
@@ -400,6 +544,15 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
             except (ValueError, ImportError) as e:
                 raise UsageError(f"attn_implementation {cfg.attn_implementation!r}: {str(e).splitlines()[0]}") from e
     model = prepare_model(model, tokenizer, cfg, new_ids)
+    asked = cfg
+    cfg = fit_memory(cfg, model, examples, autocast)
+    if is_main_process():
+        with rundir.atomic_open(p.config) as f:
+            if cfg != asked:
+                f.write(f"# batch_size {asked.batch_size} -> {cfg.batch_size} and gradient_accumulation_steps "
+                        f"{asked.gradient_accumulation_steps} -> {cfg.gradient_accumulation_steps}: the memory "
+                        f"estimate of one micro-batch did not fit (the same rows per optimizer step)\n")
+            f.write(config_mod.to_yaml(cfg))
     dataset = data.to_dataset(examples, packing=cfg.packing, max_length=cfg.max_length)
 
     metrics = Metrics(p.metrics)
@@ -409,7 +562,7 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
         args=sft_config(cfg, p, autocast),
         train_dataset=dataset,
         processing_class=tokenizer,
-        data_collator=data.PackedCollator(tokenizer.pad_token_id) if cfg.packing else None,  # None: TRL's, padded
+        data_collator=collator(cfg, model, tokenizer),
         callbacks=[metrics, interrupt, ProgressBar(), *callbacks],
     )
     trainer.remove_callback(ProgressCallback)
@@ -418,18 +571,20 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
     if cfg.neftune_alpha:
         neftune.install(trainer.model, cfg.neftune_alpha)
 
-    with sigint_to(interrupt):
+    with sigint_to(interrupt), lm_head_on_trained_positions():
         trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
-    losses = tuple(r["loss"] for r in metrics.rows)
-    if interrupt.requested:
-        return Result(p.run, True, trainer.state.global_step, len(examples), len(skipped), losses)
-
-    save_final(trainer, p.adapter if cfg.lora else p.model)
-    losses_by_example = score_examples(trainer, examples, batch_size=cfg.batch_size)
+        losses = tuple(r["loss"] for r in metrics.rows)
+        if interrupt.requested:
+            return Result(p.run, True, trainer.state.global_step, len(examples), len(skipped), losses)
+        save_final(trainer, p.adapter if cfg.lora else p.model)
+        losses_by_example = score_examples(trainer, examples, batch_size=cfg.batch_size)
     if trainer.is_world_process_zero():
         write_example_loss(p.example_loss, examples, losses_by_example)
         rundir.update_manifest(p.run, "train", command=[sys.argv[0].rsplit("/", 1)[-1], *sys.argv[1:]],
                                config=config_mod.to_dict(cfg), inputs=cfg.data)
+        # A finished run cannot be resumed: the checkpoints (a full fine-tune's hold the weights
+        # and two optimizer states, 3x the model) would only take space.
+        shutil.rmtree(p.checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return Result(p.run, False, trainer.state.global_step, len(examples), len(skipped), losses)
 

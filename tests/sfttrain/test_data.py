@@ -49,7 +49,9 @@ class Capture(TrainerCallback):
 
 
 def segments(batch: dict[str, torch.Tensor]):
-    """(input_ids, labels) per example in a captured batch: rows (padded) or position-0 runs (packed)."""
+    """(input_ids, labels) per example in a captured batch: rows (padded) or position-0 runs (packed).
+    In a packed row an example that does not start the row must not have a target at its first
+    token: it would be predicted from the previous example's last token (a cross-example target)."""
     ids, labels = batch["input_ids"], batch["labels"]
     if "attention_mask" in batch:
         for r in range(ids.shape[0]):
@@ -66,23 +68,31 @@ def segments(batch: dict[str, torch.Tensor]):
                 if b - a == 1:  # padding at the end of a shorter row: one-token runs, never trained
                     assert labels[r, a] == -100 and (pos[a:] == 0).all()
                     continue
+                if a > 0:
+                    assert labels[r, a] == -100, "a target across an example boundary"
                 yield ids[r, a:b].tolist(), labels[r, a:b].tolist()
 
 
-@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
-def test_batches_the_model_sees_are_the_audited_tokens(packing, small_data_file, tiny_model, sft_tokenizer, tmp_path):
+@pytest.mark.parametrize(("packing", "policy", "audit"), [(True, "assistant", False), (False, "assistant", False),
+                                                          (True, "all", True)],
+                         ids=["packed", "padded", "packed-all-from-audit"])
+def test_batches_the_model_sees_are_the_audited_tokens(packing, policy, audit, small_data_file, tiny_model,
+                                                       sft_tokenizer, tmp_path):
+    """Also under policy=all, where every token is trained: packed, the first token of every example
+    but a row's first must still be no target (the test fails if the collator stops masking it)."""
+    pytest.importorskip("sftdata.audit")
     data_file = small_data_file
     max_length = 50  # truncates some examples: truncation must match the audit's too
     cfg = Config(model="tiny", data=(str(data_file),), output_dir=str(tmp_path / "run"), max_length=max_length,
-                 packing=packing, batch_size=4, epochs=1, save_steps=0, neftune_alpha=5.0)
+                 packing=packing, batch_size=4, epochs=1, save_steps=0, neftune_alpha=5.0, policy=policy)
     cap = Capture()
-    train(cfg, model=tiny_model, tokenizer=sft_tokenizer, callbacks=[cap], audit=False)
+    train(cfg, model=tiny_model, tokenizer=sft_tokenizer, callbacks=[cap], audit=audit)
 
     # What sftdata says, computed independently of sfttrain: the audit's tokenize path.
     convs = [c for c in formats.read(str(data_file)) if not hasattr(c, "check")]
     expected = {}
     for conv in convs:
-        t = masks.tokenize(conv, sft_tokenizer, policy="assistant", max_length=max_length)
+        t = masks.tokenize(conv, sft_tokenizer, policy=policy, max_length=max_length)
         expected[tuple(t.input_ids)] = [i if m else -100 for i, m in zip(t.input_ids, t.loss_mask)]
     assert any(masks.tokenize(c, sft_tokenizer, max_length=max_length).truncated for c in convs)
 
@@ -141,3 +151,18 @@ def test_packed_rows_do_not_attend_across_examples(tiny_model, sft_tokenizer, ma
     torch.testing.assert_close(logits[0, :na], alone_a, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[0, na:], alone_b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits[1, :na], alone_a, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_rows_have_no_cross_example_targets_when_every_token_is_trained():
+    """A first token that is trained (policy=all on a template without glue before the text, or raw
+    text) would be predicted from the previous example's last token in a packed row: the collators
+    (ours and, under flash kernels, TRL's padding-free one) drop it."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
+            {"input_ids": [10, 11], "labels": [10, 11], "seq_lengths": [2]}]
+    for collate in (data.PackedCollator(0), DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)):
+        batch = collate([dict(r) for r in rows])
+        starts = batch["position_ids"] == 0
+        assert (batch["labels"][starts] == -100).all()
+        assert (batch["labels"][~starts] != -100).all()
