@@ -1,1 +1,1 @@
-"""probes."""
+"""probes: what SFT did to the model."""
