@@ -81,15 +81,25 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
 
 
 def _batches(groups: Sequence[Group], order: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Consecutive runs of `order` (sorted by context). A batch ends when it is full, or when adding
+    a group would shorten the shared prefix by more tokens (times the rows already in) than the
+    group itself costs on its own."""
     out: list[list[int]] = []
     cur: list[int] = []
-    longest = 0
+    lcp = longest = 0
     for i in order:
         ctx, conts = groups[i]
         n = len(ctx) + sum(len(c) for c in conts)
-        if cur and (len(cur) + 1 > max_rows or (len(cur) + 1) * max(longest, n) > max_tokens):
-            out.append(cur)
-            cur, longest = [], 0
+        if cur:
+            new_lcp = min(lcp, _lcp([groups[cur[0]][0], ctx]))
+            rows = len(cur) + 1
+            if rows > max_rows or rows * (max(longest, n) - new_lcp) > max_tokens or (lcp - new_lcp) * len(cur) > n:
+                out.append(cur)
+                cur = []
+            else:
+                lcp = new_lcp
+        if not cur:
+            lcp, longest = len(ctx), 0
         cur.append(i)
         longest = max(longest, n)
     if cur:
@@ -97,10 +107,17 @@ def _batches(groups: Sequence[Group], order: list[int], max_tokens: int, max_row
     return out
 
 
+def _parts(model: Any) -> tuple[Any, Any]:
+    """(decoder, output head) of a causal LM or a PeftModel around one: the head is applied only to
+    the positions that predict a candidate token (a full logits tensor is most of the memory)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
 def _prefix_cache(model: Any, prefix: Sequence[int], rows: int, device: str) -> Any:
     if not prefix:
         return None
-    out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
+    out = _parts(model)[0](input_ids=torch.tensor([list(prefix)], device=device), use_cache=True)
     cache = out.cache
     if rows > 1:
         cache.batch_repeat_interleave(rows)
@@ -154,9 +171,9 @@ def score_groups(model: Any, groups: Sequence[Group], *, max_tokens: int = 4096,
         mask = torch.zeros(allowed.shape, dtype=dtype)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         cache = _prefix_cache(model, contexts[0][:prefix_len], n, device)
-        out = model(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos_t.to(device),
-                    cache=cache, use_cache=cache is not None)
-        logits = out.logits
+        decoder, head = _parts(model)
+        hidden = decoder(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos_t.to(device),
+                         cache=cache, use_cache=cache is not None).last_hidden_state
         # gather the positions that predict candidate tokens, then one log_softmax over them
         rb, rp, tgt, owner = [], [], [], []
         for b, i in enumerate(batch):
@@ -172,7 +189,7 @@ def score_groups(model: Any, groups: Sequence[Group], *, max_tokens: int = 4096,
                 start += len(cand)
         if not tgt:
             continue
-        picked = logits[torch.tensor(rb, device=device), torch.tensor(rp, device=device)].float()
+        picked = head(hidden[torch.tensor(rb, device=device), torch.tensor(rp, device=device)]).float()
         logp = torch.log_softmax(picked, dim=-1).gather(1, torch.tensor(tgt, device=device)[:, None])[:, 0].tolist()
         for (i, c), lp in zip(owner, logp):
             results[i][c] += lp
@@ -201,15 +218,15 @@ def loglikelihood(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]
 
 @torch.inference_mode()
 def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int],
-           max_rows: int = 32) -> list[list[int]]:
+           max_rows: int = 32, max_tokens: int = 4096) -> list[list[int]]:
     """Greedy continuations of token-id prompts, batched: the batch's shared prefix is encoded once,
     the rest is right-padded (pads masked, true position ids), and a row stops at a token in
     `stop_ids` (kept) or after `max_new_tokens`."""
     device = next(model.parameters()).device
     outs: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: tuple(prompts[i]))
-    for s in range(0, len(order), max_rows):
-        batch = order[s: s + max_rows]
+    decoder, head = _parts(model)
+    for batch in _batches([(tuple(p), []) for p in prompts], order, max_tokens, max_rows):
         seqs = [list(prompts[i]) for i in batch]
         prefix_len = min(_lcp(seqs), min(len(x) for x in seqs) - 1)
         n = len(seqs)
@@ -224,11 +241,11 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             att[b, prefix_len: prefix_len + len(r)] = 1
             pos[b] = torch.arange(prefix_len, prefix_len + width)
         cache = _prefix_cache(model, seqs[0][:prefix_len], n, device)
-        out = model(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
-                    cache=cache, use_cache=True)
+        out = decoder(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
+                      cache=cache, use_cache=True)
         cache = out.cache
         last = torch.tensor([len(r) - 1 for r in rests])
-        nxt = out.logits[torch.arange(n), last.to(device)].argmax(-1).cpu()
+        nxt = head(out.last_hidden_state[torch.arange(n), last.to(device)]).argmax(-1).cpu()
         next_pos = torch.tensor([prefix_len + len(r) for r in rests])
         done = torch.zeros(n, dtype=torch.bool)
         for step in range(max_new_tokens):
@@ -241,9 +258,9 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             att = torch.cat([att, torch.ones((n, 1), dtype=torch.long)], dim=1)
-            out = model(input_ids=nxt[:, None].to(device), attention_mask=att.to(device),
-                        position_ids=next_pos[:, None].to(device), cache=cache, use_cache=True)
+            out = decoder(input_ids=nxt[:, None].to(device), attention_mask=att.to(device),
+                          position_ids=next_pos[:, None].to(device), cache=cache, use_cache=True)
             cache = out.cache
-            nxt = out.logits[:, -1].argmax(-1).cpu()
+            nxt = head(out.last_hidden_state[:, -1]).argmax(-1).cpu()
             next_pos += 1
     return outs
