@@ -264,3 +264,49 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             nxt = head(out.last_hidden_state[:, -1]).argmax(-1).cpu()
             next_pos += 1
     return outs
+
+
+@torch.inference_mode()
+def token_logps(model: Any, seqs: Sequence[Sequence[int]], *, max_tokens: int = 4096, max_rows: int = 32,
+                extra: Sequence[int] = ()) -> list[tuple[list[float], list[float]]]:
+    """Teacher-forced log P(token t | tokens < t) for t = 1..len-1 of each sequence (right-padded
+    batches), and per position the summed probability of the `extra` token ids (e.g. end-of-turn)."""
+    device = next(model.parameters()).device
+    decoder, head = _parts(model)
+    out: list[tuple[list[float], list[float]]] = [([], []) for _ in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    batch: list[int] = []
+
+    def flush() -> None:
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        att = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, i in enumerate(batch):
+            ids[b, : len(seqs[i])] = torch.tensor(list(seqs[i]))
+            att[b, : len(seqs[i])] = 1
+        hidden = decoder(input_ids=ids.to(device), attention_mask=att.to(device)).last_hidden_state
+        for b, i in enumerate(batch):
+            n = len(seqs[i])
+            logp = torch.log_softmax(head(hidden[b, : n - 1]).float(), dim=-1)
+            tgt = ids[b, 1:n].to(device)
+            lp = logp.gather(1, tgt[:, None])[:, 0].tolist()
+            ex = logp[:, list(extra)].exp().sum(-1).tolist() if extra else [0.0] * (n - 1)
+            out[i] = (lp, ex)
+
+    for i in order:
+        if batch and (len(batch) + 1 > max_rows or (len(batch) + 1) * len(seqs[i]) > max_tokens):
+            flush()
+            batch = []
+        batch.append(i)
+    if batch:
+        flush()
+    return out
+
+
+@torch.inference_mode()
+def log_softmax_all(model: Any, seq: Sequence[int], vocab: int) -> Any:
+    """(len-1, vocab) next-token log-probabilities over the first `vocab` ids (drift on neutral text)."""
+    device = next(model.parameters()).device
+    decoder, head = _parts(model)
+    hidden = decoder(input_ids=torch.tensor([list(seq)], device=device)).last_hidden_state[0, :-1]
+    return torch.log_softmax(head(hidden).float()[:, :vocab], dim=-1).cpu()
