@@ -74,3 +74,12 @@ def new_conversation(turns: list[Any], *, id: str | None = None, tools: list[dic
 @pytest.fixture
 def make_conversation() -> Any:
     return new_conversation
+
+
+def pytest_configure(config: Any) -> None:
+    """Also load the probes' fixtures (`sft_probe`) when the probes package is installed; sftdata
+    itself never imports it."""
+    import importlib.util
+
+    if importlib.util.find_spec("probes") is not None and not config.pluginmanager.has_plugin("probes.pytest_plugin"):
+        config.pluginmanager.import_plugin("probes.pytest_plugin")
