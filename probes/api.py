@@ -16,12 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sftdata import rundir
-
 from probes import facts as hallucination_mod
 from probes.facts import Report
 from probes.pair import Pair, load_pair, pair_from_models
 from probes.suite import Item, read_suite, suite_path
+from sftdata import rundir
 
 
 def make_pair(base: Any, sft: Any, tokenizer: Any = None, sft_tokenizer: Any = None) -> Pair:

@@ -205,11 +205,10 @@ def known_main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = p.parse_args(argv)
         _setup_logging()
-        from sftdata import rundir
-
         from probes.pair import PairError, _load
         from probes.scoring import pick_device
         from probes.suite import read_suite
+        from sftdata import rundir
 
         items, bad = read_suite(args.suite)
         device, dtype = pick_device()
@@ -256,9 +255,8 @@ def suite_main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = p.parse_args(argv)
-        from sftdata import rundir
-
         from probes.suite import from_knowledge
+        from sftdata import rundir
 
         rows, findings = from_knowledge(args.source, n_distractors=args.distractors, seed=args.seed)
         if not rows:

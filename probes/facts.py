@@ -28,11 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sftdata.records import Finding
-
 from probes import stats
 from probes.pair import Pair
 from probes.suite import Item, chat_prompts, completion_candidates, completion_prompts
+from sftdata.records import Finding
 
 log = logging.getLogger(__name__)
 

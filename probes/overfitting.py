@@ -30,11 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftdata.records import Conversation, Finding
-
 from probes import stats
 from probes.facts import Report
 from probes.pair import Pair
+from sftdata.records import Conversation, Finding
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +63,8 @@ def read_examples(path: str, split: str, limit: int) -> tuple[list[Conversation]
 
 
 def _answer_scores(model: Any, tokenizer: Any, convs: Sequence[Conversation], eot: set[int]) -> list[dict[str, Any]]:
-    from sftdata.masks import tokenize
-
     from probes import scoring
+    from sftdata.masks import tokenize
 
     toks = [tokenize(c, tokenizer) for c in convs]
     seqs = [list(t.input_ids) for t in toks]

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from sftdata.records import Conversation, Message, Source, make_id
-
 from sftdata.pytest_audit import sftdata_audit  # noqa: F401  (the audit fixture lives with the audit code)
+from sftdata.records import Conversation, Message, Source, make_id
 
 
 @pytest.fixture(scope="session")

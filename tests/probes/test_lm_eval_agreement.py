@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("lm_eval")
 
-from probes import scoring  # noqa: E402
-from sftdata.pytest_plugin import build_tiny_causal_lm  # noqa: E402
+from probes import scoring
+from sftdata.pytest_plugin import build_tiny_causal_lm
 
 REQUESTS = [
     ("Q: What is the capital of France?\nA:", " Paris"),
