@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on the built-in demo model and the bundled examples:
 # convert -> show -> audit (finds the defects planted in examples/defects.jsonl) -> dedup ->
-# train a LoRA adapter on CPU (the trainer audits its own data first) -> merge.
+# train a LoRA adapter on CPU (the trainer audits its own data first) -> probes -> merge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,6 +26,10 @@ step "dedup: the training data against the other bundled sets (contamination = n
 sftdata dedup examples/messages.jsonl --against examples/sharegpt.jsonl examples/alpaca.json --run-dir "$RUN" || found_problems
 step "train: a LoRA adapter on the demo model, on CPU (the trainer audits its data into $RUN/audit first)"
 sfttrain run configs/demo.yaml --output-dir "$RUN"
+step "probes: did the SFT make the model forget facts? (a 4-per-relation subset of the built-in suite; the full one: drop --limit)"
+probes hallucination --sft "$RUN" --limit 4 || found_problems
+step "probes: memorization, stopping and drift of the adapter on its own training data"
+probes overfit --sft "$RUN" --train examples/messages.jsonl --generate 2 || found_problems
 step "merge the adapter into the base weights"
 sfttrain merge "$RUN" -o "$RUN-merged"
 step "done: run directory $RUN"
