@@ -227,7 +227,9 @@ class RunScreen(Screen[None]):
         self.finding_pos = -1
         self.show_ids = False
         self.member_pos = 1
+        self.pair: tuple[Text, Text] = (Text(), Text())
         self.relations: list[str] = []
+        self.check_values: list[str] = []
         self.relation = ""
         self.loaded = False
         self.first_paint_s: float | None = None
@@ -338,6 +340,7 @@ class RunScreen(Screen[None]):
         if self.run.has("audit") or self.run.has("dedup"):
             checks = sorted({f.check for f in findings})
             areas = sorted({c.split(".", 1)[0] for c in checks})
+            self.check_values = [*areas, *checks]
             self.query_one("#f-check", Select).set_options([(f"{a}.*", a) for a in areas] + [(c, c) for c in checks])
             self.query_one("#findings-table", Table).empty = "no findings match"
             self.refilter()
@@ -661,8 +664,9 @@ class RunScreen(Screen[None]):
             title_a = Text.assemble(("training ", "bold"), (f.example_id or "", "bold"), f"  {f.where}\n\n")
             title_b = Text.assemble(("evaluation copy ", "bold red"), (str(o.get("example_id")), "bold"),
                                     f"  {src.get('file')}:{src.get('line')}  J={fmt((f.data or {}).get('verified_jaccard'), 3)}\n\n")
-        left.update(title_a + ta)
-        right.update(title_b + tb)
+        self.pair = (title_a + ta, title_b + tb)
+        left.update(self.pair[0])
+        right.update(self.pair[1])
 
     def action_next_member(self) -> None:
         if self.active_tab() == "duplicates":
@@ -889,7 +893,7 @@ class RunCommands(Provider):
     """Command palette: the screens, and filtering the findings by a check or area."""
 
     def commands(self) -> list[tuple[str, Any, str]]:
-        screen = self.app.screen
+        screen = self.screen  # the screen the palette was opened over
         if not isinstance(screen, RunScreen):
             return []
         out: list[tuple[str, Any, str]] = [(f"Show {t}", lambda t=t: screen.action_tab(t), f"switch to the {t} screen")
@@ -905,7 +909,11 @@ class RunCommands(Provider):
     def filter(screen: RunScreen, check: str) -> None:
         screen.action_tab("findings")
         select = screen.query_one("#f-check", Select)
-        select.value = check if any(v == check for _, v in select._options) else Select.BLANK
+        if check in screen.check_values:
+            select.value = check
+        else:
+            select.clear()
+        screen.refilter()
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
