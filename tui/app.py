@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table as RichTable
 from rich.text import Text
 from textual import on, work
@@ -317,6 +316,7 @@ class RunScreen(Screen[None]):
     def on_mount(self) -> None:
         self.title = "sfttui"
         self.sub_title = self.run.name
+        self.call_after_refresh(self.action_tab, "overview")
         self.load()
 
     # -- loading (a thread: findings.jsonl and the examples index can be large) -----------------
@@ -363,45 +363,20 @@ class RunScreen(Screen[None]):
         head.add_row("run", run.name)
         if m.get("created"):
             head.add_row("created", f"{m.get('created')}   updated {m.get('updated', '—')}")
-        pkgs = m.get("packages") or {}
-        if pkgs:
-            head.add_row("versions", "  ".join(f"{k} {v}" for k, v in pkgs.items() if v))
         parts.append(head)
-        stages = RichTable(title="stages", title_justify="left", expand=True, show_edge=False)
-        for col in ("stage", "present", "command"):
-            stages.add_column(col, overflow="fold", ratio=4 if col == "command" else None)
-        mstages = m.get("stages") or {}
-        for stage in ("audit", "dedup", "train", "probes"):
-            present = run.has(stage)
-            cmd = (mstages.get(stage) or {}).get("command") if isinstance(mstages.get(stage), dict) else None
-            if cmd and isinstance(cmd, list):
-                cmd_text = Text(" ".join(Path(str(cmd[0])).name if k == 0 else str(c) for k, c in enumerate(cmd)))
-            else:
-                cmd_text = Text(f"produce it: {run.producer(stage)}", style="dim") if not present else Text("")
-            stages.add_row(stage, Text("yes", style="green") if present else Text("no", style="dim"), cmd_text)
-        parts.append(stages)
-        inputs: list[tuple[str, str]] = []
-        for s in mstages.values():
-            for i in (s.get("inputs") or []) if isinstance(s, dict) else []:
-                if isinstance(i, dict) and (i.get("path"), i.get("sha256")) not in inputs:
-                    inputs.append((str(i.get("path")), str(i.get("sha256") or "missing")))
-        if inputs:
-            t = RichTable(title="inputs", title_justify="left", expand=True, show_edge=False)
-            t.add_column("path", overflow="fold", ratio=3)
-            t.add_column("sha256", overflow="ellipsis", ratio=1, no_wrap=True)
-            for p, h in inputs:
-                t.add_row(p, h)
-            parts.append(t)
+        if run.problems:
+            parts.append(Text("problems reading this run:", style="bold red"))
+            parts += [Text(f"  {p}", style="red") for p in run.problems]
         a = run.audit
         if a:
             passed = a.get("passed")
             verdict = Text(" PASS " if passed else " FAIL ", style="bold white on green" if passed else "bold white on red")
             counts = a.get("by_severity") or {}
-            parts.append(Text.assemble("\naudit ", verdict, "  ", f"model {a.get('model', '—')}  policy {a.get('policy', '—')}  "
-                                       f"max_length {a.get('max_length', '—')}  fail-on {a.get('fail_on', '—')}\n",
-                                       f"{a.get('examples', '—')} examples, {a.get('findings', 0)} findings: ",
-                                       *[x for s in rd.SEVERITIES for x in ((f"{counts.get(s, 0)} {s}", SEV_STYLE[s]), "  ")]))
-            t = RichTable(title="findings by check", title_justify="left", expand=True, show_edge=False)
+            parts.append(Text.assemble("\naudit ", verdict, "  ", f"{a.get('examples', '—')} examples, {a.get('findings', 0)} findings: ",
+                                       *[x for s in rd.SEVERITIES for x in ((f"{counts.get(s, 0)} {s}", SEV_STYLE[s]), "  ")],
+                                       f"\nmodel {a.get('model', '—')}  policy {a.get('policy', '—')}  "
+                                       f"max_length {a.get('max_length', '—')}  fail-on {a.get('fail_on', '—')}"))
+            t = RichTable(expand=True, show_edge=False)
             for col in ("check", "severity", "findings", "examples"):
                 t.add_column(col, justify="right" if col in ("findings", "examples") else "left")
             checks = a.get("checks") or {}
@@ -418,9 +393,34 @@ class RunScreen(Screen[None]):
                               f"({d.get('examples_in_clusters', 0)} examples), {d.get('exact_duplicates', 0)} exact, "
                               f"{d.get('near_pairs', 0)} near pairs, {d.get('contaminated', 0)} contaminated, "
                               f"threshold {d.get('threshold', '—')}"))
-        if run.problems:
-            parts.append(Text("\nproblems reading this run:", style="bold red"))
-            parts += [Text(f"  {escape(p)}", style="red") for p in run.problems]
+        stages = RichTable(title="\nstages", title_justify="left", expand=True, show_edge=False)
+        for col in ("stage", "present", "command"):
+            stages.add_column(col, overflow="fold", ratio=4 if col == "command" else None)
+        mstages = m.get("stages") or {}
+        for stage in ("audit", "dedup", "train", "probes"):
+            present = run.has(stage)
+            cmd = (mstages.get(stage) or {}).get("command") if isinstance(mstages.get(stage), dict) else None
+            if cmd and isinstance(cmd, list):
+                cmd_text = Text(" ".join(Path(str(cmd[0])).name if k == 0 else str(c) for k, c in enumerate(cmd)))
+            else:
+                cmd_text = Text(f"produce it: {run.producer(stage)}", style="dim") if not present else Text("")
+            stages.add_row(stage, Text("yes", style="green") if present else Text("no", style="dim"), cmd_text)
+        parts.append(stages)
+        inputs: list[tuple[str, str]] = []
+        for st in mstages.values():
+            for i in (st.get("inputs") or []) if isinstance(st, dict) else []:
+                if isinstance(i, dict) and (str(i.get("path")), str(i.get("sha256") or "missing")) not in inputs:
+                    inputs.append((str(i.get("path")), str(i.get("sha256") or "missing")))
+        if inputs:
+            t = RichTable(title="\ninputs", title_justify="left", expand=True, show_edge=False)
+            t.add_column("path", overflow="fold", ratio=3)
+            t.add_column("sha256", overflow="ellipsis", ratio=1, no_wrap=True)
+            for p, h in inputs:
+                t.add_row(p, h)
+            parts.append(t)
+        pkgs = m.get("packages") or {}
+        if pkgs:
+            parts.append(Text("\nversions  " + "  ".join(f"{k} {v}" for k, v in pkgs.items() if v), style="dim"))
         return Group(*parts)
 
     def length_histogram(self, stats: dict[str, Any]) -> Group:
@@ -530,8 +530,8 @@ class RunScreen(Screen[None]):
             where = fallback.where if fallback else ""
             raw = rd.source_line(fallback.file, fallback.line, self.run) if fallback else None
             head.update(Text.assemble((f"{self.example_id or '(run-wide finding)'}", "bold"), f"  {where}\n",
-                                      ("no tokens: the audit did not tokenize this example (unreadable record, or a "
-                                       "finding about the whole run)", "dim")))
+                                      (("no tokens: the audit did not tokenize this example (unreadable record, or a "
+                                        "finding about the whole run)"), "dim")))
             body.update(Text.assemble(("source record:\n", "bold"), raw) if raw else Text("(source record not available)", style="dim"))
         else:
             if not self.vocab_loaded:
@@ -831,16 +831,14 @@ class RunScreen(Screen[None]):
             tables = self.query(table_id)
             if tables:
                 tables.first().focus()
-        elif tab == "example":
-            scroll = self.query("#example-tokens")
+        elif tab in ("example", "overview"):
+            scroll = self.query(f"#{tab}-tokens" if tab == "example" else "#overview-scroll")
             if scroll:
                 scroll.first().focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # letters typed into an Input are text, not commands
-        if isinstance(self.app.focused, Input) and action not in ("tab",):
-            return False
-        return True
+        return not (isinstance(self.app.focused, Input) and action != "tab")
 
 
 # --------------------------------------------------------------------------------------------
@@ -959,9 +957,7 @@ class SftTui(App[None]):
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("quit", "help", "toggle_dark") and isinstance(self.focused, Input):
-            return False
-        return True
+        return not (action in ("quit", "help", "toggle_dark") and isinstance(self.focused, Input))
 
 
 def build_parser() -> argparse.ArgumentParser:

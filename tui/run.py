@@ -423,7 +423,7 @@ def read_clusters(run: Run) -> dict[int, list[Member]]:
     try:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
     except (OSError, ValueError) as e:
         run.problems.append(f"{path}: unreadable ({e})")
         return {}
@@ -481,7 +481,7 @@ def read_example_loss(run: Run) -> list[ExampleLoss]:
     try:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
     except (OSError, ValueError) as e:
         run.problems.append(f"{path}: unreadable ({e})")
         return []

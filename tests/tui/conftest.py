@@ -56,7 +56,7 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 def _cmd(args: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600)
     if p.returncode not in ok:
         raise RuntimeError(f"{' '.join(args)} exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
 

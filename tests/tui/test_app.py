@@ -236,7 +236,7 @@ def test_training_curves_and_loss_ranking(train_base: Path, monkeypatch: pytest.
         await pilot.pause()
         for pid in ("plot-loss", "plot-lr", "plot-grad", "plot-tps"):
             plt = screen.query_one(f"#{pid}", PlotextPlot).plt
-            assert "no data" not in plt._active.title  # noqa: SLF001 - plotext keeps the title there
+            assert "no data" not in plt._active.title  # plotext keeps the title there
         table = screen.query_one("#loss-table", Table)
         losses = [r.loss for r in table.rows]
         assert len(losses) == 10 and losses == sorted(losses, reverse=True)
@@ -315,7 +315,7 @@ asyncio.run(go())
 bad = sorted(m for m in ("torch", "transformers", "trl", "peft") if m in sys.modules)
 print("HEAVY", bad)
 """
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "HEAVY []" in p.stdout
 
