@@ -227,6 +227,7 @@ class RunScreen(Screen[None]):
         self.show_ids = False
         self.member_pos = 1
         self.pair: tuple[Text, Text] = (Text(), Text())
+        self.plot_titles: dict[str, str] = {}
         self.relations: list[str] = []
         self.check_values: list[str] = []
         self.relation = ""
@@ -687,7 +688,8 @@ class RunScreen(Screen[None]):
                    and isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
             plt = plot.plt
             plt.clear_data()
-            plt.title(f"{title} (last {fmt(pts[-1][1])})" if pts else f"{title}: no data")
+            self.plot_titles[key] = f"{title} (last {fmt(pts[-1][1])}, {len(pts)} points)" if pts else f"{title}: no data"
+            plt.title(self.plot_titles[key])
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
                 plt.xlabel("step")
