@@ -230,6 +230,7 @@ class RunScreen(Screen[None]):
         self.plot_titles: dict[str, str] = {}
         self.relations: list[str] = []
         self.check_values: list[str] = []
+        self.haystacks: list[str] | None = None
         self.relation = ""
         self.loaded = False
         self.first_paint_s: float | None = None
@@ -318,7 +319,7 @@ class RunScreen(Screen[None]):
         self.title = "sfttui"
         self.sub_title = self.run.name
         self.call_after_refresh(self.action_tab, "overview")
-        self.load()
+        self.call_after_refresh(self.load)  # after the first paint: parsing holds the GIL
 
     # -- loading (a thread: findings.jsonl and the examples index can be large) -----------------
 
@@ -451,8 +452,10 @@ class RunScreen(Screen[None]):
         check = self.query_one("#f-check", Select).value
         sev = self.query_one("#f-sev", Select).value
         text = self.query_one("#f-text", Input).value
+        if text.strip() and self.haystacks is None:
+            self.haystacks = rd.haystacks(self.findings)
         rows = rd.filter_findings(self.findings, check if isinstance(check, str) else "",
-                                  sev if isinstance(sev, str) else "", text)
+                                  sev if isinstance(sev, str) else "", text, self.haystacks)
         self.shown = rd.sort_findings(rows, self.sort_key, self.sort_reverse)
         table = self.query_one("#findings-table", Table)
         table.sort_note = f"[{len(self.shown)}/{len(self.findings)} · sorted by {self.sort_key}{' ↓' if self.sort_reverse else ''}]"

@@ -198,21 +198,28 @@ def sort_findings(findings: list[Finding], key: str, reverse: bool = False) -> l
     return sorted(findings, key=keys[key], reverse=reverse)
 
 
-def filter_findings(findings: list[Finding], check: str = "", severity: str = "", text: str = "") -> list[Finding]:
+def haystacks(findings: list[Finding]) -> list[str]:
+    """What free-text search looks in, lower-cased, one string per finding (computed once)."""
+    return [f"{f.check} {f.example_id} {f.where} {f.message} {f.hint}".lower() for f in findings]
+
+
+def filter_findings(findings: list[Finding], check: str = "", severity: str = "", text: str = "",
+                    hay: list[str] | None = None) -> list[Finding]:
     """`check`: an id or an area ("mask" or "mask.*"); `severity`: one level; `text`: words that must
-    all occur (case-insensitive) in the check, example id, source, message or hint."""
+    all occur (case-insensitive) in the check, example id, source, message or hint (`hay`: the
+    precomputed `haystacks(findings)`)."""
     check = check.removesuffix(".*")
     words = text.lower().split()
+    if words and hay is None:
+        hay = haystacks(findings)
     out = []
-    for f in findings:
+    for k, f in enumerate(findings):
         if check and f.check != check and f.area != check:
             continue
         if severity and f.severity != severity:
             continue
-        if words:
-            hay = f"{f.check} {f.example_id} {f.where} {f.message} {f.hint}".lower()
-            if not all(w in hay for w in words):
-                continue
+        if words and not all(w in hay[k] for w in words):  # type: ignore[index]
+            continue
         out.append(f)
     return out
 

@@ -119,3 +119,22 @@ def train_base(tmp_path_factory: pytest.TempPathFactory, runs_base: Path) -> Pat
 def in_base(runs_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(runs_base)
     return runs_base
+
+
+def _build_probes(base: Path) -> None:
+    """runs/train gets probes/: `probes hallucination` (one item per relation) and `probes overfit`
+    between the tiny base model and its 2-step fine-tune."""
+    sft = "runs/train/train/model"
+    _cmd([sys.executable, "-m", "probes", "hallucination", "--base", "tiny-model", "--sft", sft,
+          "--run-dir", "runs/train", "--limit", "1"], base, ok=(0, 1))
+    _cmd([sys.executable, "-m", "probes", "overfit", "--base", "tiny-model", "--sft", sft, "--train", "data/train.jsonl",
+          "--heldout", "data/eval.jsonl", "--run-dir", "runs/train", "--limit", "6", "--generate", "1"], base, ok=(0, 1))
+
+
+@pytest.fixture(scope="session")
+def probes_base(tmp_path_factory: pytest.TempPathFactory, train_base: Path) -> Path:
+    import importlib.util
+
+    if importlib.util.find_spec("probes.cli") is None:
+        pytest.skip("the probes package (issue 11) is not in this tree yet")
+    return _shared(tmp_path_factory, "probes", _build_probes)

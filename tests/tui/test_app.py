@@ -331,3 +331,28 @@ def test_reader_tolerates_other_columns_and_old_cluster_schema(tmp_path: Path) -
     (run / "manifest.json").write_text(json.dumps({"stages": {}}))
     clusters = rd.read_clusters(rd.open_run(run))
     assert [(m.example_id, m.representative, m.representative_id) for m in clusters[0]] == [("a", True, "a"), ("b", False, "a")]
+
+
+@pytest.mark.slow
+def test_probes_side_by_side_flips_and_relations(probes_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(probes_base)
+    items = rd.read_probe(rd.open_run("runs/train"), "hallucination")
+
+    async def scenario(pilot, screen: RunScreen) -> None:
+        await pilot.press("6")
+        table = screen.query_one("#probe-table", Table)
+        assert len(table.rows) == len(items) > 0
+        flips = [bool(i.get("flip")) for i in table.rows]
+        assert flips == sorted(flips, reverse=True)  # flips first
+        summary = plain(screen.probe_summary())
+        assert "flip rate" in summary and "95% CI" in summary and "McNemar p" in summary
+        first = table.rows[0]
+        base, sft = text_of(screen, "#probe-base"), text_of(screen, "#probe-sft")
+        assert first["question"] in base and first["question"] in sft
+        assert str(first["base"]["predicted"]) in base and str(first["sft"]["predicted"]) in sft
+        await pilot.press("r")
+        rel = screen.relation
+        assert rel and all(i["relation"] == rel for i in table.rows)
+        assert "memorization" in plain(screen.overfit_tables())
+
+    drive(SftTui(rd.open_run("runs/train")), scenario)
