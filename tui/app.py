@@ -201,11 +201,11 @@ class RunScreen(Screen[None]):
     #train-plots { height: 2fr; }
     #train-plots > Horizontal { height: 1fr; }
     #loss-table { height: 1fr; }
-    #probe-summary { height: auto; max-height: 9; padding: 0 1; }
-    #probe-table { height: 1fr; }
-    #probe-sides { height: auto; max-height: 12; }
-    #probe-sides > VerticalScroll { width: 1fr; height: auto; max-height: 12; border: round $accent; padding: 0 1; }
-    #probe-overfit { height: auto; max-height: 14; padding: 0 1; }
+    #probe-summary { height: auto; max-height: 6; padding: 0 1; }
+    #probe-table { height: 1fr; min-height: 6; }
+    #probe-sides { height: auto; max-height: 9; }
+    #probe-sides > VerticalScroll { width: 1fr; height: auto; max-height: 9; border: round $accent; padding: 0 1; }
+    #probe-overfit { height: 1fr; max-height: 12; padding: 0 1; }
     .missing { padding: 1 2; }
     """
 
@@ -763,8 +763,8 @@ class RunScreen(Screen[None]):
             text = Text.assemble((f"{side}", "bold"), f"  rank {s.get('rank', '—')}  margin {fmt(s.get('margin'), 3)}  ",
                                  ("known" if s.get("known") else "not known", "green" if s.get("known") else "red"), "\n",
                                  ("Q: ", "bold"), str(item.get("question", "")), "\n", ("gold: ", "bold"), str(item.get("gold", "")),
-                                 "\n", ("predicted: ", "bold"), str(s.get("predicted", "—")), "\n", ("generated: ", "bold"),
-                                 (str(s.get("generated", "—")), "green" if correct else "red" if correct is False else ""))
+                                 "\n", ("predicted: ", "bold"), fmt(s.get("predicted")), "\n", ("generated: ", "bold"),
+                                 (fmt(s.get("generated")), "green" if correct else "red" if correct is False else ""))
             self.query_one(wid, Static).update(text)
 
     def probe_summary(self) -> Group:
@@ -784,8 +784,11 @@ class RunScreen(Screen[None]):
                                                   if isinstance(v, dict) else f"{k}: {v}" for k, v in by_rel.items()), style="dim"))
         o = (self.run.probes or {}).get("overfit")
         if isinstance(o, dict) and o:
-            parts.append(Text.assemble(("overfit  ", "bold"), "  ".join(f"{k} {fmt(v, 3)}" for k, v in o.items()
-                                                                     if isinstance(v, (int, float, str, bool)))))
+            ci = o.get("membership_auc_ci")
+            ci_s = f" (95% CI {fmt(ci[0], 3)}–{fmt(ci[1], 3)})" if isinstance(ci, list) and len(ci) == 2 else ""
+            parts.append(Text.assemble(("overfit  ", "bold"), "  ".join(
+                f"{k} {fmt(v, 3)}{ci_s if k == 'membership_auc' else ''}" for k, v in o.items()
+                if isinstance(v, (int, float, str, bool)))))
         if not parts:
             parts.append(Text("no probes/summary.json", style="dim"))
         return Group(*parts)
@@ -805,12 +808,14 @@ class RunScreen(Screen[None]):
             parts.append(t)
         stop = [r for r in self.overfit if r.get("kind") == "stopping"]
         if stop:
-            keys = [k for k in stop[0] if k != "kind"][:7]
-            t = RichTable(title="stopping (EOS behaviour)", title_justify="left", expand=True, show_edge=False)
-            for k in keys:
-                t.add_column(k, overflow="ellipsis", no_wrap=True)
+            t = RichTable(title="stopping (does the model end its answer?)", title_justify="left", expand=True, show_edge=False)
+            for c in ("example", "stops: base", "sft", "run-on: base", "sft", "P(eot) base", "sft", "SFT generated"):
+                t.add_column(c, overflow="ellipsis", no_wrap=True)
             for r in stop[:50]:
-                t.add_row(*(fmt(r.get(k), 3) if not isinstance(r.get(k), (dict, list)) else tk.pretty_json(r.get(k)) for k in keys))
+                gen = str(r.get("sft_generated") or "").replace("\n", "↵")
+                t.add_row(str(r.get("example_id")), fmt(r.get("base_stopped")), fmt(r.get("sft_stopped")),
+                          fmt(r.get("base_run_on")), fmt(r.get("sft_run_on")), fmt(r.get("base_p_eot"), 3),
+                          fmt(r.get("sft_p_eot"), 3), gen[:60])
             parts.append(t)
         others = sorted({str(r.get("kind")) for r in self.overfit} - {"memorization", "stopping"})
         for kind in others:
