@@ -209,9 +209,10 @@ class RunScreen(Screen[None]):
     .missing { padding: 1 2; }
     """
 
-    def __init__(self, run: rd.Run) -> None:
+    def __init__(self, run: rd.Run, start: str = "overview") -> None:
         super().__init__()
         self.run = run
+        self.start = start
         self.findings: list[rd.Finding] | None = None
         self.shown: list[rd.Finding] = []  # the Findings table's rows (filtered, sorted)
         self.by_example: dict[str, list[rd.Finding]] = {}
@@ -318,7 +319,7 @@ class RunScreen(Screen[None]):
     def on_mount(self) -> None:
         self.title = "sfttui"
         self.sub_title = self.run.name
-        self.call_after_refresh(self.action_tab, "overview")
+        self.call_after_refresh(self.action_tab, self.start)
         self.call_after_refresh(self.load)  # after the first paint: parsing holds the GIL
 
     # -- loading (a thread: findings.jsonl and the examples index can be large) -----------------
@@ -953,10 +954,7 @@ class SftTui(App[None]):
 
     def on_mount(self) -> None:
         if self.run_ is not None:
-            screen = RunScreen(self.run_)
-            self.push_screen(screen)
-            if self.start_tab != "overview":
-                self.call_after_refresh(screen.action_tab, self.start_tab)
+            self.push_screen(RunScreen(self.run_, self.start_tab))
         else:
             self.push_screen(PickerScreen(self.runs_root, rd.find_runs(self.runs_root)))
 

@@ -356,3 +356,11 @@ def test_probes_side_by_side_flips_and_relations(probes_base: Path, monkeypatch:
         assert "memorization" in plain(screen.overfit_tables())
 
     drive(SftTui(rd.open_run("runs/train")), scenario)
+
+
+def test_screen_flag_opens_that_screen(in_base: Path) -> None:
+    async def scenario(pilot, screen: RunScreen) -> None:
+        await pilot.pause(0.1)
+        assert screen.active_tab() == "duplicates"
+
+    drive(SftTui(rd.open_run("runs/audit"), screen="duplicates"), scenario)
