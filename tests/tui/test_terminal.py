@@ -39,7 +39,7 @@ def test_sfttui_in_a_real_terminal(runs_base: Path, tmp_path: Path) -> None:
     try:
         wait_for(tmux, "FAIL", "tokens.special-in-content", "1 Overview")  # the overview: verdict and counts
         subprocess.run([*tmux, "send-keys", "-t", "sfttui", "2"], check=True)
-        wait_for(tmux, "format.parse-error")
+        wait_for(tmux, "format.parse-error", "⏎ open")  # the footer shows enter once the table has focus
         subprocess.run([*tmux, "send-keys", "-t", "sfttui", "Enter"], check=True)
         wait_for(tmux, "message 0", "finding")  # the example's token view and its findings
         subprocess.run([*tmux, "send-keys", "-t", "sfttui", "q"], check=True)
