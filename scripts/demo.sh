@@ -34,3 +34,6 @@ step "merge the adapter into the base weights"
 sfttrain merge "$RUN" -o "$RUN-merged"
 step "done: run directory $RUN"
 find "$RUN" "$RUN-examples" -maxdepth 2 -not -path '*/checkpoints/*' | sort
+step "browse it: findings, token masks, duplicates, training curves (q quits)"
+echo "  . .venv/bin/activate && sfttui $RUN            # the trained run: audit, dedup, training"
+echo "  . .venv/bin/activate && sfttui $RUN-examples   # the audit of every bundled file, with its planted defects"

@@ -23,4 +23,9 @@ if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
     || echo "setup: could not install redis-server; redis tests will be skipped" >&2
 fi
+# tmux for the TUI's real-terminal smoke test (skipped when it cannot be installed).
+if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null) \
+    || echo "setup: could not install tmux; the sfttui terminal test will be skipped" >&2
+fi
 echo "$want" > "$stamp"
