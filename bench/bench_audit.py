@@ -99,8 +99,10 @@ def side_by_side(n: int, repeats: int, work: Path) -> dict:
     t, a = min(trl), min(audit)
     return {
         "n": n,
-        "trl_s": round(t, 2), "audit_s": round(a, 2),
-        "trl_examples_per_s": round(n / t), "audit_examples_per_s": round(n / a),
+        "trl_s": round(t, 2),
+        "audit_s": round(a, 2),
+        "trl_examples_per_s": round(n / t),
+        "audit_examples_per_s": round(n / a),
         "audit_vs_trl": round(t / a, 2),
         "cpu_s": {"trl": round(min(trl_cpu), 2), "audit": round(min(audit_cpu), 2)},
         "audit_vs_trl_cpu": round(min(trl_cpu) / min(audit_cpu), 2),
@@ -141,14 +143,29 @@ def big_run(n: int, work: Path) -> dict:
     info = synthesise(data, n)
     run_dir = work / "run-big"
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "sftdata.cli", "audit", str(data),
-           "--model", "smollm2-135m-instruct", "--max-length", "2048", "--run-dir", str(run_dir), "--json"]
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "sftdata.cli",
+        "audit",
+        str(data),
+        "--model",
+        "smollm2-135m-instruct",
+        "--max-length",
+        "2048",
+        "--run-dir",
+        str(run_dir),
+        "--json",
+    ]
     out_path = work / "big.json"
     t0 = time.perf_counter()
     peak_tree = 0
     with open(out_path, "w") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=out, stderr=err, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
         while proc.poll() is None:
             peak_tree = max(peak_tree, tree_rss_kb(proc.pid))
             time.sleep(0.5)
@@ -163,14 +180,19 @@ def big_run(n: int, work: Path) -> dict:
         raise SystemExit(f"the audit failed with exit code {proc.returncode}")
     parquet = run_dir / "audit" / "examples.parquet"
     result = {
-        "n": n, "input_mb": round(info["bytes"] / 2**20), "distinct_conversations": info["pool"],
+        "n": n,
+        "input_mb": round(info["bytes"] / 2**20),
+        "distinct_conversations": info["pool"],
         "command": " ".join(cmd[2:]).replace(sys.executable, "python"),
-        "exit_code": proc.returncode, "wall_s": round(wall, 1),
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
         "examples_per_s": round(n / wall),
         "peak_rss_mb_largest_process": round(int(rss.group(1)) / 1024) if rss else None,  # /usr/bin/time -v
         "peak_rss_mb_all_processes": round(peak_tree / 1024),  # parent + workers, sampled every 0.5 s
-        "examples": summary["examples"], "tokens": summary["token_stats"]["tokens"],
-        "findings": summary["findings"], "by_check": {k: v["findings"] for k, v in summary["checks"].items()},
+        "examples": summary["examples"],
+        "tokens": summary["token_stats"]["tokens"],
+        "findings": summary["findings"],
+        "by_check": {k: v["findings"] for k, v in summary["checks"].items()},
         "parquet_mb": round(parquet.stat().st_size / 2**20) if parquet.exists() else None,
     }
     data.unlink()

@@ -41,8 +41,16 @@ from sftdata.records import Conversation  # noqa: E402
 SHARED = Path(os.environ.get("SFTLAB_SHARED_DATA") or REPO.parent / "shared" / "data")
 T0 = SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz"
 LLAMAFACTORY = SHARED / "llamafactory"
-LF_FILES = ["alpaca_en_demo.json", "alpaca_zh_demo.json", "glaive_toolcall_en_demo.json", "identity.json",
-            "kto_en_demo.json", "v1_sft_demo.jsonl", "reason_tool_use_demo_50.jsonl", "c4_demo.jsonl"]
+LF_FILES = [
+    "alpaca_en_demo.json",
+    "alpaca_zh_demo.json",
+    "glaive_toolcall_en_demo.json",
+    "identity.json",
+    "kto_en_demo.json",
+    "v1_sft_demo.jsonl",
+    "reason_tool_use_demo_50.jsonl",
+    "c4_demo.jsonl",
+]
 SPEC = minhash.ShingleSpec("words", 5)
 
 
@@ -105,8 +113,14 @@ def _machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "numpy": np.__version__,
-            "numba": _version("numba"), "datasketch": _version("datasketch")}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "datasketch": _version("datasketch"),
+    }
 
 
 def _version(name: str) -> str:
@@ -164,9 +178,16 @@ def throughput(texts: list[str], repeats: int, update_docs: int) -> dict:
     update_cpu = time.process_time() - c
     update_identical = bool(np.array_equal(m.hashvalues, sig.hashvalues[k - 1]))
     return {
-        "docs": n, "shingles": n_shingles, "python_shingling_s": python_shingles, "jit": jit,
-        "wall_s": wall, "cpu_s": cpu, "update_docs": k, "update_cpu_s": update_cpu,
-        "identical_to_bulk": identical, "identical_to_update": update_identical,
+        "docs": n,
+        "shingles": n_shingles,
+        "python_shingling_s": python_shingles,
+        "jit": jit,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "update_docs": k,
+        "update_cpu_s": update_cpu,
+        "identical_to_bulk": identical,
+        "identical_to_update": update_identical,
     }
 
 
@@ -186,8 +207,9 @@ def jit_cost() -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for key in ("compile_s", "cache_load_s"):
-            proc = subprocess.run([sys.executable, "-c", _JIT_PROBE], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", _JIT_PROBE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, check=True
+            )
             out[key] = float(proc.stdout.strip().splitlines()[-1])
     return out
 
@@ -205,13 +227,24 @@ def end_to_end(limit: int | None) -> dict:
             with open(src, "w", encoding="utf-8") as f:
                 for c in read(T0, limit):
                     f.write(json.dumps({"prompt": c.messages[0].content, "completion": c.messages[1].content}) + "\n")
-        cmd = [sys.executable, "-m", "sftdata.cli", "dedup", src, "--json", "--run-dir", os.path.join(tmp, "run"),
-               "-o", os.path.join(tmp, "kept.jsonl")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sftdata.cli",
+            "dedup",
+            src,
+            "--json",
+            "--run-dir",
+            os.path.join(tmp, "run"),
+            "-o",
+            os.path.join(tmp, "kept.jsonl"),
+        ]
         # A small launcher process runs dedup and reports its child's peak RSS: measured from this
         # (big) process, the fork before exec would count this process's memory too.
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         wall = time.perf_counter() - t
         peak_kib = int(proc.stderr.strip().splitlines()[-1])
     if proc.returncode not in (0, 1):
@@ -219,8 +252,13 @@ def end_to_end(limit: int | None) -> dict:
     obj = json.loads(proc.stdout)
     examples = _t0_examples(obj["findings"])
     log(f"end to end: {wall:.1f}s, peak RSS {peak_kib / 1024:.0f} MiB")
-    return {"command": "sftdata dedup t0_train_50k_per_template.jsonl.gz --json --run-dir RUN -o KEPT",
-            "wall_s": wall, "peak_rss_mib": peak_kib / 1024, "summary": obj["summary"], "examples": examples}
+    return {
+        "command": "sftdata dedup t0_train_50k_per_template.jsonl.gz --json --run-dir RUN -o KEPT",
+        "wall_s": wall,
+        "peak_rss_mib": peak_kib / 1024,
+        "summary": obj["summary"],
+        "examples": examples,
+    }
 
 
 _LAUNCHER = """
@@ -267,18 +305,31 @@ def e2e(path: Path, rounds: int) -> dict:
         sft = timed(sft_cmd)
         ds["result"] = json.loads(ds.pop("stdout"))
         sft["summary"] = json.loads(sft.pop("stdout"))["summary"]
-        runs.append({"load": load, "datasketch": ds, "sftdata": sft, "ratio": ds["wall_s"] / sft["wall_s"],
-                     "cpu_ratio": ds["cpu_s"] / sft["cpu_s"]})
-        log(f"round {k + 1}: datasketch {ds['wall_s']:.1f}s ({ds['cpu_s']:.1f} CPU-s, {ds['peak_rss_mib']:.0f} MiB), "
+        runs.append(
+            {
+                "load": load,
+                "datasketch": ds,
+                "sftdata": sft,
+                "ratio": ds["wall_s"] / sft["wall_s"],
+                "cpu_ratio": ds["cpu_s"] / sft["cpu_s"],
+            }
+        )
+        log(
+            f"round {k + 1}: datasketch {ds['wall_s']:.1f}s ({ds['cpu_s']:.1f} CPU-s, {ds['peak_rss_mib']:.0f} MiB), "
             f"sftdata {sft['wall_s']:.1f}s ({sft['cpu_s']:.1f} CPU-s, {sft['peak_rss_mib']:.0f} MiB): "
-            f"{runs[-1]['ratio']:.1f}x wall, {runs[-1]['cpu_ratio']:.1f}x CPU; load {_load(load)}")
+            f"{runs[-1]['ratio']:.1f}x wall, {runs[-1]['cpu_ratio']:.1f}x CPU; load {_load(load)}"
+        )
     best_ds = min(runs, key=lambda r: r["datasketch"]["wall_s"])["datasketch"]
     best_sft = min(runs, key=lambda r: r["sftdata"]["wall_s"])["sftdata"]
-    return {"rounds": runs, "best_datasketch": best_ds, "best_sftdata": best_sft,
-            "ratio_best": best_ds["wall_s"] / best_sft["wall_s"],
-            "cpu_ratio_best": min(r["datasketch"]["cpu_s"] for r in runs) / min(r["sftdata"]["cpu_s"] for r in runs),
-            "sft_command": "sftdata dedup " + path.name + " --json",
-            "ds_command": "python bench/datasketch_pipeline.py " + path.name}
+    return {
+        "rounds": runs,
+        "best_datasketch": best_ds,
+        "best_sftdata": best_sft,
+        "ratio_best": best_ds["wall_s"] / best_sft["wall_s"],
+        "cpu_ratio_best": min(r["datasketch"]["cpu_s"] for r in runs) / min(r["sftdata"]["cpu_s"] for r in runs),
+        "sft_command": "sftdata dedup " + path.name + " --json",
+        "ds_command": "python bench/datasketch_pipeline.py " + path.name,
+    }
 
 
 def render_e2e(r: dict, machine: dict, command: str) -> str:
@@ -292,7 +343,8 @@ def render_e2e(r: dict, machine: dict, command: str) -> str:
         "|---|---:|---:|---:|---|",
         f"| datasketch: `{r['ds_command']}` | {ds['wall_s']:.2f} | "
         f"{min(x['datasketch']['cpu_s'] for x in r['rounds']):.2f} | {ds['peak_rss_mib']:.0f} | "
-        + ", ".join(f"{k} {v:.2f}" for k, v in ds["result"]["seconds"].items()) + " |",
+        + ", ".join(f"{k} {v:.2f}" for k, v in ds["result"]["seconds"].items())
+        + " |",
         f"| sftdata: `{r['sft_command']}` | {sft['wall_s']:.2f} | "
         f"{min(x['sftdata']['cpu_s'] for x in r['rounds']):.2f} | {sft['peak_rss_mib']:.0f} | "
         + ", ".join(f"{k} {v:.2f}" for k, v in sft["summary"]["seconds"].items())
@@ -304,13 +356,18 @@ def render_e2e(r: dict, machine: dict, command: str) -> str:
         "|---:|---|---:|---:|---:|---:|",
     ]
     for k, x in enumerate(r["rounds"], 1):
-        lines.append(f"| {k} | {_load(x['load'])} | {x['datasketch']['wall_s']:.2f} | {x['sftdata']['wall_s']:.2f} | "
-                     f"{x['ratio']:.1f}x | {x['cpu_ratio']:.1f}x |")
+        lines.append(
+            f"| {k} | {_load(x['load'])} | {x['datasketch']['wall_s']:.2f} | {x['sftdata']['wall_s']:.2f} | "
+            f"{x['ratio']:.1f}x | {x['cpu_ratio']:.1f}x |"
+        )
     res, s = ds["result"], sft["summary"]
-    lines += ["", f"datasketch (its own bands x rows {res['bands_rows'][0]} x {res['bands_rows'][1]} for threshold 0.8, "
-              f"no verification) found {res['candidate_pairs']:,} candidate pairs and would drop {res['dropped']:,}; "
-              f"sftdata ({s['bands']} x {s['rows']}, every pair verified) found {s['near_pairs']:,} near pairs and "
-              f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters)."]
+    lines += [
+        "",
+        f"datasketch (its own bands x rows {res['bands_rows'][0]} x {res['bands_rows'][1]} for threshold 0.8, "
+        f"no verification) found {res['candidate_pairs']:,} candidate pairs and would drop {res['dropped']:,}; "
+        f"sftdata ({s['bands']} x {s['rows']}, every pair verified) found {s['near_pairs']:,} near pairs and "
+        f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -335,7 +392,7 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     spread of the rest, so the sample holds many near pairs and many unrelated ones."""
     from scipy import sparse
 
-    dense = convs[-(sample // 2):]  # the file ends with templates that repeat passages
+    dense = convs[-(sample // 2) :]  # the file ends with templates that repeat passages
     step = max(1, (len(convs) - len(dense)) // max(1, sample - len(dense)))
     spread = convs[: len(convs) - len(dense)][::step][: sample - len(dense)]
     chosen = spread + dense
@@ -357,9 +414,15 @@ def recall(convs: list[Conversation], sample: int, threshold: float = 0.8) -> di
     cand = {tuple(p) for p in dedup.candidate_pairs(sig.hashvalues, params).tolist()}
     ver = dedup.verified_jaccard(dedup.shingle_sets(sig), np.array(sorted(cand), dtype=np.int64).reshape(-1, 2))
     reported = {p for p, j in zip(sorted(cand), ver) if j >= threshold}
-    out = {"docs": len(texts), "all_pairs": len(texts) * (len(texts) - 1) // 2, "candidates": len(cand),
-           "bands": params.bands, "rows": params.rows, "threshold": threshold,
-           "false_reported": len(reported - set(truth))}
+    out = {
+        "docs": len(texts),
+        "all_pairs": len(texts) * (len(texts) - 1) // 2,
+        "candidates": len(cand),
+        "bands": params.bands,
+        "rows": params.rows,
+        "threshold": threshold,
+        "false_reported": len(reported - set(truth)),
+    }
     for lo in (threshold, threshold + 0.05, 0.9):
         want = {p for p, j in truth.items() if j >= lo - 1e-12}
         out[f"pairs_J>={lo:.2f}"] = len(want)
@@ -389,10 +452,20 @@ def _found(name: str, r: dedup.DedupResult) -> dict:
     examples = []
     for p in r.pairs.top("near", 2) + r.pairs.top("exact", 1):
         a, b = r.examples[p.left], r.examples[p.right]
-        examples.append(f"{p.kind} J={p.verified_jaccard:.3f} {Path(a.source.file).name}:{a.source.line} ~ "
-                        f"{Path(b.source.file).name}:{b.source.line} {dedup.snippet(dedup.text_of(a), 70)!r}")
-    return {"file": name, "examples_n": s["examples"], "exact": s["exact_duplicates"], "near": s["near_pairs"],
-            "clusters": s["clusters"], "removed": s["removed"], "cjk": s["char_shingled_texts"], "examples": examples}
+        examples.append(
+            f"{p.kind} J={p.verified_jaccard:.3f} {Path(a.source.file).name}:{a.source.line} ~ "
+            f"{Path(b.source.file).name}:{b.source.line} {dedup.snippet(dedup.text_of(a), 70)!r}"
+        )
+    return {
+        "file": name,
+        "examples_n": s["examples"],
+        "exact": s["exact_duplicates"],
+        "near": s["near_pairs"],
+        "clusters": s["clusters"],
+        "removed": s["removed"],
+        "cjk": s["char_shingled_texts"],
+        "examples": examples,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,11 +494,14 @@ def render(r: dict) -> str:
     n = tp["docs"]
     for name in tp["wall_s"]:
         w, c = tp["wall_s"][name], tp["cpu_s"][name]
-        lines.append(f"| {name} | {w:.2f} | {n / w:,.0f} | {bulk_w / w:.1f}x | {c:.2f} | {n / c:,.0f} "
-                     f"| {bulk_c / c:.1f}x |")
+        lines.append(
+            f"| {name} | {w:.2f} | {n / w:,.0f} | {bulk_w / w:.1f}x | {c:.2f} | {n / c:,.0f} | {bulk_c / c:.1f}x |"
+        )
     upd = tp["update_docs"] / tp["update_cpu_s"]
-    lines.append(f"| datasketch `MinHash.update()` per shingle ({tp['update_docs']} docs) | | | | | {upd:,.0f} | "
-                 f"{upd / (n / bulk_c):.2f}x |")
+    lines.append(
+        f"| datasketch `MinHash.update()` per shingle ({tp['update_docs']} docs) | | | | | {upd:,.0f} | "
+        f"{upd / (n / bulk_c):.2f}x |"
+    )
     lines += [
         "",
         f"Signatures bit-identical to datasketch: bulk {'yes' if tp['identical_to_bulk'] else 'NO'}, "
@@ -442,7 +518,8 @@ def render(r: dict) -> str:
         "",
         f"`{e2e['command']}`: **{e2e['wall_s']:.1f} s** wall, peak RSS **{e2e['peak_rss_mib']:.0f} MiB** "
         f"(reading, dedup, writing the kept file and the run directory). Seconds per stage: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in e2e["summary"]["seconds"].items()) + ".",
+        + ", ".join(f"{k} {v:.1f}" for k, v in e2e["summary"]["seconds"].items())
+        + ".",
         "",
         "### LSH recall against brute-force exact Jaccard",
         "",
@@ -465,12 +542,16 @@ def render(r: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     s = e2e["summary"]
-    lines.append(f"| t0_train_50k_per_template.jsonl.gz | {s['examples']:,} | {s['exact_duplicates']:,} | "
-                 f"{s['near_pairs']:,} | {s['clusters']:,} (largest {s['largest_cluster']}) | {s['removed']:,} | "
-                 f"{s['char_shingled_texts']} |")
+    lines.append(
+        f"| t0_train_50k_per_template.jsonl.gz | {s['examples']:,} | {s['exact_duplicates']:,} | "
+        f"{s['near_pairs']:,} | {s['clusters']:,} (largest {s['largest_cluster']}) | {s['removed']:,} | "
+        f"{s['char_shingled_texts']} |"
+    )
     for f in r["llamafactory"]:
-        lines.append(f"| {f['file']} | {f['examples_n']:,} | {f['exact']} | {f['near']} | {f['clusters']} | "
-                     f"{f['removed']} | {f['cjk']} |")
+        lines.append(
+            f"| {f['file']} | {f['examples_n']:,} | {f['exact']} | {f['near']} | {f['clusters']} | "
+            f"{f['removed']} | {f['cjk']} |"
+        )
     lines += ["", "Examples:", ""]
     tail = NOTES
     for e in e2e["examples"]:

@@ -40,7 +40,9 @@ def main() -> None:
     prompts = completion_prompts(items, pool=pool)
     cands = completion_candidates(items)
     requests = [(p, c) for p, cs in zip(prompts, cands) for c in cs]
-    print(f"{len(items)} items, {len(requests)} requests, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(items)} items, {len(requests)} requests, torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}"
+    )
     t = time.perf_counter()
     ours = scoring.loglikelihood(model, tok, requests)
     t_ours = time.perf_counter() - t
@@ -58,8 +60,10 @@ def main() -> None:
 
         t = time.perf_counter()
         report = probes.hallucination(args.model, args.model, "builtin")
-        print(f"built-in suite, both models: {time.perf_counter() - t:.1f} s, {report.summary['items']} items, "
-              f"base knows {report.summary['base_known']}, timings {report.summary['timings']}")
+        print(
+            f"built-in suite, both models: {time.perf_counter() - t:.1f} s, {report.summary['items']} items, "
+            f"base knows {report.summary['base_known']}, timings {report.summary['timings']}"
+        )
 
 
 if __name__ == "__main__":

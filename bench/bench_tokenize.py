@@ -43,7 +43,7 @@ def main() -> None:
     def floor() -> float:
         t0 = time.perf_counter()
         for i in range(0, len(msgs), args.batch):
-            texts = tok.apply_chat_template(msgs[i:i + args.batch], tokenize=False)
+            texts = tok.apply_chat_template(msgs[i : i + args.batch], tokenize=False)
             tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         return time.perf_counter() - t0
 
@@ -51,7 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         n = 0
         for i in range(0, len(convs), args.batch):
-            n += len(masks.tokenize_batch(convs[i:i + args.batch], tok))
+            n += len(masks.tokenize_batch(convs[i : i + args.batch], tok))
         assert n == len(convs)
         return time.perf_counter() - t0
 
@@ -61,7 +61,9 @@ def main() -> None:
     results["trl"] = time_trl_prepare(msgs, tok)
     rate = {k: args.n / v for k, v in results.items()}
     out = {
-        "n": args.n, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "n": args.n,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
         "examples_per_s": {k: round(v) for k, v in rate.items()},
         "sftlab_vs_trl": round(rate["sftlab"] / rate["trl"], 2),
         "sftlab_vs_floor": round(rate["sftlab"] / rate["floor"], 2),

@@ -23,8 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-CHECKS = [("mask.boundary-mismatch", "warning"), ("length.truncated-answer", "warning"),
-          ("tokens.special-in-content", "error"), ("format.role-order", "warning"), ("dedup.near", "warning")]
+CHECKS = [
+    ("mask.boundary-mismatch", "warning"),
+    ("length.truncated-answer", "warning"),
+    ("tokens.special-in-content", "error"),
+    ("format.role-order", "warning"),
+    ("dedup.near", "warning"),
+]
 
 
 def make_run(root: Path, n: int, seed: int = 0) -> Path:
@@ -35,12 +40,23 @@ def make_run(root: Path, n: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     run = root / f"run-{n}"
     (run / "audit").mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([
-        ("id", pa.string()), ("file", pa.string()), ("line", pa.int32()), ("row", pa.int32()),
-        ("n_tokens", pa.int32()), ("n_tokens_full", pa.int32()), ("n_trained", pa.int32()), ("truncated", pa.bool_()),
-        ("n_findings", pa.int32()), ("severity", pa.string()),
-        ("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.bool_())), ("message_index", pa.list_(pa.int32())),
-    ])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("file", pa.string()),
+            ("line", pa.int32()),
+            ("row", pa.int32()),
+            ("n_tokens", pa.int32()),
+            ("n_tokens_full", pa.int32()),
+            ("n_trained", pa.int32()),
+            ("truncated", pa.bool_()),
+            ("n_findings", pa.int32()),
+            ("severity", pa.string()),
+            ("input_ids", pa.list_(pa.int32())),
+            ("loss_mask", pa.list_(pa.bool_())),
+            ("message_index", pa.list_(pa.int32())),
+        ]
+    )
     with pq.ParquetWriter(run / "audit" / "examples.parquet", schema) as w:
         for start in range(0, n, 4096):
             k = min(4096, n - start)
@@ -55,33 +71,78 @@ def make_run(root: Path, n: int, seed: int = 0) -> Path:
             mi = np.where(pos < 4, -1, np.where(mask, 1, 0)).astype(np.int32)
             ids[off[:-1]] = 1  # a BOS-like special token opens each example
             offs = pa.array(off)
-            w.write_table(pa.table([
-                pa.array([f"data/{i + start + 1}" for i in range(k)]), pa.array(["data.jsonl"] * k),
-                pa.array(np.arange(start + 1, start + k + 1, dtype=np.int32)), pa.nulls(k, pa.int32()),
-                pa.array(lens), pa.array(lens), pa.array((lens - lens // 2).astype(np.int32)), pa.array(np.zeros(k, bool)),
-                pa.array(np.ones(k, np.int32)), pa.array(["warning"] * k),
-                pa.ListArray.from_arrays(offs, pa.array(ids)), pa.ListArray.from_arrays(offs, pa.array(mask)),
-                pa.ListArray.from_arrays(offs, pa.array(mi)),
-            ], schema=schema))
+            w.write_table(
+                pa.table(
+                    [
+                        pa.array([f"data/{i + start + 1}" for i in range(k)]),
+                        pa.array(["data.jsonl"] * k),
+                        pa.array(np.arange(start + 1, start + k + 1, dtype=np.int32)),
+                        pa.nulls(k, pa.int32()),
+                        pa.array(lens),
+                        pa.array(lens),
+                        pa.array((lens - lens // 2).astype(np.int32)),
+                        pa.array(np.zeros(k, bool)),
+                        pa.array(np.ones(k, np.int32)),
+                        pa.array(["warning"] * k),
+                        pa.ListArray.from_arrays(offs, pa.array(ids)),
+                        pa.ListArray.from_arrays(offs, pa.array(mask)),
+                        pa.ListArray.from_arrays(offs, pa.array(mi)),
+                    ],
+                    schema=schema,
+                )
+            )
     counts: dict[str, int] = {}
     with open(run / "audit" / "findings.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):
             check, sev = CHECKS[i % len(CHECKS)]
             counts[check] = counts.get(check, 0) + 1
-            f.write(json.dumps({"check": check, "severity": sev, "example_id": f"data/{i + 1}",
-                                "source": {"file": "data.jsonl", "line": i + 1},
-                                "message": f"synthetic finding {i} of {check}: the text a real finding carries, "
-                                           "with where it happened and actual vs expected",
-                                "hint": "fix it the way docs/checks.md says"}) + "\n")
-    summary = {"passed": False, "fail_on": "error", "model": "smollm2-135m-instruct", "policy": "assistant",
-               "max_length": 512, "examples": n, "findings": n,
-               "by_severity": {"error": counts.get("tokens.special-in-content", 0), "warning": n - counts.get("tokens.special-in-content", 0), "info": 0},
-               "checks": {c: {"severity": s, "findings": counts.get(c, 0), "examples": counts.get(c, 0)} for c, s in CHECKS},
-               "token_stats": {"n_tokens": {"min": 64, "p50": 288, "max": 511}}}
+            f.write(
+                json.dumps(
+                    {
+                        "check": check,
+                        "severity": sev,
+                        "example_id": f"data/{i + 1}",
+                        "source": {"file": "data.jsonl", "line": i + 1},
+                        "message": f"synthetic finding {i} of {check}: the text a real finding carries, "
+                        "with where it happened and actual vs expected",
+                        "hint": "fix it the way docs/checks.md says",
+                    }
+                )
+                + "\n"
+            )
+    summary = {
+        "passed": False,
+        "fail_on": "error",
+        "model": "smollm2-135m-instruct",
+        "policy": "assistant",
+        "max_length": 512,
+        "examples": n,
+        "findings": n,
+        "by_severity": {
+            "error": counts.get("tokens.special-in-content", 0),
+            "warning": n - counts.get("tokens.special-in-content", 0),
+            "info": 0,
+        },
+        "checks": {c: {"severity": s, "findings": counts.get(c, 0), "examples": counts.get(c, 0)} for c, s in CHECKS},
+        "token_stats": {"n_tokens": {"min": 64, "p50": 288, "max": 511}},
+    }
     (run / "audit" / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    (run / "manifest.json").write_text(json.dumps({"schema_version": 1, "created": "bench", "stages": {
-        "audit": {"command": ["sftdata", "audit", "data.jsonl"], "config": {"model": "smollm2-135m-instruct"},
-                  "inputs": [{"path": "data.jsonl", "sha256": None}]}}}), encoding="utf-8")
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "created": "bench",
+                "stages": {
+                    "audit": {
+                        "command": ["sftdata", "audit", "data.jsonl"],
+                        "config": {"model": "smollm2-135m-instruct"},
+                        "inputs": [{"path": "data.jsonl", "sha256": None}],
+                    }
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
     return run
 
 
@@ -158,9 +219,18 @@ def main() -> None:
         size = (run / "audit" / "examples.parquet").stat().st_size / 2**20
         print(f"n={n}: run built in {time.perf_counter() - t:.1f} s (examples.parquet {size:.0f} MiB)", flush=True)
         tui, eager = child(TUI, run), child(EAGER, run)
-        print(json.dumps({"n": n, "sfttui": tui, "eager_baseline": eager,
-                          "first_paint_vs_eager_load": round(eager["load_s"] / tui["first_paint_s"], 2),
-                          "rss_vs_eager": round(eager["peak_rss_mb"] / tui["peak_rss_mb"], 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "n": n,
+                    "sfttui": tui,
+                    "eager_baseline": eager,
+                    "first_paint_vs_eager_load": round(eager["load_s"] / tui["first_paint_s"], 2),
+                    "rss_vs_eager": round(eager["peak_rss_mb"] / tui["peak_rss_mb"], 2),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ def time_trl_prepare(messages: list[list[dict[str, str]]], tokenizer: Any, *, nu
     datasets.disable_caching()
     model = build_tiny_causal_lm(tokenizer)
     tiny = datasets.Dataset.from_list([{"messages": messages[0]}])
-    args = SFTConfig(output_dir="/tmp/sftlab-bench-trl", report_to=[], dataset_num_proc=num_proc,
-                     use_cpu=True, max_length=None)
+    args = SFTConfig(
+        output_dir="/tmp/sftlab-bench-trl", report_to=[], dataset_num_proc=num_proc, use_cpu=True, max_length=None
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=tiny, processing_class=tokenizer)
     ds = datasets.Dataset.from_list([{"messages": m} for m in messages])
     datasets.utils.logging.disable_progress_bar()

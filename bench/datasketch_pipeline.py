@@ -33,7 +33,7 @@ def shingles(text: str, n: int = 5) -> list[bytes]:
     words = text.split(" ")
     if len(words) < n:
         return [text.encode("utf-8")]
-    return [" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+    return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
 
 
 def main() -> int:
@@ -76,8 +76,16 @@ def main() -> int:
     # what a user drops: every example paired with an earlier one
     drop = {j for _, j in pairs}
     lap("drop")
-    json.dump({"examples": len(rows), "candidate_pairs": len(pairs), "dropped": len(drop), "bands_rows": [lsh.b, lsh.r],
-               "seconds": seconds}, sys.stdout)
+    json.dump(
+        {
+            "examples": len(rows),
+            "candidate_pairs": len(pairs),
+            "dropped": len(drop),
+            "bands_rows": [lsh.b, lsh.r],
+            "seconds": seconds,
+        },
+        sys.stdout,
+    )
     print()
     return 0
 

@@ -62,22 +62,39 @@ def synthetic_conversations(n: int, seed: int, *, median_words: int, max_words: 
         n_user = max(3, total // 4)
         user = " ".join(rng.choices(words, weights, k=n_user))
         answer = " ".join(rng.choices(words, weights, k=max(3, total - n_user))) + "."
-        convs.append(Conversation(f"synthetic/{i + 1}", (Message("user", f"Continue: {user}"),
-                                                         Message("assistant", answer)), Source("synthetic", i + 1)))
+        convs.append(
+            Conversation(
+                f"synthetic/{i + 1}",
+                (Message("user", f"Continue: {user}"), Message("assistant", answer)),
+                Source("synthetic", i + 1),
+            )
+        )
     return convs
 
 
 def model_config(tokenizer: Any, tiny: bool) -> Any:
     from transformers import Qwen2Config
 
-    size = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2)
-            if tiny else
-            dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=4))
-    return Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, **size)
+    size = (
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        if tiny
+        else dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+        )
+    )
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **size,
+    )
 
 
 def fresh_model(config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Any:
@@ -111,6 +128,7 @@ class Meter(TrainerCallback):
             if module.training and self.t0 is not None:
                 mask = kwargs.get("attention_mask")
                 self.tokens += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
+
         model.register_forward_pre_hook(count, with_kwargs=True)
 
     def on_step_begin(self, args, state, control, **kw):
@@ -133,19 +151,20 @@ def heldout_loss(model: Any, examples: list[data.Example], device: str, batch: i
     nll, count = 0.0, 0
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         for i in range(0, len(examples), batch):
-            chunk = examples[i:i + batch]
+            chunk = examples[i : i + batch]
             width = max(len(e.input_ids) for e in chunk)
             ids = torch.zeros(len(chunk), width, dtype=torch.long)
             labels = torch.full((len(chunk), width), -100, dtype=torch.long)
             mask = torch.zeros(len(chunk), width, dtype=torch.long)
             for r, e in enumerate(chunk):
-                ids[r, :len(e.input_ids)] = torch.from_numpy(e.input_ids)
-                labels[r, :len(e.labels)] = torch.from_numpy(e.labels)
-                mask[r, :len(e.input_ids)] = 1
+                ids[r, : len(e.input_ids)] = torch.from_numpy(e.input_ids)
+                labels[r, : len(e.labels)] = torch.from_numpy(e.labels)
+                mask[r, : len(e.input_ids)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             target = labels[:, 1:].to(device)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+            )
             nll += float(loss)
             count += int((target != -100).sum())
     return nll / count
@@ -175,15 +194,34 @@ def run_trl(model: Any, tokenizer: Any, examples: list[data.Example], args: argp
     from trl import SFTConfig, SFTTrainer
 
     meter = Meter(args.warmup)
-    ds = Dataset.from_dict({"input_ids": [list(e.input_ids) for e in examples],
-                            "labels": [list(e.labels) for e in examples]})
-    cfg = SFTConfig(output_dir=str(out), max_steps=args.steps, learning_rate=args.lr, logging_steps=1,
-                    save_strategy="no", report_to=[], seed=42, max_length=args.max_length,
-                    **({} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}))
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=[meter],
-                         peft_config=LoraConfig(r=LORA["lora_r"], lora_alpha=LORA["lora_alpha"],
-                                                lora_dropout=LORA["lora_dropout"], target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
+    ds = Dataset.from_dict(
+        {"input_ids": [list(e.input_ids) for e in examples], "labels": [list(e.labels) for e in examples]}
+    )
+    cfg = SFTConfig(
+        output_dir=str(out),
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+        max_length=args.max_length,
+        **({} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tokenizer,
+        callbacks=[meter],
+        peft_config=LoraConfig(
+            r=LORA["lora_r"],
+            lora_alpha=LORA["lora_alpha"],
+            lora_dropout=LORA["lora_dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)  # as sfttrain does: keep the output to the results
@@ -192,14 +230,26 @@ def run_trl(model: Any, tokenizer: Any, examples: list[data.Example], args: argp
     return meter
 
 
-def run_sfttrain(model: Any, tokenizer: Any, data_file: Path, rows: int, gc: bool, args: argparse.Namespace,
-                 out: Path) -> Meter:
+def run_sfttrain(
+    model: Any, tokenizer: Any, data_file: Path, rows: int, gc: bool, args: argparse.Namespace, out: Path
+) -> Meter:
     from sfttrain.train import train
 
     meter = Meter(args.warmup)
-    cfg = Config(model="bench", data=(str(data_file),), output_dir=str(out), max_length=args.max_length,
-                 batch_size=rows, max_steps=args.steps, learning_rate=args.lr, gradient_checkpointing=gc,
-                 save_steps=0, logging_steps=1, seed=42, **LORA)
+    cfg = Config(
+        model="bench",
+        data=(str(data_file),),
+        output_dir=str(out),
+        max_length=args.max_length,
+        batch_size=rows,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        gradient_checkpointing=gc,
+        save_steps=0,
+        logging_steps=1,
+        seed=42,
+        **LORA,
+    )
     train(cfg, model=model, tokenizer=tokenizer, callbacks=[meter], audit=False)
     return meter
 
@@ -211,10 +261,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; tiny 4)")
     p.add_argument("--warmup", type=int, default=None, help="steps not timed (default 5; tiny 1)")
     p.add_argument("--examples", type=int, default=None, help="training examples (default 4000; tiny 100)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per example / packed row (default 1024; tiny 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate, both trainers (random init: a high one "
-                   "makes the loss move within the few steps)")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="tokens per example / packed row (default 1024; tiny 128)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate, both trainers (random init: a high one makes the loss move within the few steps)",
+    )
     p.add_argument("--runs", default="trl,sfttrain,sfttrain+gc", help="comma-separated subset of the runs")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "train_gpu.json"), help="JSON results file")
     args = p.parse_args()
@@ -228,9 +283,10 @@ def main() -> int:
         sys.exit("no CUDA device: run with --tiny on CPU")
 
     tokenizer = load_tokenizer(args.tokenizer)
-    convs = synthetic_conversations(args.examples + 64, seed=0, median_words=20 if tiny else 110,
-                                    max_words=60 if tiny else 700)
-    train_convs, heldout_convs = convs[:args.examples], convs[args.examples:]
+    convs = synthetic_conversations(
+        args.examples + 64, seed=0, median_words=20 if tiny else 110, max_words=60 if tiny else 700
+    )
+    train_convs, heldout_convs = convs[: args.examples], convs[args.examples :]
     examples, _ = data.load_examples(train_convs, tokenizer, policy="assistant", max_length=args.max_length)
     heldout, _ = data.load_examples(heldout_convs, tokenizer, policy="assistant", max_length=args.max_length)
     mean_len = sum(len(e.input_ids) for e in examples) / len(examples)
@@ -243,10 +299,16 @@ def main() -> int:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     state = Qwen2ForCausalLM(config).to(dtype).state_dict()
     n_params = sum(v.numel() for k, v in state.items() if k != "lm_head.weight")
-    print(f"model: Qwen2 architecture, {n_params / 1e6:.0f}M parameters, random init, {dtype}; device: "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}", file=sys.stderr)
-    print(f"data: {len(examples)} examples, mean {mean_len:.0f} tokens (max_length {args.max_length}); "
-          f"TRL: {TRL_BATCH} examples/step; sfttrain: {rows} packed rows/step; {args.steps} steps", file=sys.stderr)
+    print(
+        f"model: Qwen2 architecture, {n_params / 1e6:.0f}M parameters, random init, {dtype}; device: "
+        f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}",
+        file=sys.stderr,
+    )
+    print(
+        f"data: {len(examples)} examples, mean {mean_len:.0f} tokens (max_length {args.max_length}); "
+        f"TRL: {TRL_BATCH} examples/step; sfttrain: {rows} packed rows/step; {args.steps} steps",
+        file=sys.stderr,
+    )
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,14 +338,26 @@ def main() -> int:
     for r in results:
         speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
-        print(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {speed} | {r['tokens_per_step']:,.0f} | {mem} | "
-              f"{r['final_train_loss']:.4f} | "
-              f"{r['heldout_loss']:.4f} |")
-    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "tiny": tiny,
-            "params_m": round(n_params / 1e6), "examples": len(examples), "mean_tokens": round(mean_len, 1),
-            "max_length": args.max_length, "steps": args.steps, "warmup": args.warmup, "trl_batch": TRL_BATCH,
-            "sfttrain_rows": rows, "lr": args.lr, **LORA,
-            "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft")}}
+        print(
+            f"| {r['run']} | {r['tokens_per_s']:,.0f} | {speed} | {r['tokens_per_step']:,.0f} | {mem} | "
+            f"{r['final_train_loss']:.4f} | "
+            f"{r['heldout_loss']:.4f} |"
+        )
+    meta = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "tiny": tiny,
+        "params_m": round(n_params / 1e6),
+        "examples": len(examples),
+        "mean_tokens": round(mean_len, 1),
+        "max_length": args.max_length,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "trl_batch": TRL_BATCH,
+        "sfttrain_rows": rows,
+        "lr": args.lr,
+        **LORA,
+        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft")},
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n", encoding="utf-8")

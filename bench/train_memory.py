@@ -26,8 +26,9 @@ from bench.common import ALPACA, REPO
 
 def conversations(n: int = 30, chars: int = 3300) -> list[dict]:
     """n multi-turn conversations of about `chars` characters (~950 tokens) from the alpaca demo."""
-    path = next((p for p in (ALPACA, REPO.parents[1] / "shared" / ALPACA.relative_to(ALPACA.parents[2]))
-                 if p.is_file()), ALPACA)  # (a git worktree of the repo sits one level deeper)
+    path = next(
+        (p for p in (ALPACA, REPO.parents[1] / "shared" / ALPACA.relative_to(ALPACA.parents[2])) if p.is_file()), ALPACA
+    )  # (a git worktree of the repo sits one level deeper)
     rows = json.loads(path.read_text(encoding="utf-8"))
     rows = [r for r in rows if r["output"] and len(r["output"]) < 1500]
     out, k = [], 0
@@ -36,8 +37,10 @@ def conversations(n: int = 30, chars: int = 3300) -> list[dict]:
         while sum(len(m["content"]) for m in msgs) < chars:
             r = rows[k % len(rows)]
             k += 1
-            msgs += [{"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r.get("input") else "")},
-                     {"role": "assistant", "content": r["output"]}]
+            msgs += [
+                {"role": "user", "content": r["instruction"] + ("\n" + r["input"] if r.get("input") else "")},
+                {"role": "assistant", "content": r["output"]},
+            ]
         out.append({"messages": msgs})
     return out
 
@@ -50,8 +53,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="train-memory-") as tmp:
         data = Path(tmp) / "conversations.jsonl"
         data.write_text("".join(json.dumps(c) + "\n" for c in conversations()), encoding="utf-8")
-        cmd = [sys.executable, "-m", "sfttrain.cli", "run", "--model", "smollm2-135m-instruct", "--data", str(data),
-               "--max-steps", str(args.max_steps), "--output-dir", str(Path(tmp) / "run"), *args.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sfttrain.cli",
+            "run",
+            "--model",
+            "smollm2-135m-instruct",
+            "--data",
+            str(data),
+            "--max-steps",
+            str(args.max_steps),
+            "--output-dir",
+            str(Path(tmp) / "run"),
+            *args.extra,
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=REPO)
@@ -62,10 +78,21 @@ def main() -> None:
         rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.is_file() else []
         with open("/proc/loadavg") as f:
             load = f.read().split()[0]
-        print(json.dumps({"command": " ".join(["sfttrain", *cmd[3:]]), "exit_code": proc.returncode,
-                          "wall_s": round(wall, 1), "peak_rss_gib": round(peak / 2**30, 2), "load_1min": load,
-                          "losses": [r["loss"] for r in rows], "tokens_per_s": [round(r["tokens_per_s"], 1) for r in rows],
-                          "stderr": memory_lines}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "command": " ".join(["sfttrain", *cmd[3:]]),
+                    "exit_code": proc.returncode,
+                    "wall_s": round(wall, 1),
+                    "peak_rss_gib": round(peak / 2**30, 2),
+                    "load_1min": load,
+                    "losses": [r["loss"] for r in rows],
+                    "tokens_per_s": [round(r["tokens_per_s"], 1) for r in rows],
+                    "stderr": memory_lines,
+                },
+                indent=1,
+            )
+        )
         if proc.returncode:
             sys.stderr.write(proc.stderr[-3000:])
 

@@ -31,10 +31,21 @@ def make_pair(base: Any, sft: Any, tokenizer: Any = None, sft_tokenizer: Any = N
     return pair_from_models(base, sft, tokenizer, sft_tokenizer)
 
 
-def hallucination(base: Any = None, sft: Any = None, suite: str | list[Item] = "builtin", *, tokenizer: Any = None,
-                  sft_tokenizer: Any = None, run_dir: str | os.PathLike[str] | None = None, method: str = "likelihood",
-                  tie: float = hallucination_mod.TIE, alpha: float = hallucination_mod.ALPHA,
-                  floor: float = hallucination_mod.FLOOR, limit: int | None = None, pair: Pair | None = None) -> Report:
+def hallucination(
+    base: Any = None,
+    sft: Any = None,
+    suite: str | list[Item] = "builtin",
+    *,
+    tokenizer: Any = None,
+    sft_tokenizer: Any = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    method: str = "likelihood",
+    tie: float = hallucination_mod.TIE,
+    alpha: float = hallucination_mod.ALPHA,
+    floor: float = hallucination_mod.FLOOR,
+    limit: int | None = None,
+    pair: Pair | None = None,
+) -> Report:
     """Run the narrow-hallucination probe (probes.hallucination module docstring)."""
     if isinstance(suite, str):
         items, bad = read_suite(suite)
@@ -45,8 +56,12 @@ def hallucination(base: Any = None, sft: Any = None, suite: str | list[Item] = "
         items = per_relation_subset(items, limit)
     pair = pair or make_pair(base, sft, tokenizer, sft_tokenizer)
     report = hallucination_mod.run(pair, items, method=method, tie=tie, alpha=alpha, floor=floor, shot_pool=pool)
-    report = Report(report.command, {**report.summary, "suite": suite if isinstance(suite, str) else "<in-process>",
-                                     "bad_rows": len(bad)}, report.records, [*bad, *report.findings])
+    report = Report(
+        report.command,
+        {**report.summary, "suite": suite if isinstance(suite, str) else "<in-process>", "bad_rows": len(bad)},
+        report.records,
+        [*bad, *report.findings],
+    )
     if run_dir is not None:
         inputs = [str(suite_path(suite))] if isinstance(suite, str) else []
         write_report(run_dir, report, "hallucination.jsonl", inputs=inputs)
@@ -76,9 +91,13 @@ def write_report(run_dir: str | os.PathLike[str], report: Report, records_name: 
             summary = {}
     summary[report.command] = {**report.summary, "findings": len(report.findings)}
     rundir.write_json(summary_path, summary)
-    rundir.update_manifest(run_dir, f"probes.{report.command}", command=["probes", *sys.argv[1:]],
-                           config={k: v for k, v in report.summary.items() if isinstance(v, (str, int, float, bool))},
-                           inputs=inputs)
+    rundir.update_manifest(
+        run_dir,
+        f"probes.{report.command}",
+        command=["probes", *sys.argv[1:]],
+        config={k: v for k, v in report.summary.items() if isinstance(v, (str, int, float, bool))},
+        inputs=inputs,
+    )
 
 
 def overfit(*args: Any, **kwargs: Any) -> Report:

@@ -110,7 +110,7 @@ def _positive(text: str) -> int:
     return v
 
 
-MODEL_HELP = ("a local HF model directory, a hub id, or a built-in alias (`sftdata models`)")
+MODEL_HELP = "a local HF model directory, a hub id, or a built-in alias (`sftdata models`)"
 
 
 # --- hallucination ---------------------------------------------------------------------------------
@@ -119,20 +119,48 @@ MODEL_HELP = ("a local HF model directory, a hub id, or a built-in alias (`sftda
 def hallucination_main(argv: list[str] | None = None) -> int:
     from probes import facts as h
 
-    p = _parser("probes hallucination", "Facts the base model knew before SFT that the SFT model answers wrongly.\n\n"
-                "Each model ranks gold against distractors by answer log-likelihood: the base with a few-shot\n"
-                "completion prompt, the SFT model in its chat template, and (control) the SFT model with the\n"
-                "base's prompt. Exit 1 when flagged (see --alpha/--floor), 0 when not.")
-    p.add_argument("--base", help=f"the model before SFT: {MODEL_HELP}; default: the base of an sfttrain run given as --sft")
-    p.add_argument("--sft", required=True, help=f"the SFT model: {MODEL_HELP}, a merged model directory, or an "
-                   "`sfttrain run` directory (its LoRA adapter is toggled on one copy of the weights)")
-    p.add_argument("--suite", default="builtin", help="suite JSONL (docs/probes.md) or `builtin` (376 facts, 13 relations)")
-    p.add_argument("--run-dir", help="write RUN/probes/hallucination.jsonl and summary.json (default: --sft when it is a run directory)")
-    p.add_argument("--method", choices=h.METHODS, default="likelihood",
-                   help="likelihood ranking (default), greedy generation, or both (generation is ~10x slower on a CPU)")
+    p = _parser(
+        "probes hallucination",
+        "Facts the base model knew before SFT that the SFT model answers wrongly.\n\n"
+        "Each model ranks gold against distractors by answer log-likelihood: the base with a few-shot\n"
+        "completion prompt, the SFT model in its chat template, and (control) the SFT model with the\n"
+        "base's prompt. Exit 1 when flagged (see --alpha/--floor), 0 when not.",
+    )
+    p.add_argument(
+        "--base", help=f"the model before SFT: {MODEL_HELP}; default: the base of an sfttrain run given as --sft"
+    )
+    p.add_argument(
+        "--sft",
+        required=True,
+        help=f"the SFT model: {MODEL_HELP}, a merged model directory, or an "
+        "`sfttrain run` directory (its LoRA adapter is toggled on one copy of the weights)",
+    )
+    p.add_argument(
+        "--suite", default="builtin", help="suite JSONL (docs/probes.md) or `builtin` (376 facts, 13 relations)"
+    )
+    p.add_argument(
+        "--run-dir",
+        help="write RUN/probes/hallucination.jsonl and summary.json (default: --sft when it is a run directory)",
+    )
+    p.add_argument(
+        "--method",
+        choices=h.METHODS,
+        default="likelihood",
+        help="likelihood ranking (default), greedy generation, or both (generation is ~10x slower on a CPU)",
+    )
     p.add_argument("--limit", type=_positive, help="only the last N items of each relation (a quick look)")
-    p.add_argument("--tie", type=_nonneg, default=h.TIE, help=f"margin in nats below which gold first is a tie, not knowledge (default {h.TIE})")
-    p.add_argument("--alpha", type=_fraction, default=h.ALPHA, help=f"significance level of McNemar's exact test (default {h.ALPHA})")
+    p.add_argument(
+        "--tie",
+        type=_nonneg,
+        default=h.TIE,
+        help=f"margin in nats below which gold first is a tie, not knowledge (default {h.TIE})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_fraction,
+        default=h.ALPHA,
+        help=f"significance level of McNemar's exact test (default {h.ALPHA})",
+    )
     p.add_argument("--floor", type=_fraction, default=h.FLOOR, help=f"minimum flip rate to flag (default {h.FLOOR})")
     p.add_argument("--top", type=int, default=10, help="worst flips shown (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object (DESIGN.md §5) instead of tables")
@@ -144,8 +172,17 @@ def hallucination_main(argv: list[str] | None = None) -> int:
         from probes.pair import read_run_dir
 
         run_dir = args.run_dir or (args.sft if read_run_dir(args.sft) else None)
-        report = api.hallucination(args.base, args.sft, args.suite, run_dir=run_dir, method=args.method, tie=args.tie,
-                                   alpha=args.alpha, floor=args.floor, limit=args.limit)
+        report = api.hallucination(
+            args.base,
+            args.sft,
+            args.suite,
+            run_dir=run_dir,
+            method=args.method,
+            tie=args.tie,
+            alpha=args.alpha,
+            floor=args.floor,
+            limit=args.limit,
+        )
         if args.json:
             _print_json("hallucination", report.summary, report.findings)
         else:
@@ -163,26 +200,36 @@ def _print_hallucination(report: Any, top: int, run_dir: str | None) -> None:
     s = report.summary
     out = sys.stdout.write
     out(f"narrow hallucination: base {s['base']}  ->  SFT {s['sft']}  ({s['items']} facts, {s['method']})\n\n")
-    out(f"{'relation':<20} {'items':>5} {'known':>5} {'flips':>5} {'recov':>5} {'flip rate':>9} {'95% CI':>13} {'McNemar p':>10}  flag\n")
+    out(
+        f"{'relation':<20} {'items':>5} {'known':>5} {'flips':>5} {'recov':>5} {'flip rate':>9} {'95% CI':>13} {'McNemar p':>10}  flag\n"
+    )
     rows = list(s["by_relation"].items()) + [("ALL", s)]
     for rel, c in rows:
         flag = "FLAG" if c["flagged"] else ""
-        out(f"{rel:<20} {c['items']:>5} {c['base_known']:>5} {c['flips']:>5} {c['recoveries']:>5} {c['flip_rate']:>9.1%} "
-            f"{_ci(c['flip_rate_ci']):>13} {c['mcnemar_p']:>10.3g}  {flag}\n")
-    out(f"\nflips: {s['flips_knowledge']} with the knowledge lost (control prompt loses it too), "
-        f"{s['flips_format']} with only the chat answer lost (control keeps it)\n")
+        out(
+            f"{rel:<20} {c['items']:>5} {c['base_known']:>5} {c['flips']:>5} {c['recoveries']:>5} {c['flip_rate']:>9.1%} "
+            f"{_ci(c['flip_rate_ci']):>13} {c['mcnemar_p']:>10.3g}  {flag}\n"
+        )
+    out(
+        f"\nflips: {s['flips_knowledge']} with the knowledge lost (control prompt loses it too), "
+        f"{s['flips_format']} with only the chat answer lost (control keeps it)\n"
+    )
     if "generate" in s:
         g = s["generate"]
-        out(f"generation: base correct {g['base_correct']}/{g['items']}, SFT correct {g['sft_correct']}/{g['items']}, "
-            f"flips {g['flips']}, recoveries {g['recoveries']}\n")
+        out(
+            f"generation: base correct {g['base_correct']}/{g['items']}, SFT correct {g['sft_correct']}/{g['items']}, "
+            f"flips {g['flips']}, recoveries {g['recoveries']}\n"
+        )
     flips = [r for r in report.records if r["flip"]]
     flips.sort(key=lambda r: r["sft"]["margin"] - r["base"]["margin"])
     if flips:
         out(f"\nworst flips (of {len(flips)}):\n")
         for r in flips[:top]:
             b, t = r["base"], r["sft"]
-            out(f"  {r['id']:<22} {r['question']}\n      base {b['predicted']!r} ({b['margin']:+.2f})  ->  SFT {t['predicted']!r} "
-                f"({t['margin']:+.2f})  [{r['flip_kind']}]\n")
+            out(
+                f"  {r['id']:<22} {r['question']}\n      base {b['predicted']!r} ({b['margin']:+.2f})  ->  SFT {t['predicted']!r} "
+                f"({t['margin']:+.2f})  [{r['flip_kind']}]\n"
+            )
     bad = [f for f in report.findings if f.check == "probes.suite-row"]
     for f in bad:
         out(f"suite row skipped: {f.message}\n")
@@ -198,8 +245,11 @@ def _print_hallucination(report: Any, top: int, run_dir: str | None) -> None:
 def known_main(argv: list[str] | None = None) -> int:
     from probes import facts as h
 
-    p = _parser("probes known", "Keep the facts of a suite that a model knows (gold ranked first by at least --tie nats\n"
-                "with the few-shot completion prompt). Run it on your base model to build a suite it knows.")
+    p = _parser(
+        "probes known",
+        "Keep the facts of a suite that a model knows (gold ranked first by at least --tie nats\n"
+        "with the few-shot completion prompt). Run it on your base model to build a suite it knows.",
+    )
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--suite", default="builtin", help="suite JSONL or `builtin`")
     p.add_argument("-o", "--output", required=True, help="KNOWN.jsonl: the known facts, suite rows as read")
@@ -227,12 +277,25 @@ def known_main(argv: list[str] | None = None) -> int:
             c[0] += 1
             if side["known"]:
                 c[1] += 1
-                rows.append({"id": it.id, "relation": it.relation, "question": it.question, "gold": it.gold,
-                             "aliases": list(it.aliases), "distractors": list(it.distractors),
-                             **({"completion_prompt": it.completion_prompt} if it.completion_prompt else {})})
+                rows.append(
+                    {
+                        "id": it.id,
+                        "relation": it.relation,
+                        "question": it.question,
+                        "gold": it.gold,
+                        "aliases": list(it.aliases),
+                        "distractors": list(it.distractors),
+                        **({"completion_prompt": it.completion_prompt} if it.completion_prompt else {}),
+                    }
+                )
         rundir.write_jsonl(args.output, rows)
-        summary = {"items": len(items), "known": len(rows), "by_relation": {r: {"items": a, "known": k} for r, (a, k) in by_rel.items()},
-                   "output": args.output, "model": args.model}
+        summary = {
+            "items": len(items),
+            "known": len(rows),
+            "by_relation": {r: {"items": a, "known": k} for r, (a, k) in by_rel.items()},
+            "output": args.output,
+            "model": args.model,
+        }
         if args.json:
             _print_json("known", summary, bad)
         else:
@@ -248,9 +311,12 @@ def known_main(argv: list[str] | None = None) -> int:
 
 
 def suite_main(argv: list[str] | None = None) -> int:
-    p = _parser("probes suite", "Make a hallucination suite from sftdata `knowledge` records\n"
-                "({\"entity\", \"facts\": [{\"fact\", \"value\"}]}): one fact a row, distractors drawn from the values of\n"
-                "the same fact for other entities.")
+    p = _parser(
+        "probes suite",
+        "Make a hallucination suite from sftdata `knowledge` records\n"
+        '({"entity", "facts": [{"fact", "value"}]}): one fact a row, distractors drawn from the values of\n'
+        "the same fact for other entities.",
+    )
     p.add_argument("--from", dest="source", required=True, help="knowledge JSONL/JSON file")
     p.add_argument("-o", "--output", required=True, help="suite JSONL to write")
     p.add_argument("--distractors", type=_positive, default=3, help="distractors per fact (default 3)")
@@ -264,8 +330,10 @@ def suite_main(argv: list[str] | None = None) -> int:
 
         rows, findings = from_knowledge(args.source, n_distractors=args.distractors, seed=args.seed)
         if not rows:
-            raise UsageError(f"--from {args.source}: no fact with distractors ({len(findings)} findings); "
-                             "a fact needs at least two entities with different values")
+            raise UsageError(
+                f"--from {args.source}: no fact with distractors ({len(findings)} findings); "
+                "a fact needs at least two entities with different values"
+            )
         rundir.write_jsonl(args.output, rows)
         summary = {"facts": len(rows), "relations": len({r["relation"] for r in rows}), "output": args.output}
         if args.json:

@@ -78,9 +78,15 @@ def _side(item: Item, scores: list[float], tie: float) -> dict[str, Any]:
     best = max(range(len(others)), key=lambda k: others[k])
     margin = gold - others[best]
     rank = 1 + sum(1 for s in others if s >= gold)
-    return {"rank": rank, "margin": round(margin, 4), "predicted": item.gold if margin > 0 else item.distractors[best],
-            "scores": {c: round(s, 4) for c, s in zip(item.candidates, scores)}, "known": rank == 1 and margin >= tie,
-            "generated": None, "generated_correct": None}
+    return {
+        "rank": rank,
+        "margin": round(margin, 4),
+        "predicted": item.gold if margin > 0 else item.distractors[best],
+        "scores": {c: round(s, 4) for c, s in zip(item.candidates, scores)},
+        "known": rank == 1 and margin >= tie,
+        "generated": None,
+        "generated_correct": None,
+    }
 
 
 def _lost(side: dict[str, Any]) -> bool:
@@ -116,7 +122,9 @@ def _eot_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, completion: bool, max_new_tokens: int) -> list[str]:
+def _generate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, completion: bool, max_new_tokens: int
+) -> list[str]:
     from probes import scoring
 
     stop = _newline_ids(tokenizer) if completion else _eot_ids(tokenizer)
@@ -136,26 +144,36 @@ def _counts(records: Sequence[dict[str, Any]], n_relations: int, alpha: float, f
     rate = flips / known if known else 0.0
     p = stats.mcnemar_exact(flips, recoveries)
     lo, hi = stats.wilson(flips, known)
-    return {"items": len(records), "base_known": known, "sft_known": sum(1 for r in records if r["sft"]["known"]),
-            "control_known": sum(1 for r in records if r["control"]["known"]),
-            "flips": flips, "recoveries": recoveries, "flip_rate": round(rate, 4),
-            "flip_rate_ci": [round(lo, 4), round(hi, 4)], "mcnemar_p": p,
-            "flips_knowledge": sum(1 for r in records if r["flip"] and _lost(r["control"])),
-            "flips_format": sum(1 for r in records if r["flip"] and not _lost(r["control"])),
-            "flagged": flips > recoveries and p < alpha / n_relations and rate >= floor}
+    return {
+        "items": len(records),
+        "base_known": known,
+        "sft_known": sum(1 for r in records if r["sft"]["known"]),
+        "control_known": sum(1 for r in records if r["control"]["known"]),
+        "flips": flips,
+        "recoveries": recoveries,
+        "flip_rate": round(rate, 4),
+        "flip_rate_ci": [round(lo, 4), round(hi, 4)],
+        "mcnemar_p": p,
+        "flips_knowledge": sum(1 for r in records if r["flip"] and _lost(r["control"])),
+        "flips_format": sum(1 for r in records if r["flip"] and not _lost(r["control"])),
+        "flagged": flips > recoveries and p < alpha / n_relations and rate >= floor,
+    }
 
 
 def summarize(records: Sequence[dict[str, Any]], *, alpha: float = ALPHA, floor: float = FLOOR) -> dict[str, Any]:
     relations = sorted({r["relation"] for r in records})
-    by_relation = {rel: _counts([r for r in records if r["relation"] == rel], len(relations), alpha, floor)
-                   for rel in relations}
+    by_relation = {
+        rel: _counts([r for r in records if r["relation"] == rel], len(relations), alpha, floor) for rel in relations
+    }
     overall = _counts(records, 1, alpha, floor)
     overall["flagged_overall"] = overall["flagged"]
     overall["flagged_relations"] = [rel for rel, c in by_relation.items() if c["flagged"]]
     overall["flagged"] = overall["flagged_overall"] or bool(overall["flagged_relations"])
     overall["by_relation"] = by_relation
-    overall["rule"] = (f"flagged when flips > recoveries, McNemar exact p < {alpha} and flip rate >= {floor} over all "
-                       f"items, or in one relation with p < {alpha}/{len(relations)} (Bonferroni)")
+    overall["rule"] = (
+        f"flagged when flips > recoveries, McNemar exact p < {alpha} and flip rate >= {floor} over all "
+        f"items, or in one relation with p < {alpha}/{len(relations)} (Bonferroni)"
+    )
     gen = [r for r in records if r["base"]["generated_correct"] is not None]
     if gen:
         overall["generate"] = {
@@ -173,20 +191,42 @@ def finding(r: dict[str, Any], severity: str) -> Finding:
     from sftdata.records import Source
 
     b, s, c = r["base"], r["sft"], r["control"]
-    kind = "knowledge lost (the control prompt loses it too)" if _lost(c) else "answer format lost (the control prompt still knows it)"
+    kind = (
+        "knowledge lost (the control prompt loses it too)"
+        if _lost(c)
+        else "answer format lost (the control prompt still knows it)"
+    )
     gen = f"; generated: {b['generated']!r} -> {s['generated']!r}" if b["generated"] is not None else ""
-    return Finding(CHECK, severity,
-                   f"{r['id']} ({r['relation']}) {r['question']!r}: base answered {b['predicted']!r} (margin {b['margin']:+.2f}) "
-                   f"-> SFT answers {s['predicted']!r} (margin {s['margin']:+.2f}); {kind}{gen}",
-                   "the SFT data may state a contradicting fact or teach a different answer style: search it for the "
-                   "question's subject; fewer steps, a lower learning rate or mixing in general data limit forgetting",
-                   r["id"], Source(r["source"]["file"], r["source"]["line"]),
-                   {"relation": r["relation"], "base_margin": b["margin"], "sft_margin": s["margin"], "control_margin": c["margin"]})
+    return Finding(
+        CHECK,
+        severity,
+        f"{r['id']} ({r['relation']}) {r['question']!r}: base answered {b['predicted']!r} (margin {b['margin']:+.2f}) "
+        f"-> SFT answers {s['predicted']!r} (margin {s['margin']:+.2f}); {kind}{gen}",
+        "the SFT data may state a contradicting fact or teach a different answer style: search it for the "
+        "question's subject; fewer steps, a lower learning rate or mixing in general data limit forgetting",
+        r["id"],
+        Source(r["source"]["file"], r["source"]["line"]),
+        {
+            "relation": r["relation"],
+            "base_margin": b["margin"],
+            "sft_margin": s["margin"],
+            "control_margin": c["margin"],
+        },
+    )
 
 
-def run(pair: Pair, items: Sequence[Item], *, method: str = "likelihood", tie: float = TIE, alpha: float = ALPHA,
-        floor: float = FLOOR, max_new_tokens: int = MAX_NEW_TOKENS, shots: int | None = None,
-        shot_pool: Sequence[Item] | None = None) -> Report:
+def run(
+    pair: Pair,
+    items: Sequence[Item],
+    *,
+    method: str = "likelihood",
+    tie: float = TIE,
+    alpha: float = ALPHA,
+    floor: float = FLOOR,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    shots: int | None = None,
+    shot_pool: Sequence[Item] | None = None,
+) -> Report:
     """Probe every item on both models (see the module docstring). Few-shot examples come from
     `shot_pool` (default: `items`), so a subset keeps the prompts, and their shared prefix, of the whole suite."""
     from probes.suite import SHOTS
@@ -202,8 +242,11 @@ def run(pair: Pair, items: Sequence[Item], *, method: str = "likelihood", tie: f
     t = time.perf_counter()
     with pair.base() as base_model:
         base_scores = _score(base_model, pair.base_tokenizer, comp, comp_cands)
-        base_gen = _generate(base_model, pair.base_tokenizer, comp, completion=True, max_new_tokens=max_new_tokens) \
-            if method != "likelihood" else None
+        base_gen = (
+            _generate(base_model, pair.base_tokenizer, comp, completion=True, max_new_tokens=max_new_tokens)
+            if method != "likelihood"
+            else None
+        )
     timings["base_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     sft_scores = _score(pair.sft_model, pair.sft_tokenizer, chat, chat_cands)
@@ -211,33 +254,66 @@ def run(pair: Pair, items: Sequence[Item], *, method: str = "likelihood", tie: f
     sft_gen = control_gen = None
     if method != "likelihood":
         sft_gen = _generate(pair.sft_model, pair.sft_tokenizer, chat, completion=False, max_new_tokens=max_new_tokens)
-        control_gen = _generate(pair.sft_model, pair.sft_tokenizer, comp, completion=True, max_new_tokens=max_new_tokens)
+        control_gen = _generate(
+            pair.sft_model, pair.sft_tokenizer, comp, completion=True, max_new_tokens=max_new_tokens
+        )
     timings["sft_s"] = round(time.perf_counter() - t, 2)
     records = []
     for k, it in enumerate(items):
         sides = {}
-        for name, scores, gen in (("base", base_scores, base_gen), ("sft", sft_scores, sft_gen),
-                                  ("control", control_scores, control_gen)):
+        for name, scores, gen in (
+            ("base", base_scores, base_gen),
+            ("sft", sft_scores, sft_gen),
+            ("control", control_scores, control_gen),
+        ):
             side = _side(it, scores[k], tie)
             if gen is not None:
                 side["generated"], side["generated_correct"] = gen[k], is_correct(gen[k], it)
             sides[name] = side
         flip = sides["base"]["known"] and _lost(sides["sft"])
         recovery = _lost(sides["base"]) and sides["sft"]["known"]
-        records.append({"id": it.id, "relation": it.relation, "question": it.question, "gold": it.gold,
-                        "aliases": list(it.aliases), "distractors": list(it.distractors), "source": it.source.to_dict(),
-                        **sides, "flip": flip, "recovery": recovery,
-                        "flip_kind": ("knowledge" if _lost(sides["control"]) else "format") if flip else None})
+        records.append(
+            {
+                "id": it.id,
+                "relation": it.relation,
+                "question": it.question,
+                "gold": it.gold,
+                "aliases": list(it.aliases),
+                "distractors": list(it.distractors),
+                "source": it.source.to_dict(),
+                **sides,
+                "flip": flip,
+                "recovery": recovery,
+                "flip_kind": ("knowledge" if _lost(sides["control"]) else "format") if flip else None,
+            }
+        )
     summary = summarize(records, alpha=alpha, floor=floor)
-    summary.update({"method": method, "tie": tie, "alpha": alpha, "floor": floor, "base": pair.base_name,
-                    "sft": pair.sft_name, "adapter_toggled": pair.adapter, "timings": timings})
+    summary.update(
+        {
+            "method": method,
+            "tie": tie,
+            "alpha": alpha,
+            "floor": floor,
+            "base": pair.base_name,
+            "sft": pair.sft_name,
+            "adapter_toggled": pair.adapter,
+            "timings": timings,
+        }
+    )
     severity = "error" if summary["flagged"] else "warning"
     worst = sorted((r for r in records if r["flip"]), key=lambda r: r["sft"]["margin"] - r["base"]["margin"])
     return Report("hallucination", summary, records, [finding(r, severity) for r in worst])
 
 
-def known(model: Any, tokenizer: Any, items: Sequence[Item], *, tie: float = TIE, shots: int | None = None,
-          shot_pool: Sequence[Item] | None = None) -> list[dict[str, Any]]:
+def known(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[Item],
+    *,
+    tie: float = TIE,
+    shots: int | None = None,
+    shot_pool: Sequence[Item] | None = None,
+) -> list[dict[str, Any]]:
     """Score items with the completion prompt on one model: the `base` side of each record."""
     from probes.suite import SHOTS
 

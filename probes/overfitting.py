@@ -105,10 +105,15 @@ def _overlap(a: list[int], b: list[int]) -> float:
     return m.size / len(b)
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], max_new: int, eot: set[int]) -> list[list[int]]:
+def _generate(
+    model: Any, tokenizer: Any, prompts: list[list[dict[str, Any]]], max_new: int, eot: set[int]
+) -> list[list[int]]:
     from probes import scoring
 
-    ids = [scoring.encode(tokenizer, tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)) for p in prompts]
+    ids = [
+        scoring.encode(tokenizer, tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True))
+        for p in prompts
+    ]
     return scoring.greedy(model, ids, max_new_tokens=max_new, stop_ids=eot)
 
 
@@ -117,11 +122,19 @@ def _run_on(tokenizer: Any, out: list[int], eot: set[int]) -> bool:
     if any(t in eot for t in out):
         return False
     text = tokenizer.decode(out, skip_special_tokens=False)
-    return bool(re.search(r"<\|im_start\|>|<\|start_header_id\|>|\n(user|assistant|User|Assistant|Human)\s*[:\n]", text))
+    return bool(
+        re.search(r"<\|im_start\|>|<\|start_header_id\|>|\n(user|assistant|User|Assistant|Human)\s*[:\n]", text)
+    )
 
 
-def run(pair: Pair, train: Sequence[Conversation], heldout: Sequence[Conversation] = (), *, generate: int = GENERATE,
-        neutral: Sequence[str] | None = None) -> Report:
+def run(
+    pair: Pair,
+    train: Sequence[Conversation],
+    heldout: Sequence[Conversation] = (),
+    *,
+    generate: int = GENERATE,
+    neutral: Sequence[str] | None = None,
+) -> Report:
     from probes.facts import _eot_ids
 
     rows: list[dict[str, Any]] = []
@@ -134,27 +147,50 @@ def run(pair: Pair, train: Sequence[Conversation], heldout: Sequence[Conversatio
     sft = _answer_scores(pair.sft_model, pair.sft_tokenizer, convs, eot_sft)
     for (c, split), b, s in zip(examples, base, sft):
         gain = s["logp"] - b["logp"]
-        rows.append({"kind": "memorization", "example_id": c.id, "source": c.source.to_dict(), "split": split,
-                     "n_tokens": s["n_tokens"], "base_logp": round(b["logp"], 4), "sft_logp": round(s["logp"], 4),
-                     "gain": round(gain, 4), "gain_per_token": round(gain / max(s["n_tokens"], 1), 4),
-                     "base_p_eot": b["p_eot"], "sft_p_eot": s["p_eot"]})
+        rows.append(
+            {
+                "kind": "memorization",
+                "example_id": c.id,
+                "source": c.source.to_dict(),
+                "split": split,
+                "n_tokens": s["n_tokens"],
+                "base_logp": round(b["logp"], 4),
+                "sft_logp": round(s["logp"], 4),
+                "gain": round(gain, 4),
+                "gain_per_token": round(gain / max(s["n_tokens"], 1), 4),
+                "base_p_eot": b["p_eot"],
+                "sft_p_eot": s["p_eot"],
+            }
+        )
     mem = [r for r in rows if r["kind"] == "memorization"]
     tr = [r["gain_per_token"] for r in mem if r["split"] == "train"]
     ho = [r["gain_per_token"] for r in mem if r["split"] == "heldout"]
     a = stats.auc(tr, ho)
     ci = stats.auc_ci(a, len(tr), len(ho))
-    summary: dict[str, Any] = {"train_examples": len(tr), "heldout_examples": len(ho),
-                               "mean_gain_per_token_train": round(sum(tr) / len(tr), 4) if tr else None,
-                               "mean_gain_per_token_heldout": round(sum(ho) / len(ho), 4) if ho else None,
-                               "membership_auc": a, "membership_auc_ci": list(ci) if ci else None}
+    summary: dict[str, Any] = {
+        "train_examples": len(tr),
+        "heldout_examples": len(ho),
+        "mean_gain_per_token_train": round(sum(tr) / len(tr), 4) if tr else None,
+        "mean_gain_per_token_heldout": round(sum(ho) / len(ho), 4) if ho else None,
+        "membership_auc": a,
+        "membership_auc_ci": list(ci) if ci else None,
+    }
     if a is not None and ci is not None and ci[0] > 0.5:
         sev = "error" if a >= AUC_FLAG else "warning"
-        findings.append(Finding("probes.memorization", sev,
-                                f"training examples gained more log-likelihood per answer token than held-out ones: membership "
-                                f"AUC {a:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}); mean gain {summary['mean_gain_per_token_train']:+.3f} "
-                                f"vs {summary['mean_gain_per_token_heldout']:+.3f} nats/token",
-                                "the model memorizes its training answers: fewer epochs/steps, a lower learning rate, more or "
-                                "deduplicated data (`sftdata dedup`)", None, None, {"auc": a, "ci": list(ci)}))
+        findings.append(
+            Finding(
+                "probes.memorization",
+                sev,
+                f"training examples gained more log-likelihood per answer token than held-out ones: membership "
+                f"AUC {a:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}); mean gain {summary['mean_gain_per_token_train']:+.3f} "
+                f"vs {summary['mean_gain_per_token_heldout']:+.3f} nats/token",
+                "the model memorizes its training answers: fewer epochs/steps, a lower learning rate, more or "
+                "deduplicated data (`sftdata dedup`)",
+                None,
+                None,
+                {"auc": a, "ci": list(ci)},
+            )
+        )
     # --- greedy: stopping and regurgitation on the most memorized training examples
     top = sorted((r for r in mem if r["split"] == "train"), key=lambda r: -r["gain_per_token"])[:generate]
     by_id = {c.id: c for c in train}
@@ -179,65 +215,120 @@ def run(pair: Pair, train: Sequence[Conversation], heldout: Sequence[Conversatio
         pert_out = _generate(pair.sft_model, pair.sft_tokenizer, perturbed, max_new, eot_sft)
         for r, c, bo, so, po, p, aid in zip(top, chosen, base_out, sft_out, pert_out, perturbed, answer_ids):
             overlap = _overlap(list(po), list(aid))
-            r.update({"perturbed_prompt": p[-1]["content"] if p else None,
-                      "sft_perturbed_answer": pair.sft_tokenizer.decode(po, skip_special_tokens=True),
-                      "regurgitation_overlap": round(overlap, 4)})
+            r.update(
+                {
+                    "perturbed_prompt": p[-1]["content"] if p else None,
+                    "sft_perturbed_answer": pair.sft_tokenizer.decode(po, skip_special_tokens=True),
+                    "regurgitation_overlap": round(overlap, 4),
+                }
+            )
             if overlap >= 0.8 and len(aid) >= 8:
-                findings.append(Finding("probes.regurgitation", "warning",
-                                        f"{c.source}: with a perturbed prompt the SFT model still answers {overlap:.0%} of the "
-                                        f"training answer verbatim", "the example is memorized; deduplicate or down-weight it",
-                                        c.id, c.source, {"overlap": overlap}))
-            row = {"kind": "stopping", "example_id": c.id, "source": c.source.to_dict(),
-                   "base_generated": pair.base_tokenizer.decode(bo, skip_special_tokens=True),
-                   "sft_generated": pair.sft_tokenizer.decode(so, skip_special_tokens=True),
-                   "base_stopped": any(t in eot_base for t in bo), "sft_stopped": any(t in eot_sft for t in so),
-                   "base_run_on": _run_on(pair.base_tokenizer, bo, eot_base), "sft_run_on": _run_on(pair.sft_tokenizer, so, eot_sft),
-                   "base_p_eot": r["base_p_eot"], "sft_p_eot": r["sft_p_eot"], "max_new_tokens": max_new}
+                findings.append(
+                    Finding(
+                        "probes.regurgitation",
+                        "warning",
+                        f"{c.source}: with a perturbed prompt the SFT model still answers {overlap:.0%} of the "
+                        f"training answer verbatim",
+                        "the example is memorized; deduplicate or down-weight it",
+                        c.id,
+                        c.source,
+                        {"overlap": overlap},
+                    )
+                )
+            row = {
+                "kind": "stopping",
+                "example_id": c.id,
+                "source": c.source.to_dict(),
+                "base_generated": pair.base_tokenizer.decode(bo, skip_special_tokens=True),
+                "sft_generated": pair.sft_tokenizer.decode(so, skip_special_tokens=True),
+                "base_stopped": any(t in eot_base for t in bo),
+                "sft_stopped": any(t in eot_sft for t in so),
+                "base_run_on": _run_on(pair.base_tokenizer, bo, eot_base),
+                "sft_run_on": _run_on(pair.sft_tokenizer, so, eot_sft),
+                "base_p_eot": r["base_p_eot"],
+                "sft_p_eot": r["sft_p_eot"],
+                "max_new_tokens": max_new,
+            }
             stop_rows.append(row)
     rows += stop_rows
     pe_b = [r["base_p_eot"] for r in mem if r["base_p_eot"] is not None]
     pe_s = [r["sft_p_eot"] for r in mem if r["sft_p_eot"] is not None]
-    stopping = {"base_p_eot_mean": round(sum(pe_b) / len(pe_b), 8) if pe_b else None,
-                "sft_p_eot_mean": round(sum(pe_s) / len(pe_s), 8) if pe_s else None,
-                "generated": len(stop_rows),
-                "base_stop_rate": sum(r["base_stopped"] for r in stop_rows) / len(stop_rows) if stop_rows else None,
-                "sft_stop_rate": sum(r["sft_stopped"] for r in stop_rows) / len(stop_rows) if stop_rows else None,
-                "sft_run_on": sum(r["sft_run_on"] for r in stop_rows)}
+    stopping = {
+        "base_p_eot_mean": round(sum(pe_b) / len(pe_b), 8) if pe_b else None,
+        "sft_p_eot_mean": round(sum(pe_s) / len(pe_s), 8) if pe_s else None,
+        "generated": len(stop_rows),
+        "base_stop_rate": sum(r["base_stopped"] for r in stop_rows) / len(stop_rows) if stop_rows else None,
+        "sft_stop_rate": sum(r["sft_stopped"] for r in stop_rows) / len(stop_rows) if stop_rows else None,
+        "sft_run_on": sum(r["sft_run_on"] for r in stop_rows),
+    }
     summary["stopping"] = stopping
     if stop_rows and stopping["sft_stop_rate"] < stopping["base_stop_rate"] - STOP_DROP:
-        findings.append(Finding("probes.stop-lost", "error",
-                                f"the SFT model stopped in {stopping['sft_stop_rate']:.0%} of greedy answers, the base in "
-                                f"{stopping['base_stop_rate']:.0%}; P(end-of-turn) after gold answers {stopping['sft_p_eot_mean']} "
-                                f"vs {stopping['base_p_eot_mean']}",
-                                "the end-of-turn token was probably masked out (pad = eos collator): train it "
-                                "(`sftdata audit` reports mask.eot-not-trained / tokens.pad-is-eos)"))
+        findings.append(
+            Finding(
+                "probes.stop-lost",
+                "error",
+                f"the SFT model stopped in {stopping['sft_stop_rate']:.0%} of greedy answers, the base in "
+                f"{stopping['base_stop_rate']:.0%}; P(end-of-turn) after gold answers {stopping['sft_p_eot_mean']} "
+                f"vs {stopping['base_p_eot_mean']}",
+                "the end-of-turn token was probably masked out (pad = eos collator): train it "
+                "(`sftdata audit` reports mask.eot-not-trained / tokens.pad-is-eos)",
+            )
+        )
     if stopping["sft_run_on"]:
-        findings.append(Finding("probes.run-on", "warning",
-                                f"{stopping['sft_run_on']} of {len(stop_rows)} greedy SFT answers ran on into a new turn",
-                                "train the end-of-turn token; check the chat template's stop tokens"))
+        findings.append(
+            Finding(
+                "probes.run-on",
+                "warning",
+                f"{stopping['sft_run_on']} of {len(stop_rows)} greedy SFT answers ran on into a new turn",
+                "train the end-of-turn token; check the chat template's stop tokens",
+            )
+        )
     # --- special-token facts
     added = sorted(set(pair.sft_tokenizer.get_added_vocab()) - set(pair.base_tokenizer.get_added_vocab()))
-    neutral_texts = list(neutral) if neutral is not None else [t for t in NEUTRAL.read_text(encoding="utf-8").splitlines() if t.strip()]
+    neutral_texts = (
+        list(neutral)
+        if neutral is not None
+        else [t for t in NEUTRAL.read_text(encoding="utf-8").splitlines() if t.strip()]
+    )
     special: dict[str, Any] = {"added_tokens": added}
     if added:
         uses = [r for r in mem if r["split"] == "train" and any(t in _text(by_id[r["example_id"]]) for t in added)]
         ids = [pair.sft_tokenizer.convert_tokens_to_ids(t) for t in added]
-        prompts = [pair.sft_tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-                   for t in neutral_texts]
+        prompts = [
+            pair.sft_tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+            )
+            for t in neutral_texts
+        ]
         from probes import scoring
 
-        seqs = [scoring.encode(pair.sft_tokenizer, p) + [0] for p in prompts]  # the last position = the first answer token
+        seqs = [
+            scoring.encode(pair.sft_tokenizer, p) + [0] for p in prompts
+        ]  # the last position = the first answer token
         res = scoring.token_logps(pair.sft_model, seqs, extra=ids)
         leak = [ex[-1] for _, ex in res]
-        special.update({"train_examples_using_them": len(uses),
-                        "mean_gain_per_token_using_them": round(sum(r["gain_per_token"] for r in uses) / len(uses), 4) if uses else None,
-                        "leak_mean": sum(leak) / len(leak), "leak_max": max(leak)})
+        special.update(
+            {
+                "train_examples_using_them": len(uses),
+                "mean_gain_per_token_using_them": round(sum(r["gain_per_token"] for r in uses) / len(uses), 4)
+                if uses
+                else None,
+                "leak_mean": sum(leak) / len(leak),
+                "leak_max": max(leak),
+            }
+        )
         rows.append({"kind": "special-facts", **special})
         if special["leak_max"] > LEAK:
-            findings.append(Finding("probes.special-token-leak", "warning",
-                                    f"on unrelated prompts the SFT model puts up to {special['leak_max']:.1%} probability on the "
-                                    f"added tokens {added} as the first answer token", "the new tokens leak beyond their facts: "
-                                    "add training examples where they are absent, or fewer steps"))
+            findings.append(
+                Finding(
+                    "probes.special-token-leak",
+                    "warning",
+                    f"on unrelated prompts the SFT model puts up to {special['leak_max']:.1%} probability on the "
+                    f"added tokens {added} as the first answer token",
+                    "the new tokens leak beyond their facts: "
+                    "add training examples where they are absent, or fewer steps",
+                )
+            )
     summary["special_facts"] = special
     # --- drift on neutral text
     from probes import scoring
@@ -261,20 +352,41 @@ def run(pair: Pair, train: Sequence[Conversation], heldout: Sequence[Conversatio
         kls.append(float(kl.mean()))
         ces_b.append(ce_b)
         ces_s.append(ce_s)
-        rows.append({"kind": "drift", "text_id": k, "text": text[:80], "n_tokens": len(tgt), "kl": round(float(kl.mean()), 5),
-                     "base_ce": round(ce_b, 4), "sft_ce": round(ce_s, 4)})
+        rows.append(
+            {
+                "kind": "drift",
+                "text_id": k,
+                "text": text[:80],
+                "n_tokens": len(tgt),
+                "kl": round(float(kl.mean()), 5),
+                "base_ce": round(ce_b, 4),
+                "sft_ce": round(ce_s, 4),
+            }
+        )
     drift: dict[str, Any] = {"texts": len(kls)}
     if kls:
         top_ids = (boost / n_pos).topk(10)
-        drift.update({"kl_mean": round(sum(kls) / len(kls), 5), "base_ce": round(sum(ces_b) / len(ces_b), 4),
-                      "sft_ce": round(sum(ces_s) / len(ces_s), 4),
-                      "top_boosted": [{"token": pair.base_tokenizer.decode([int(i)]), "mean_logp_gain": round(float(v), 3)}
-                                      for v, i in zip(top_ids.values, top_ids.indices)]})
+        drift.update(
+            {
+                "kl_mean": round(sum(kls) / len(kls), 5),
+                "base_ce": round(sum(ces_b) / len(ces_b), 4),
+                "sft_ce": round(sum(ces_s) / len(ces_s), 4),
+                "top_boosted": [
+                    {"token": pair.base_tokenizer.decode([int(i)]), "mean_logp_gain": round(float(v), 3)}
+                    for v, i in zip(top_ids.values, top_ids.indices)
+                ],
+            }
+        )
         if drift["kl_mean"] > DRIFT_KL:
-            findings.append(Finding("probes.drift", "warning",
-                                    f"on neutral text the SFT model diverges from the base by {drift['kl_mean']:.2f} nats/token (KL), "
-                                    f"cross-entropy {drift['base_ce']:.2f} -> {drift['sft_ce']:.2f}",
-                                    "SFT changed the model well beyond its data: lower learning rate or fewer steps, or mix in general data"))
+            findings.append(
+                Finding(
+                    "probes.drift",
+                    "warning",
+                    f"on neutral text the SFT model diverges from the base by {drift['kl_mean']:.2f} nats/token (KL), "
+                    f"cross-entropy {drift['base_ce']:.2f} -> {drift['sft_ce']:.2f}",
+                    "SFT changed the model well beyond its data: lower learning rate or fewer steps, or mix in general data",
+                )
+            )
     summary["drift"] = drift
     summary["flagged"] = any(f.severity == "error" for f in findings)
     summary.update({"base": pair.base_name, "sft": pair.sft_name, "adapter_toggled": pair.adapter})
@@ -285,9 +397,19 @@ def _text(conv: Conversation) -> str:
     return "\n".join(m.content for m in conv.messages)
 
 
-def api(base: Any = None, sft: Any = None, train: str | None = None, heldout: str | None = None, *, tokenizer: Any = None,
-        sft_tokenizer: Any = None, run_dir: Any = None, limit: int = LIMIT, generate: int = GENERATE,
-        neutral: Sequence[str] | None = None) -> Report:
+def api(
+    base: Any = None,
+    sft: Any = None,
+    train: str | None = None,
+    heldout: str | None = None,
+    *,
+    tokenizer: Any = None,
+    sft_tokenizer: Any = None,
+    run_dir: Any = None,
+    limit: int = LIMIT,
+    generate: int = GENERATE,
+    neutral: Sequence[str] | None = None,
+) -> Report:
     """probes.overfit(base, sft, train="train.jsonl", heldout="heldout.jsonl", run_dir=None)."""
     from probes.api import make_pair, write_report
 
@@ -297,8 +419,12 @@ def api(base: Any = None, sft: Any = None, train: str | None = None, heldout: st
     ho, bad_h = read_examples(heldout, "heldout", limit) if heldout else ([], [])
     pair = make_pair(base, sft, tokenizer, sft_tokenizer)
     report = run(pair, tr, ho, generate=generate, neutral=neutral)
-    report = Report(report.command, {**report.summary, "bad_rows": len(bad) + len(bad_h)}, report.records,
-                    [*bad, *bad_h, *report.findings])
+    report = Report(
+        report.command,
+        {**report.summary, "bad_rows": len(bad) + len(bad_h)},
+        report.records,
+        [*bad, *bad_h, *report.findings],
+    )
     if run_dir is not None:
         write_report(run_dir, report, "overfit.jsonl", inputs=[train] + ([heldout] if heldout else []))
     return report
@@ -307,15 +433,31 @@ def api(base: Any = None, sft: Any = None, train: str | None = None, heldout: st
 def main(argv: list[str] | None = None) -> int:
     from probes import cli
 
-    p = cli._parser("probes overfit", "Memorization relative to the base, stopping (end-of-turn), special-token facts and\n"
-                    "drift on neutral text. Exit 1 when flagged (an error-severity finding), 0 when not.")
-    p.add_argument("--base", help=f"the model before SFT: {cli.MODEL_HELP}; default: the base of an sfttrain run given as --sft")
-    p.add_argument("--sft", required=True, help=f"the SFT model: {cli.MODEL_HELP}, a merged model directory, or an sfttrain run directory")
+    p = cli._parser(
+        "probes overfit",
+        "Memorization relative to the base, stopping (end-of-turn), special-token facts and\n"
+        "drift on neutral text. Exit 1 when flagged (an error-severity finding), 0 when not.",
+    )
+    p.add_argument(
+        "--base", help=f"the model before SFT: {cli.MODEL_HELP}; default: the base of an sfttrain run given as --sft"
+    )
+    p.add_argument(
+        "--sft",
+        required=True,
+        help=f"the SFT model: {cli.MODEL_HELP}, a merged model directory, or an sfttrain run directory",
+    )
     p.add_argument("--train", required=True, help="the SFT training data (any format `sftdata convert` reads)")
     p.add_argument("--heldout", help="held-out examples of the same kind: enables the membership AUC")
-    p.add_argument("--run-dir", help="write RUN/probes/overfit.jsonl and summary.json (default: --sft when it is a run directory)")
+    p.add_argument(
+        "--run-dir", help="write RUN/probes/overfit.jsonl and summary.json (default: --sft when it is a run directory)"
+    )
     p.add_argument("--limit", type=cli._positive, default=LIMIT, help=f"examples read per file (default {LIMIT})")
-    p.add_argument("--generate", type=int, default=GENERATE, help=f"greedy samples for stopping and regurgitation (default {GENERATE}; 0 = none)")
+    p.add_argument(
+        "--generate",
+        type=int,
+        default=GENERATE,
+        help=f"greedy samples for stopping and regurgitation (default {GENERATE}; 0 = none)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (DESIGN.md §5)")
 
     def body() -> int:
@@ -327,7 +469,15 @@ def main(argv: list[str] | None = None) -> int:
             if path and not Path(path).exists():
                 raise cli.UsageError(f"{flag} {path}: no such file")
         run_dir = args.run_dir or (args.sft if read_run_dir(args.sft) else None)
-        report = api(args.base, args.sft, args.train, args.heldout, run_dir=run_dir, limit=args.limit, generate=max(0, args.generate))
+        report = api(
+            args.base,
+            args.sft,
+            args.train,
+            args.heldout,
+            run_dir=run_dir,
+            limit=args.limit,
+            generate=max(0, args.generate),
+        )
         if args.json:
             cli._print_json("overfit", report.summary, report.findings)
         else:
@@ -340,29 +490,42 @@ def main(argv: list[str] | None = None) -> int:
 def _print(report: Report, run_dir: str | None) -> None:
     s, out = report.summary, sys.stdout.write
     out(f"overfit: base {s['base']}  ->  SFT {s['sft']}\n\n")
-    out(f"memorization  train {s['train_examples']} examples, mean gain {s['mean_gain_per_token_train']} nats/answer token")
+    out(
+        f"memorization  train {s['train_examples']} examples, mean gain {s['mean_gain_per_token_train']} nats/answer token"
+    )
     if s["membership_auc"] is not None:
         lo, hi = s["membership_auc_ci"]
-        out(f"; held-out {s['heldout_examples']}, mean gain {s['mean_gain_per_token_heldout']}; membership AUC {s['membership_auc']:.2f} [{lo:.2f}, {hi:.2f}]")
+        out(
+            f"; held-out {s['heldout_examples']}, mean gain {s['mean_gain_per_token_heldout']}; membership AUC {s['membership_auc']:.2f} [{lo:.2f}, {hi:.2f}]"
+        )
     out("\n")
-    mem = sorted((r for r in report.records if r["kind"] == "memorization" and r["split"] == "train"), key=lambda r: -r["gain_per_token"])
+    mem = sorted(
+        (r for r in report.records if r["kind"] == "memorization" and r["split"] == "train"),
+        key=lambda r: -r["gain_per_token"],
+    )
     for r in mem[:5]:
         extra = f", perturbed-prompt overlap {r['regurgitation_overlap']:.0%}" if "regurgitation_overlap" in r else ""
         out(f"  {r['source']['file']}:{r['source']['line']}  gain {r['gain_per_token']:+.2f}/token{extra}\n")
     st = s["stopping"]
     out(f"stopping      P(end-of-turn after gold) base {st['base_p_eot_mean']} -> SFT {st['sft_p_eot_mean']}")
     if st["generated"]:
-        out(f"; greedy stop rate base {st['base_stop_rate']:.0%} -> SFT {st['sft_stop_rate']:.0%}, run-on {st['sft_run_on']}/{st['generated']}")
+        out(
+            f"; greedy stop rate base {st['base_stop_rate']:.0%} -> SFT {st['sft_stop_rate']:.0%}, run-on {st['sft_run_on']}/{st['generated']}"
+        )
     out("\n")
     sp = s["special_facts"]
     if sp.get("added_tokens"):
-        out(f"special facts added tokens {sp['added_tokens']}: gain {sp['mean_gain_per_token_using_them']}, leak max {sp['leak_max']:.2%}\n")
+        out(
+            f"special facts added tokens {sp['added_tokens']}: gain {sp['mean_gain_per_token_using_them']}, leak max {sp['leak_max']:.2%}\n"
+        )
     else:
         out("special facts none (the SFT tokenizer adds no tokens)\n")
     d = s["drift"]
     if d.get("texts"):
         boosted = ", ".join(repr(t["token"]) for t in d["top_boosted"][:5])
-        out(f"drift         KL {d['kl_mean']:.4f} nats/token, CE {d['base_ce']:.2f} -> {d['sft_ce']:.2f}; most boosted: {boosted}\n")
+        out(
+            f"drift         KL {d['kl_mean']:.4f} nats/token, CE {d['base_ce']:.2f} -> {d['sft_ce']:.2f}; most boosted: {boosted}\n"
+        )
     for f in report.findings:
         out(f"{f.severity}: {f.check}: {f.message}\n")
     out(f"\n{'FLAGGED' if s['flagged'] else 'not flagged'}\n")

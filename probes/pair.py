@@ -71,8 +71,10 @@ def read_run_dir(path: str | os.PathLike[str]) -> RunDir | None:
     lora = bool(cfg.get("lora", True))
     weights = p / "train" / ("adapter" if lora else "model")
     if not weights.is_dir():
-        raise PairError(f"--sft {path}: {weights} not found: the run did not finish; resume it with "
-                        f"`sfttrain run --resume --output-dir {path}` or pass a model directory")
+        raise PairError(
+            f"--sft {path}: {weights} not found: the run did not finish; resume it with "
+            f"`sfttrain run --resume --output-dir {path}` or pass a model directory"
+        )
     return RunDir(p, str(cfg["model"]), weights, lora)
 
 
@@ -106,8 +108,10 @@ def load_pair(base: str | None, sft: str) -> Pair:
     run = read_run_dir(sft)
     if run is None:
         if base is None:
-            raise PairError(f"--base is required when --sft {sft!r} is not an sfttrain run directory "
-                            "(a run directory names its base model in train/config.yaml)")
+            raise PairError(
+                f"--base is required when --sft {sft!r} is not an sfttrain run directory "
+                "(a run directory names its base model in train/config.yaml)"
+            )
         sft_model, sft_tok = _load(sft, "--sft", dtype, device)
         base_model, base_tok = _load(base, "--base", dtype, device)
         return Pair(sft_model, sft_tok, base_model, base_tok, False, base, sft)

@@ -46,10 +46,12 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[tuple[
         context = context[:-n_spaces]
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
-    return tuple(whole[: len(ctx)]), tuple(whole[len(ctx):])
+    return tuple(whole[: len(ctx)]), tuple(whole[len(ctx) :])
 
 
-def build_groups(tokenizer: Any, contexts: Sequence[str], candidates: Sequence[Sequence[str]]) -> tuple[list[Group], list[list[tuple[int, int]]]]:
+def build_groups(
+    tokenizer: Any, contexts: Sequence[str], candidates: Sequence[Sequence[str]]
+) -> tuple[list[Group], list[list[tuple[int, int]]]]:
     """Encode each (context, candidate) pair; pairs whose context ids agree share a group (almost
     always one group per context). Returns the groups and, per context, the (group, index) of each
     candidate's score."""
@@ -125,7 +127,9 @@ def _prefix_cache(model: Any, prefix: Sequence[int], rows: int, device: str) -> 
 
 
 @torch.inference_mode()
-def score_groups(model: Any, groups: Sequence[Group], *, max_tokens: int = 4096, max_rows: int = 64) -> list[list[float]]:
+def score_groups(
+    model: Any, groups: Sequence[Group], *, max_tokens: int = 4096, max_rows: int = 64
+) -> list[list[float]]:
     """Sum of log-probabilities of each candidate's tokens after its group's context.
 
     Groups are sorted by context so that neighbours share long prefixes; a batch holds at most
@@ -172,8 +176,13 @@ def score_groups(model: Any, groups: Sequence[Group], *, max_tokens: int = 4096,
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         cache = _prefix_cache(model, contexts[0][:prefix_len], n, device)
         decoder, head = _parts(model)
-        hidden = decoder(input_ids=ids.to(device), attention_mask=mask[:, None].to(device), position_ids=pos_t.to(device),
-                         cache=cache, use_cache=cache is not None).last_hidden_state
+        hidden = decoder(
+            input_ids=ids.to(device),
+            attention_mask=mask[:, None].to(device),
+            position_ids=pos_t.to(device),
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
         # gather the positions that predict candidate tokens, then one log_softmax over them
         rb, rp, tgt, owner = [], [], [], []
         for b, i in enumerate(batch):
@@ -217,8 +226,15 @@ def loglikelihood(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]
 
 
 @torch.inference_mode()
-def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop_ids: set[int],
-           max_rows: int = 32, max_tokens: int = 4096) -> list[list[int]]:
+def greedy(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    max_rows: int = 32,
+    max_tokens: int = 4096,
+) -> list[list[int]]:
     """Greedy continuations of token-id prompts, batched: the batch's shared prefix is encoded once,
     the rest is right-padded (pads masked, true position ids), and a row stops at a token in
     `stop_ids` (kept) or after `max_new_tokens`."""
@@ -238,11 +254,16 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         pos = torch.zeros((n, width), dtype=torch.long)
         for b, r in enumerate(rests):
             ids[b, : len(r)] = torch.tensor(r)
-            att[b, prefix_len: prefix_len + len(r)] = 1
+            att[b, prefix_len : prefix_len + len(r)] = 1
             pos[b] = torch.arange(prefix_len, prefix_len + width)
         cache = _prefix_cache(model, seqs[0][:prefix_len], n, device)
-        out = decoder(input_ids=ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device),
-                      cache=cache, use_cache=True)
+        out = decoder(
+            input_ids=ids.to(device),
+            attention_mask=att.to(device),
+            position_ids=pos.to(device),
+            cache=cache,
+            use_cache=True,
+        )
         cache = out.cache
         last = torch.tensor([len(r) - 1 for r in rests])
         nxt = head(out.last_hidden_state[torch.arange(n), last.to(device)]).argmax(-1).cpu()
@@ -258,8 +279,13 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             att = torch.cat([att, torch.ones((n, 1), dtype=torch.long)], dim=1)
-            out = decoder(input_ids=nxt[:, None].to(device), attention_mask=att.to(device),
-                          position_ids=next_pos[:, None].to(device), cache=cache, use_cache=True)
+            out = decoder(
+                input_ids=nxt[:, None].to(device),
+                attention_mask=att.to(device),
+                position_ids=next_pos[:, None].to(device),
+                cache=cache,
+                use_cache=True,
+            )
             cache = out.cache
             nxt = head(out.last_hidden_state[:, -1]).argmax(-1).cpu()
             next_pos += 1
@@ -267,8 +293,9 @@ def greedy(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
 
 
 @torch.inference_mode()
-def token_logps(model: Any, seqs: Sequence[Sequence[int]], *, max_tokens: int = 4096, max_rows: int = 32,
-                extra: Sequence[int] = ()) -> list[tuple[list[float], list[float]]]:
+def token_logps(
+    model: Any, seqs: Sequence[Sequence[int]], *, max_tokens: int = 4096, max_rows: int = 32, extra: Sequence[int] = ()
+) -> list[tuple[list[float], list[float]]]:
     """Teacher-forced log P(token t | tokens < t) for t = 1..len-1 of each sequence (right-padded
     batches), and per position the summed probability of the `extra` token ids (e.g. end-of-turn)."""
     device = next(model.parameters()).device

@@ -48,8 +48,9 @@ def suite_path(spec: str) -> Path:
 
 
 def _bad(path: str, line: int, what: str, hint: str, example_id: str | None = None) -> Finding:
-    return Finding("probes.suite-row", "error", f"{path}:{line}: {what}; the row is skipped", hint,
-                   example_id, Source(path, line))
+    return Finding(
+        "probes.suite-row", "error", f"{path}:{line}: {what}; the row is skipped", hint, example_id, Source(path, line)
+    )
 
 
 def _stem(path: str) -> str:
@@ -76,21 +77,33 @@ def read_suite(spec: str) -> tuple[list[Item], list[Finding]]:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                findings.append(_bad(shown, line, f"not valid JSON ({e.msg} at column {e.colno})",
-                                     "write one JSON object per line"))
+                findings.append(
+                    _bad(shown, line, f"not valid JSON ({e.msg} at column {e.colno})", "write one JSON object per line")
+                )
                 continue
             item, problem = _item(row, shown, line)
             if problem:
-                findings.append(_bad(shown, line, problem[0], problem[1], row.get("id") if isinstance(row, dict) else None))
+                findings.append(
+                    _bad(shown, line, problem[0], problem[1], row.get("id") if isinstance(row, dict) else None)
+                )
                 continue
             if item.id in seen:
-                findings.append(_bad(shown, line, f"id {item.id!r} was already used on line {seen[item.id]}",
-                                     "give every row its own id (or leave it out: file:line is used)", item.id))
+                findings.append(
+                    _bad(
+                        shown,
+                        line,
+                        f"id {item.id!r} was already used on line {seen[item.id]}",
+                        "give every row its own id (or leave it out: file:line is used)",
+                        item.id,
+                    )
+                )
                 continue
             seen[item.id] = line
             items.append(item)
     if not items:
-        raise SuiteError(f"--suite {spec}: no usable fact ({len(findings)} bad rows); see docs/probes.md for the schema")
+        raise SuiteError(
+            f"--suite {spec}: no usable fact ({len(findings)} bad rows); see docs/probes.md for the schema"
+        )
     return items, findings
 
 
@@ -100,27 +113,42 @@ def _item(row: object, path: str, line: int) -> tuple[Item | None, tuple[str, st
     for key in ("question", "gold", "relation"):
         value = row.get(key)
         if not isinstance(value, str) or not value.strip():
-            return None, (f"'{key}' is missing or not a non-empty string (got {value!r})",
-                          f"add \"{key}\": \"...\" (schema: docs/probes.md)")
+            return None, (
+                f"'{key}' is missing or not a non-empty string (got {value!r})",
+                f'add "{key}": "..." (schema: docs/probes.md)',
+            )
     lists = {}
     for key in ("aliases", "distractors"):
         value = row.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            return None, (f"'{key}' must be a list of non-empty strings, got {value!r}", f"write \"{key}\": [\"...\"]")
+            return None, (f"'{key}' must be a list of non-empty strings, got {value!r}", f'write "{key}": ["..."]')
         lists[key] = tuple(v.strip() for v in value)
     gold = row["gold"].strip()
     distractors = tuple(dict.fromkeys(d for d in lists["distractors"] if d != gold and d not in lists["aliases"]))
     if not distractors:
-        return None, ("no distractor that differs from gold and its aliases",
-                      "add at least one wrong answer to \"distractors\" (the model ranks gold against them)")
+        return None, (
+            "no distractor that differs from gold and its aliases",
+            'add at least one wrong answer to "distractors" (the model ranks gold against them)',
+        )
     prompt = row.get("completion_prompt")
     if prompt is not None and not isinstance(prompt, str):
-        return None, (f"'completion_prompt' must be a string, got {type(prompt).__name__}", "drop it to get a few-shot prompt")
+        return None, (
+            f"'completion_prompt' must be a string, got {type(prompt).__name__}",
+            "drop it to get a few-shot prompt",
+        )
     rid = row.get("id")
     if rid is not None and not isinstance(rid, (str, int)):
         return None, (f"'id' must be a string, got {type(rid).__name__}", "use a string id or leave it out")
-    return Item(str(rid) if rid is not None else f"{_stem(path)}/{line}", row["relation"].strip(), row["question"].strip(),
-                gold, lists["aliases"], distractors, Source(path, line), prompt), None
+    return Item(
+        str(rid) if rid is not None else f"{_stem(path)}/{line}",
+        row["relation"].strip(),
+        row["question"].strip(),
+        gold,
+        lists["aliases"],
+        distractors,
+        Source(path, line),
+        prompt,
+    ), None
 
 
 # --- prompts -------------------------------------------------------------------------------------
@@ -132,7 +160,7 @@ def completion_prompts(items: list[Item], shots: int = SHOTS, pool: list[Item] |
     `Q: <question>\\nA:`. The candidates follow after a space. Most items of a relation get the same
     examples, so their prompts share a prefix that is encoded once."""
     by_relation: dict[str, list[Item]] = {}
-    for it in (items if pool is None else pool):
+    for it in items if pool is None else pool:
         by_relation.setdefault(it.relation, []).append(it)
     prompts = []
     for it in items:
@@ -151,8 +179,14 @@ def completion_candidates(items: list[Item]) -> list[list[str]]:
 
 def chat_prompts(items: list[Item], tokenizer: object) -> list[str]:
     """The SFT model's prompt: its chat template, one user turn, add_generation_prompt=True."""
-    return [tokenizer.apply_chat_template([{"role": "user", "content": it.question}], tokenize=False,  # type: ignore[attr-defined]
-                                          add_generation_prompt=True) for it in items]
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": it.question}],
+            tokenize=False,  # type: ignore[attr-defined]
+            add_generation_prompt=True,
+        )
+        for it in items
+    ]
 
 
 # --- making a suite from knowledge records ---------------------------------------------------------
@@ -185,11 +219,26 @@ def from_knowledge(path: str, *, n_distractors: int = 3, seed: int = 0) -> tuple
     for entity, name, value, source in facts:
         pool = [v for v in values[name] if v != value]
         if not pool:
-            findings.append(Finding("probes.suite-row", "info", f"{source}: fact {name!r} of {entity!r} has no other value "
-                                    "to draw distractors from; no suite row", "add more entities with this fact",
-                                    None, source))
+            findings.append(
+                Finding(
+                    "probes.suite-row",
+                    "info",
+                    f"{source}: fact {name!r} of {entity!r} has no other value to draw distractors from; no suite row",
+                    "add more entities with this fact",
+                    None,
+                    source,
+                )
+            )
             continue
-        rows.append({"id": f"{entity}/{name}", "relation": name, "question": f"What is the {name} of {entity}?",
-                     "gold": value, "aliases": [], "distractors": rng.sample(pool, min(n_distractors, len(pool))),
-                     "source": source.to_dict()})
+        rows.append(
+            {
+                "id": f"{entity}/{name}",
+                "relation": name,
+                "question": f"What is the {name} of {entity}?",
+                "gold": value,
+                "aliases": [],
+                "distractors": rng.sample(pool, min(n_distractors, len(pool))),
+                "source": source.to_dict(),
+            }
+        )
     return rows, findings

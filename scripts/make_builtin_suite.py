@@ -83,9 +83,9 @@ RELATIONS = [
     ("capital", CAPITALS, "What is the capital of {}?"),
     ("continent", CONTINENTS, "On which continent is {}?"),
     ("language", LANGUAGES, "What is the main language spoken in {}?"),
-    ("antonym", ANTONYMS, "What is the opposite of \"{}\"?"),
-    ("past-tense", PAST, "What is the past tense of the verb \"{}\"?"),
-    ("plural", PLURALS, "What is the plural of \"{}\"?"),
+    ("antonym", ANTONYMS, 'What is the opposite of "{}"?'),
+    ("past-tense", PAST, 'What is the past tense of the verb "{}"?'),
+    ("plural", PLURALS, 'What is the plural of "{}"?'),
     ("element-symbol", ELEMENTS, "What is the chemical symbol of {}?"),
     ("number-word", NUMBERS, "How is the number {} written in English words?"),
     ("color", COLORS, "What color is {}?"),
@@ -95,10 +95,23 @@ RELATIONS = [
     ("next-in-sequence", SEQUENCE, "What comes after {}?"),
 ]
 
-ALIASES = {"Kyiv": ["Kiev"], "aluminium": [], "Bogotá": ["Bogota"], "autumn": ["fall"], "United States": ["USA", "America"],
-           "England": ["United Kingdom", "UK", "Britain"], "Chinese": ["Mandarin"], "Persian": ["Farsi"],
-           "hundred": ["one hundred"], "closed": ["shut"], "J.K. Rowling": ["Rowling"], "New Delhi": ["Delhi"],
-           "J.R.R. Tolkien": ["Tolkien"], "William Shakespeare": ["Shakespeare"], "Charles Dickens": ["Dickens"]}
+ALIASES = {
+    "Kyiv": ["Kiev"],
+    "aluminium": [],
+    "Bogotá": ["Bogota"],
+    "autumn": ["fall"],
+    "United States": ["USA", "America"],
+    "England": ["United Kingdom", "UK", "Britain"],
+    "Chinese": ["Mandarin"],
+    "Persian": ["Farsi"],
+    "hundred": ["one hundred"],
+    "closed": ["shut"],
+    "J.K. Rowling": ["Rowling"],
+    "New Delhi": ["Delhi"],
+    "J.R.R. Tolkien": ["Tolkien"],
+    "William Shakespeare": ["Shakespeare"],
+    "Charles Dickens": ["Dickens"],
+}
 
 
 def main() -> None:
@@ -112,8 +125,16 @@ def main() -> None:
             aliases = ALIASES.get(gold, [])
             pool = [v for v in values if v != gold and v not in aliases]
             subj = f"the {subject}" if relation == "color" else subject
-            rows.append({"id": f"{relation}/{i}", "relation": relation, "question": question.format(subj),
-                         "gold": gold, "aliases": aliases, "distractors": rng.sample(pool, 3)})
+            rows.append(
+                {
+                    "id": f"{relation}/{i}",
+                    "relation": relation,
+                    "question": question.format(subj),
+                    "gold": gold,
+                    "aliases": aliases,
+                    "distractors": rng.sample(pool, 3),
+                }
+            )
     out = Path(__file__).resolve().parent.parent / "probes" / "data" / "builtin.jsonl"
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     print(f"{len(rows)} facts, {len(RELATIONS)} relations -> {out}")

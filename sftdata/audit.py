@@ -76,14 +76,22 @@ def describe(result: AuditResult, limit: int | None = 5, width: int = 100) -> st
     s = result.summary
     fail_on = s.get("fail_on", "error")
     counts = ", ".join(f"{n} {sev}" for sev, n in s.get("by_severity", {}).items() if n)
-    head = (f"<AuditResult {'PASSED' if result.passed else 'FAILED'} (fail-on {fail_on}): "
-            f"{s.get('examples', 0)} examples, {s.get('findings', 0)} findings" + (f" ({counts})" if counts else "") + ">")
+    head = (
+        f"<AuditResult {'PASSED' if result.passed else 'FAILED'} (fail-on {fail_on}): "
+        f"{s.get('examples', 0)} examples, {s.get('findings', 0)} findings" + (f" ({counts})" if counts else "") + ">"
+    )
     rank = SEVERITY_RANK[fail_on]
-    bad = sorted((f for f in result.findings if SEVERITY_RANK.get(f.severity, 0) >= rank),
-                 key=lambda f: -SEVERITY_RANK[f.severity])
+    bad = sorted(
+        (f for f in result.findings if SEVERITY_RANK.get(f.severity, 0) >= rank),
+        key=lambda f: -SEVERITY_RANK[f.severity],
+    )
     lines = [head]
     for f in bad[:limit] if limit is not None else bad:
-        where = f"{os.path.basename(f.source.file)}:{f.source.line}" if f.source and f.source.line else (f.example_id or "-")
+        where = (
+            f"{os.path.basename(f.source.file)}:{f.source.line}"
+            if f.source and f.source.line
+            else (f.example_id or "-")
+        )
         message = f.message if len(f.message) <= width else f.message[: width - 1] + "…"
         lines.append(f"  {f.severity} {f.check} {where}: {message}")
     if limit is not None and len(bad) > limit:
@@ -217,13 +225,26 @@ def _audit_batch(batch: list[Conversation], ctx: _Context, tokenized: list[Token
                 own.extend(checks.check_length(conv, full, kept, ctx.limit, limit_name=ctx.limit_name))
         mask = bytes(full.loss_mask)
         src = conv.source
-        out.append(_Example(
-            conv.id, src.file, src.line, src.row,
-            tuple(f for f in own if ctx.selection.wants(f.check)), tuple(template),
-            masks.is_text_row(conv), conv.messages[0].role == "system",
-            any(m.role == "assistant" for m in conv.messages),
-            array("i", kept.input_ids).tobytes(), mask[: len(kept.input_ids)], array("i", kept.message_index).tobytes(),
-            len(full.input_ids), kept.n_trained, kept.truncated, mask.rfind(b"\x01")))
+        out.append(
+            _Example(
+                conv.id,
+                src.file,
+                src.line,
+                src.row,
+                tuple(f for f in own if ctx.selection.wants(f.check)),
+                tuple(template),
+                masks.is_text_row(conv),
+                conv.messages[0].role == "system",
+                any(m.role == "assistant" for m in conv.messages),
+                array("i", kept.input_ids).tobytes(),
+                mask[: len(kept.input_ids)],
+                array("i", kept.message_index).tobytes(),
+                len(full.input_ids),
+                kept.n_trained,
+                kept.truncated,
+                mask.rfind(b"\x01"),
+            )
+        )
     return out
 
 
@@ -245,9 +266,13 @@ def _workers(requested: int | None, inputs: list[str], since: parallel.CpuSample
         env = os.environ.get("SFTLAB_AUDIT_WORKERS", "")
         if env.isdigit():
             requested = int(env)
-        elif all(os.path.isfile(p) for p in inputs) and sum(os.path.getsize(p) for p in inputs) < _AUTO_WORKERS_MIN_BYTES:
+        elif (
+            all(os.path.isfile(p) for p in inputs) and sum(os.path.getsize(p) for p in inputs) < _AUTO_WORKERS_MIN_BYTES
+        ):
             requested = 1
-        elif sum(os.path.getsize(p) for p in inputs if os.path.isfile(p) and _is_json_array(p)) > _SHARDED_JSON_MAX_BYTES:
+        elif (
+            sum(os.path.getsize(p) for p in inputs if os.path.isfile(p) and _is_json_array(p)) > _SHARDED_JSON_MAX_BYTES
+        ):
             requested = 1  # every worker would hold the whole array in memory
         else:
             requested = min(8, parallel.idle_cpus(since))
@@ -281,16 +306,20 @@ def _file_batches(path: str, fmt: str | None, keep: Callable[[int], bool] | None
         yield _Batch(block, convs, read)
 
 
-def _results(inputs: list[str], fmts: list[str | None], ctx: _Context, workers: int,
-             stack: contextlib.ExitStack) -> Iterable[tuple[list[Finding], list[_Example]]]:
+def _results(
+    inputs: list[str], fmts: list[str | None], ctx: _Context, workers: int, stack: contextlib.ExitStack
+) -> Iterable[tuple[list[Finding], list[_Example]]]:
     """(reader findings, audited examples) per block of records, in input order. With several
     workers, forked processes each read, tokenize and check the blocks b of file j with
     (b + j) % workers == their number (no conversation crosses a process boundary); in one
     process, a thread tokenizes the next batches while this one checks."""
     if workers <= 1:
         batches = (b for p, f in zip(inputs, fmts) for b in _file_batches(p, f))
-        return parallel.pipelined(batches, lambda b: _tokenize(b.conversations, ctx),
-                                  lambda b, tokenized: (b.read_findings, _audit_batch(b.conversations, ctx, tokenized)))
+        return parallel.pipelined(
+            batches,
+            lambda b: _tokenize(b.conversations, ctx),
+            lambda b, tokenized: (b.read_findings, _audit_batch(b.conversations, ctx, tokenized)),
+        )
 
     def shard(k: int, n: int, j: int) -> Iterator[tuple[int, tuple[list[Finding], list[_Example]]]]:
         def keep(number: int) -> bool:
@@ -327,15 +356,29 @@ class _Lengths:
         import numpy as np
 
         n = np.frombuffer(self.n_full, dtype=np.int32) if len(self.n_full) else np.zeros(0, dtype=np.int32)
-        last = np.frombuffer(self.last_trained, dtype=np.int32) if len(self.last_trained) else np.zeros(0, dtype=np.int32)
-        out: dict[str, Any] = {"tokens": self.tokens, "trained_tokens": self.trained, "truncated_examples": self.truncated}
+        last = (
+            np.frombuffer(self.last_trained, dtype=np.int32) if len(self.last_trained) else np.zeros(0, dtype=np.int32)
+        )
+        out: dict[str, Any] = {
+            "tokens": self.tokens,
+            "trained_tokens": self.trained,
+            "truncated_examples": self.truncated,
+        }
         if len(n):
             p = np.percentile(n, [50, 90, 95, 99], method="higher")
-            out["n_tokens"] = {"min": int(n.min()), "mean": round(float(n.mean()), 1), "p50": int(p[0]), "p90": int(p[1]),
-                               "p95": int(p[2]), "p99": int(p[3]), "max": int(n.max())}
+            out["n_tokens"] = {
+                "min": int(n.min()),
+                "mean": round(float(n.mean()), 1),
+                "p50": int(p[0]),
+                "p90": int(p[1]),
+                "p95": int(p[2]),
+                "p99": int(p[3]),
+                "max": int(n.max()),
+            }
         lengths = sorted(set(CANDIDATE_LENGTHS) | ({max_length} if max_length else set()))
         out["max_length_candidates"] = {
-            str(L): {"over": int((n > L).sum()), "answers_cut": int((last >= L).sum())} for L in lengths}
+            str(L): {"over": int((n > L).sum()), "answers_cut": int((last >= L).sum())} for L in lengths
+        }
         return out
 
 
@@ -361,12 +404,16 @@ def _check_arguments(inputs: Any, policy: str, fail_on: str, max_length: Any, wo
     return inputs
 
 
-def _context(tokenizer: Any, config_dir: str | None, policy: str, max_length: int | None,
-             selection: Selection) -> _Context:
+def _context(
+    tokenizer: Any, config_dir: str | None, policy: str, max_length: int | None, selection: Selection
+) -> _Context:
     prepared = masks.prepare(tokenizer)  # once here (its byte table too), not in every worker
     info = checks.tokenizer_info(tokenizer, config_dir, prepared)
     return _Context(
-        prepared, info, policy, max_length,
+        prepared,
+        info,
+        policy,
+        max_length,
         limit=max_length or info.context_length or models.context_length(config_dir),
         limit_name="--max-length" if max_length else "the model's context length",
         selection=selection,
@@ -378,10 +425,21 @@ def _context(tokenizer: Any, config_dir: str | None, policy: str, max_length: in
     )
 
 
-def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = None, policy: str = "assistant",
-              select: list[str] | None = None, ignore: list[str] | None = None, fail_on: str = "error",
-              run_dir: str | None = None, fmt: str | None = None, workers: int | None = None,
-              config_file: str | None = None, progress: Callable[[int], None] | None = None) -> AuditResult:
+def run_audit(
+    inputs: list[str],
+    model: str | Any,
+    *,
+    max_length: int | None = None,
+    policy: str = "assistant",
+    select: list[str] | None = None,
+    ignore: list[str] | None = None,
+    fail_on: str = "error",
+    run_dir: str | None = None,
+    fmt: str | None = None,
+    workers: int | None = None,
+    config_file: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AuditResult:
     """Run every check on `inputs` in one pass. `model` is a model spec or a loaded fast tokenizer.
     With `run_dir`, writes RUN/audit/{summary.json, findings.jsonl, examples.parquet} and the
     manifest. `workers`: forked processes that read, tokenize and check (each every workers-th
@@ -411,7 +469,9 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
         out = table = None
         if audit_dir is not None:
             out = stack.enter_context(atomic_open(audit_dir / "findings.jsonl"))
-            table = stack.enter_context(ExamplesWriter(stack.enter_context(atomic_open(audit_dir / "examples.parquet", "wb"))))
+            table = stack.enter_context(
+                ExamplesWriter(stack.enter_context(atomic_open(audit_dir / "examples.parquet", "wb")))
+            )
         found = _Findings(selection, out)
         results = _results(inputs, fmts, ctx, n_workers, stack)
         # What needs no example: done here while worker processes (if any) audit.
@@ -422,12 +482,20 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
             found.add(f, examples=n)
     passed = all(SEVERITY_RANK.get(sev, 0) < SEVERITY_RANK[fail_on] for sev, n in found.by_severity.items() if n)
     summary = {
-        "passed": passed, "fail_on": fail_on, "model": spec if spec is not None else ctx.info.name, "policy": policy,
-        "max_length": max_length, "context_length": ctx.limit if not max_length else None, "inputs": inputs,
-        "format": fmt, **_counts_summary(counts, found, selection),
+        "passed": passed,
+        "fail_on": fail_on,
+        "model": spec if spec is not None else ctx.info.name,
+        "policy": policy,
+        "max_length": max_length,
+        "context_length": ctx.limit if not max_length else None,
+        "inputs": inputs,
+        "format": fmt,
+        **_counts_summary(counts, found, selection),
         "embedding_check": embedding_note or ("ran" if weights else "skipped: --model has no weights"),
         "token_stats": lengths.summary(max_length),
-        "findings_in_memory": len(found.kept), "findings_dropped_from_memory": found.dropped, "workers": n_workers,
+        "findings_in_memory": len(found.kept),
+        "findings_dropped_from_memory": found.dropped,
+        "workers": n_workers,
         **_speed(counts["examples"], time.perf_counter() - started),
     }
     if audit_dir is not None:
@@ -442,8 +510,12 @@ def run_audit(inputs: list[str], model: str | Any, *, max_length: int | None = N
     return AuditResult(findings, summary, passed, str(run_dir) if run_dir else None)
 
 
-def _consume(results: Iterable[tuple[list[Finding], list[_Example]]], found: _Findings, table: ExamplesWriter | None,
-             progress: Callable[[int], None] | None) -> tuple[_TemplateTally, _Lengths, dict[str, int]]:
+def _consume(
+    results: Iterable[tuple[list[Finding], list[_Example]]],
+    found: _Findings,
+    table: ExamplesWriter | None,
+    progress: Callable[[int], None] | None,
+) -> tuple[_TemplateTally, _Lengths, dict[str, int]]:
     """Count, keep and write what the workers (or this process) audited, in input order."""
     tally, lengths = _TemplateTally(), _Lengths()
     counts = {"examples": 0, "unreadable": 0, "chat": 0, "chat_no_system": 0, "chat_with_assistant": 0, "raw": 0}
@@ -481,8 +553,10 @@ def _counts_summary(counts: dict[str, int], found: _Findings, selection: Selecti
         "raw_examples": counts["raw"],
         "findings": found.total,
         "by_severity": found.by_severity,
-        "checks": {k: {x: v for x, v in c.items()} for k, c in sorted(
-            found.by_check.items(), key=lambda kv: (-SEVERITY_RANK[kv[1]["severity"]], kv[0]))},
+        "checks": {
+            k: {x: v for x, v in c.items()}
+            for k, c in sorted(found.by_check.items(), key=lambda kv: (-SEVERITY_RANK[kv[1]["severity"]], kv[0]))
+        },
         "select": list(selection.select),
         "ignore": list(selection.ignore),
     }
@@ -495,9 +569,15 @@ def _speed(examples: int, elapsed: float) -> dict[str, Any]:
 def _write_summary(run_dir: str, summary: dict[str, Any], selection: Selection) -> None:
     """RUN/audit/summary.json and the manifest's audit stage."""
     write_json(Path(run_dir) / "audit" / "summary.json", summary)
-    config = {"model": summary["model"], "max_length": summary["max_length"], "policy": summary["policy"],
-              "select": list(selection.select), "ignore": list(selection.ignore), "fail_on": summary["fail_on"],
-              "format": summary["format"]}
+    config = {
+        "model": summary["model"],
+        "max_length": summary["max_length"],
+        "policy": summary["policy"],
+        "select": list(selection.select),
+        "ignore": list(selection.ignore),
+        "fail_on": summary["fail_on"],
+        "format": summary["format"],
+    }
     update_manifest(run_dir, "audit", config=config, inputs=[p for p in summary["inputs"] if os.path.isfile(p)])
 
 
@@ -512,8 +592,9 @@ def _template_probes(tokenizer: Any, info: checks.TokenizerInfo, selection: Sele
     return probes
 
 
-def _template_findings(probes: dict[str, Finding] | None, tally: _TemplateTally,
-                       counts: dict[str, int]) -> Iterator[tuple[Finding, int]]:
+def _template_findings(
+    probes: dict[str, Finding] | None, tally: _TemplateTally, counts: dict[str, int]
+) -> Iterator[tuple[Finding, int]]:
     """Per-template findings, each once, with the number of examples it affects."""
     if probes is None:
         return
@@ -535,11 +616,22 @@ def _template_findings(probes: dict[str, Finding] | None, tally: _TemplateTally,
         where = tally.where.get(check, [])
         first = tally.first.get(check)
         extra = f" [{n} of {counts['examples']} examples" + (f"; first: {', '.join(where)}" if where else "") + "]"
-        yield (finding(check, base.message + extra, hint=base.hint, example_id=first.example_id if first else None, source=first.source if first else None, data={**base.data, "examples": n, "first": where}), n)
+        yield (
+            finding(
+                check,
+                base.message + extra,
+                hint=base.hint,
+                example_id=first.example_id if first else None,
+                source=first.source if first else None,
+                data={**base.data, "examples": n, "first": where},
+            ),
+            n,
+        )
 
 
-def _embedding_findings(tokenizer: Any, info: checks.TokenizerInfo, weights: str | None,
-                        selection: Selection) -> tuple[list[tuple[Finding, int]], str | None]:
+def _embedding_findings(
+    tokenizer: Any, info: checks.TokenizerInfo, weights: str | None, selection: Selection
+) -> tuple[list[tuple[Finding, int]], str | None]:
     """tokens.untrained-embedding (when selected and there are weights), and a note for the summary."""
     if weights is None or not selection.wants("tokens.untrained-embedding"):
         return [], None

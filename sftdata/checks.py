@@ -47,8 +47,9 @@ _SPECIAL_LOOKING = re.compile(
     r"|</?(?:pad|unk|eos|bos|eot|think|unused\d+)>"  # not <mask>/<sep>: fill-mask tasks use them as text
     r"|\[/?(?:INST|SYS|TOOL_CALLS|AVAILABLE_TOOLS|TOOL_RESULTS)\]|<</?SYS>>"
 )
-_TOKEN_WORDS = frozenset("special token turn sep tool call think unused reserved extra fim eot eos bos pad unk "
-                         "sys inst im".split())
+_TOKEN_WORDS = frozenset(
+    "special token turn sep tool call think unused reserved extra fim eot eos bos pad unk sys inst im".split()
+)
 _TRAINED_RUN = re.compile(rb"\x01+")
 _PH = "\ue000{}\ue001"  # placeholders no template alters (private-use code points)
 
@@ -118,7 +119,9 @@ def read_generation_eos(model_dir: str | None) -> tuple[int, ...]:
     return ()
 
 
-def tokenizer_info(tokenizer: Any, model_dir: str | None = None, prepared: masks.Tokenizer | None = None) -> TokenizerInfo:
+def tokenizer_info(
+    tokenizer: Any, model_dir: str | None = None, prepared: masks.Tokenizer | None = None
+) -> TokenizerInfo:
     """What the checks need from `tokenizer`; `prepared` (masks.prepare(tokenizer)) lends its byte table."""
     backend = tokenizer.backend_tokenizer
     generation_eos = read_generation_eos(model_dir)
@@ -128,8 +131,7 @@ def tokenizer_info(tokenizer: Any, model_dir: str | None = None, prepared: masks
         text = getattr(tokenizer, name, None)
         if isinstance(text, str) and text and backend.token_to_id(text) is not None:
             specials.setdefault(text, backend.token_to_id(text))
-    pattern = (re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
-               if specials else None)
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))) if specials else None
     limit = getattr(tokenizer, "model_max_length", None)
     piece_cache: dict[str, int] = {}
 
@@ -156,7 +158,7 @@ def tokenizer_info(tokenizer: Any, model_dir: str | None = None, prepared: masks
         context_length=limit if isinstance(limit, int) and 0 < limit < 10_000_000 else None,
         generation_prompt=gen,
         assistant_header=header,
-        answer_prefix=header[len(gen):] if gen and header is not None and header.startswith(gen) else "",
+        answer_prefix=header[len(gen) :] if gen and header is not None and header.startswith(gen) else "",
         model_dir=model_dir,
         decode=_byte_level_decoder(backend, prepared.byte_table if prepared is not None else None) or slow_decode,
         count_pieces=count_pieces,
@@ -179,7 +181,7 @@ def _assistant_header(tokenizer: Any) -> tuple[str | None, str | None]:
     full = _probe(tokenizer, template, user + [{"role": "assistant", "content": answer}])
     if prompt is None or gen is None or full is None or answer not in full or not full.startswith(prompt):
         return None, None
-    return (gen[len(prompt):] if gen.startswith(prompt) else None), full[len(prompt): full.index(answer)]
+    return (gen[len(prompt) :] if gen.startswith(prompt) else None), full[len(prompt) : full.index(answer)]
 
 
 def _token_text(tokenizer: Any, token_id: int | None) -> str:
@@ -202,12 +204,18 @@ def check_pad_token(tokenizer: Any, info: TokenizerInfo) -> Iterator[Finding]:
     """Is the pad token one of the EOS ids?"""
     pad = info.pad_id
     if pad is not None and pad in info.eos_ids:
-        yield finding("tokens.pad-is-eos", f"the pad token {_token_text(tokenizer, pad)} (id {pad}) is also an EOS token. Safe in sftlab (labels come "
+        yield finding(
+            "tokens.pad-is-eos",
+            f"the pad token {_token_text(tokenizer, pad)} (id {pad}) is also an EOS token. Safe in sftlab (labels come "
             "from the loss mask, so the end-of-turn token is still trained); dangerous in collators that set "
-            "labels to -100 wherever input_ids == pad_token_id: they mask every EOS and the model never learns to stop", data={"pad_token_id": pad, "eos_token_ids": sorted(info.eos_ids)})
+            "labels to -100 wherever input_ids == pad_token_id: they mask every EOS and the model never learns to stop",
+            data={"pad_token_id": pad, "eos_token_ids": sorted(info.eos_ids)},
+        )
 
 
-@emits("template.missing", "template.generation-prompt-mismatch", "template.default-system-prompt", "template.eot-not-eos")
+@emits(
+    "template.missing", "template.generation-prompt-mismatch", "template.default-system-prompt", "template.eot-not-eos"
+)
 def check_template(tokenizer: Any, info: TokenizerInfo) -> Iterator[Finding]:
     """The chat template, rendered on small probe conversations, once per tokenizer. The audit adds
     how many examples each one affects."""
@@ -220,14 +228,25 @@ def check_template(tokenizer: Any, info: TokenizerInfo) -> Iterator[Finding]:
     if header is None:
         pass  # the probe did not render as a prefix: per-example findings from masks say more
     elif gen is None:
-        yield finding("template.generation-prompt-mismatch", "the prompt rendered with add_generation_prompt=True does not start with the prompt rendered without it")
+        yield finding(
+            "template.generation-prompt-mismatch",
+            "the prompt rendered with add_generation_prompt=True does not start with the prompt rendered without it",
+        )
     elif gen == "" and header.strip():
-        yield finding("template.generation-prompt-mismatch", "the template ignores add_generation_prompt=True: at inference the prompt ends without the assistant "
+        yield finding(
+            "template.generation-prompt-mismatch",
+            "the template ignores add_generation_prompt=True: at inference the prompt ends without the assistant "
             f"header {_snippet(header)!r} that training renders before the answer, and training learns to emit "
-            "that header itself", data={"header": header})
+            "that header itself",
+            data={"header": header},
+        )
     elif not header.startswith(gen):
-        yield finding("template.generation-prompt-mismatch", f"add_generation_prompt=True appends {_snippet(gen)!r}, but training renders {_snippet(header)!r} before "
-            "the answer: the model is trained after one header and asked to answer after another", data={"generation_prompt": gen, "header": header})
+        yield finding(
+            "template.generation-prompt-mismatch",
+            f"add_generation_prompt=True appends {_snippet(gen)!r}, but training renders {_snippet(header)!r} before "
+            "the answer: the model is trained after one header and asked to answer after another",
+            data={"generation_prompt": gen, "header": header},
+        )
     yield from _default_system_prompt(tokenizer, template)
     yield from _eot_not_eos(tokenizer, info)
 
@@ -237,8 +256,11 @@ def _default_system_prompt(tokenizer: Any, template: str) -> Iterator[Finding]:
     the user turn in the first has the shape of the second's system turn, the template added one."""
     u, a, s = _PH.format("u"), _PH.format("a"), _PH.format("s")
     without = _probe(tokenizer, template, [{"role": "user", "content": u}, {"role": "assistant", "content": a}])
-    with_sys = _probe(tokenizer, template, [{"role": "system", "content": s}, {"role": "user", "content": u},
-                                            {"role": "assistant", "content": a}])
+    with_sys = _probe(
+        tokenizer,
+        template,
+        [{"role": "system", "content": s}, {"role": "user", "content": u}, {"role": "assistant", "content": a}],
+    )
     if without is None or with_sys is None or u not in without or u not in with_sys or s not in with_sys:
         return
     before = without[: without.index(u)]
@@ -246,10 +268,14 @@ def _default_system_prompt(tokenizer: Any, template: str) -> Iterator[Finding]:
     pre, post = shape.split(s, 1)
     if not (before.startswith(pre) and before.endswith(post) and len(before) >= len(pre) + len(post)):
         return
-    injected = before[len(pre): len(before) - len(post)]
+    injected = before[len(pre) : len(before) - len(post)]
     if injected.strip():
-        yield finding("template.default-system-prompt", f"the template adds the system prompt {_snippet(injected, 100)!r} to every conversation that has no "
-            "system message: those examples are trained with it", data={"system_prompt": injected})
+        yield finding(
+            "template.default-system-prompt",
+            f"the template adds the system prompt {_snippet(injected, 100)!r} to every conversation that has no "
+            "system message: those examples are trained with it",
+            data={"system_prompt": injected},
+        )
 
 
 def _eot_not_eos(tokenizer: Any, info: TokenizerInfo) -> Iterator[Finding]:
@@ -264,15 +290,24 @@ def _eot_not_eos(tokenizer: Any, info: TokenizerInfo) -> Iterator[Finding]:
     if last in info.eos_ids:
         return
     eos_names = ", ".join(f"{_token_text(tokenizer, e)} ({e})" for e in sorted(info.eos_ids))
-    source = "tokenizer eos_token" + (" and generation_config.json" if info.generation_eos_ids else
-                                      " (no generation_config.json found)")
+    source = "tokenizer eos_token" + (
+        " and generation_config.json" if info.generation_eos_ids else " (no generation_config.json found)"
+    )
     if last in info.special_ids:
-        what = (f"assistant turns end with the control token {_token_text(tokenizer, last)} (id {last}), which is not "
-                "among the EOS ids generation stops at")
+        what = (
+            f"assistant turns end with the control token {_token_text(tokenizer, last)} (id {last}), which is not "
+            "among the EOS ids generation stops at"
+        )
     else:
-        what = (f"the template closes assistant turns with no end-of-turn token (an answer's last trained token is "
-                f"ordinary text, e.g. {_token_text(tokenizer, last)}), so no EOS id generation stops at is trained")
-    yield finding("template.eot-not-eos", f"{what} ({source}: {eos_names}): the trained model will not stop at the end of its turn", data={"end_of_turn_id": last, "eos_token_ids": sorted(info.eos_ids)})
+        what = (
+            f"the template closes assistant turns with no end-of-turn token (an answer's last trained token is "
+            f"ordinary text, e.g. {_token_text(tokenizer, last)}), so no EOS id generation stops at is trained"
+        )
+    yield finding(
+        "template.eot-not-eos",
+        f"{what} ({source}: {eos_names}): the trained model will not stop at the end of its turn",
+        data={"end_of_turn_id": last, "eos_token_ids": sorted(info.eos_ids)},
+    )
 
 
 # ============================================================================================
@@ -304,7 +339,11 @@ def check_roles(conv: Conversation, policy: str) -> Iterator[Finding]:
     msgs = conv.messages
     roles = [m.role for m in msgs]
     if "assistant" not in roles and policy != "all" and not any(m.train for m in msgs):
-        yield finding("format.no-assistant", f"no assistant turn (roles: {', '.join(roles)}): nothing in this example is trained", conv)
+        yield finding(
+            "format.no-assistant",
+            f"no assistant turn (roles: {', '.join(roles)}): nothing in this example is trained",
+            conv,
+        )
         return
     problems = []
     first = next((i for i, r in enumerate(roles) if r != "system"), None)
@@ -324,7 +363,12 @@ def check_roles(conv: Conversation, policy: str) -> Iterator[Finding]:
     if roles[-1] in ("user", "tool") and "assistant" in roles:
         problems.append(f"ends with a {roles[-1]} turn (message {len(roles) - 1}) that nothing answers")
     if problems:
-        yield finding("format.role-order", f"unexpected turn order ({', '.join(roles)}): " + "; ".join(problems[:4]), conv, data={"roles": roles})
+        yield finding(
+            "format.role-order",
+            f"unexpected turn order ({', '.join(roles)}): " + "; ".join(problems[:4]),
+            conv,
+            data={"roles": roles},
+        )
 
 
 @emits("tokens.special-in-content", "tokens.unknown-special")
@@ -355,12 +399,25 @@ def check_special_strings(conv: Conversation, info: TokenizerInfo) -> Iterator[F
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         token = found[0][2]
         escaped = token[0] + "\u200b" + token[1:]
-        yield finding("tokens.special-in-content", f"{'; '.join(parts)}{more}: tokenized as the control token itself, not as text", conv, hint=f"remove {token!r} from the content, or escape it so it no longer matches the token (e.g. "
-            f"{escaped!r}, with a zero-width space); never let untrusted text reach the model as control tokens", data={"occurrences": [{"message": i, "char": k, "token": s} for i, k, s in found[:20]]})
+        yield finding(
+            "tokens.special-in-content",
+            f"{'; '.join(parts)}{more}: tokenized as the control token itself, not as text",
+            conv,
+            hint=f"remove {token!r} from the content, or escape it so it no longer matches the token (e.g. "
+            f"{escaped!r}, with a zero-width space); never let untrusted text reach the model as control tokens",
+            data={"occurrences": [{"message": i, "char": k, "token": s} for i, k, s in found[:20]]},
+        )
     if unknown:
-        parts = [f"{s!r} in message {i} at char {k} (split into {info.count_pieces(s)} pieces)" for i, k, s in unknown[:3]]
+        parts = [
+            f"{s!r} in message {i} at char {k} (split into {info.count_pieces(s)} pieces)" for i, k, s in unknown[:3]
+        ]
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-        yield finding("tokens.unknown-special", f"special-looking {'; '.join(parts)}{more}: not a token of this vocabulary", conv, data={"occurrences": [{"message": i, "char": k, "text": s} for i, k, s in unknown[:20]]})
+        yield finding(
+            "tokens.unknown-special",
+            f"special-looking {'; '.join(parts)}{more}: not a token of this vocabulary",
+            conv,
+            data={"occurrences": [{"message": i, "char": k, "text": s} for i, k, s in unknown[:20]]},
+        )
 
 
 # ============================================================================================
@@ -373,13 +430,18 @@ def check_double_bos(conv: Conversation, tok: Tokenized, info: TokenizerInfo) ->
     """Does the example start with two BOS tokens?"""
     ids = tok.input_ids
     if info.bos_id is not None and len(ids) >= 2 and ids[0] == info.bos_id and ids[1] == info.bos_id:
-        yield finding("tokens.double-bos", f"the example starts with two BOS tokens (id {info.bos_id}): the data or the template already "
-                      "begins with the BOS string and the tokenizer adds another", conv)
+        yield finding(
+            "tokens.double-bos",
+            f"the example starts with two BOS tokens (id {info.bos_id}): the data or the template already "
+            "begins with the BOS string and the tokenizer adds another",
+            conv,
+        )
 
 
 @emits("mask.no-trained-tokens", "mask.eot-not-trained", "mask.prompt-trained", "mask.boundary-mismatch")
-def check_mask(conv: Conversation, tok: Tokenized, info: TokenizerInfo, policy: str, *,
-               verify_text: bool = True) -> Iterator[Finding]:
+def check_mask(
+    conv: Conversation, tok: Tokenized, info: TokenizerInfo, policy: str, *, verify_text: bool = True
+) -> Iterator[Finding]:
     """The loss mask of what the trainer trains (the truncated Tokenized). `verify_text=False` skips the decode-and-compare
     part (mask.prompt-trained by text, mask.boundary-mismatch)."""
     ids = tok.input_ids
@@ -388,8 +450,11 @@ def check_mask(conv: Conversation, tok: Tokenized, info: TokenizerInfo, policy: 
     msgs = conv.messages
     if tok.n_trained == 0:
         if masks.is_text_row(conv) or policy == "all" or any(m.role == "assistant" or m.train for m in msgs):
-            why = ("truncation removed every trained token" if tok.truncated else
-                   "no message is trained under the mask policy and train flags")
+            why = (
+                "truncation removed every trained token"
+                if tok.truncated
+                else "no message is trained under the mask policy and train flags"
+            )
             yield finding("mask.no-trained-tokens", f"nothing is trained ({len(ids)} tokens, {why})", conv)
         return
     if masks.is_text_row(conv):  # raw rows: text, or plain prompt/completion (no template)
@@ -431,18 +496,28 @@ def check_mask(conv: Conversation, tok: Tokenized, info: TokenizerInfo, policy: 
         runs = by_message.get(i)
         if not runs:
             if expected[i] and not straddle and i in mi:  # rendered but not trained
-                yield finding("mask.boundary-mismatch", f"assistant message {i} is rendered but none of it is trained", conv, data={"message": i})
+                yield finding(
+                    "mask.boundary-mismatch",
+                    f"assistant message {i} is rendered but none of it is trained",
+                    conv,
+                    data={"message": i},
+                )
             continue
         end = runs[-1][1]
         if tok.truncated and end == n:
             continue  # cut by truncation: length.truncated-answer says so
         last_id = ids[end - 1]
         if last_id not in info.special_ids:
-            following = info.decode(ids[end:end + 3])
-            yield finding("mask.eot-not-trained", f"assistant message {i} is trained without an end-of-turn token: its last trained token is "
-                          f"{info.decode([last_id])!r}, followed by {following!r} (untrained): the model never learns to stop", conv, data={"message": i})
+            following = info.decode(ids[end : end + 3])
+            yield finding(
+                "mask.eot-not-trained",
+                f"assistant message {i} is trained without an end-of-turn token: its last trained token is "
+                f"{info.decode([last_id])!r}, followed by {following!r} (untrained): the model never learns to stop",
+                conv,
+                data={"message": i},
+            )
         if verify_text and not straddle:
-            trained = ids[runs[0][0]:end] if len(runs) == 1 else [t for a, b in runs for t in ids[a:b]]
+            trained = ids[runs[0][0] : end] if len(runs) == 1 else [t for a, b in runs for t in ids[a:b]]
             yield from _compare_turn(conv, i, trained, info)
 
 
@@ -463,10 +538,20 @@ def _compare_turn(conv: Conversation, i: int, trained: Sequence[int], info: Toke
             if "".join(extra.split()) == "".join(info.answer_prefix.split()):
                 return  # the template's own text after the generation prompt (Qwen3: an empty think block)
             if info.generation_prompt == "" and info.assistant_header and info.assistant_header.strip():
-                yield finding("mask.prompt-trained", f"assistant message {i}: the trained text starts with {_snippet(extra)!r} before the "
-                              "answer: the template ignores add_generation_prompt, so its assistant header is trained", conv, data={"message": i})
+                yield finding(
+                    "mask.prompt-trained",
+                    f"assistant message {i}: the trained text starts with {_snippet(extra)!r} before the "
+                    "answer: the template ignores add_generation_prompt, so its assistant header is trained",
+                    conv,
+                    data={"message": i},
+                )
             else:
-                yield finding("mask.boundary-mismatch", f"assistant message {i}: {_snippet(extra)!r} before the content is trained too", conv, data={"message": i})
+                yield finding(
+                    "mask.boundary-mismatch",
+                    f"assistant message {i}: {_snippet(extra)!r} before the content is trained too",
+                    conv,
+                    data={"message": i},
+                )
             return
         elif m.tool_calls or m.reasoning:
             got_all = flat_content in flat_text
@@ -474,8 +559,13 @@ def _compare_turn(conv: Conversation, i: int, trained: Sequence[int], info: Toke
             got_all = False
         if not got_all:
             k = next((j for j, (x, y) in enumerate(zip(text, content)) if x != y), min(len(text), len(content)))
-            yield finding("mask.boundary-mismatch", f"assistant message {i}: the trained text differs from the content at char {k}: "
-                          f"trained {_snippet(text[k:], 40)!r}, content {_snippet(content[k:], 40)!r}", conv, data={"message": i, "char": k})
+            yield finding(
+                "mask.boundary-mismatch",
+                f"assistant message {i}: the trained text differs from the content at char {k}: "
+                f"trained {_snippet(text[k:], 40)!r}, content {_snippet(content[k:], 40)!r}",
+                conv,
+                data={"message": i, "char": k},
+            )
             return
     dropped = []
     for call in m.tool_calls or ():
@@ -486,13 +576,19 @@ def _compare_turn(conv: Conversation, i: int, trained: Sequence[int], info: Toke
     if m.reasoning and m.reasoning.strip() and "".join(m.reasoning.split())[:200] not in "".join(text.split()):
         dropped.append(f"its reasoning ({len(m.reasoning)} chars)")
     if dropped:
-        yield finding("mask.boundary-mismatch", f"assistant message {i}: the template does not render {' and '.join(dropped)}; the trained "
-                      f"text is {_snippet(text, 50)!r}", conv, data={"message": i})
+        yield finding(
+            "mask.boundary-mismatch",
+            f"assistant message {i}: the template does not render {' and '.join(dropped)}; the trained "
+            f"text is {_snippet(text, 50)!r}",
+            conv,
+            data={"message": i},
+        )
 
 
 @emits("length.truncated-answer", "length.over-max")
-def check_length(conv: Conversation, full: Tokenized, kept: Tokenized, limit: int | None, *,
-                 limit_name: str = "--max-length") -> Iterator[Finding]:
+def check_length(
+    conv: Conversation, full: Tokenized, kept: Tokenized, limit: int | None, *, limit_name: str = "--max-length"
+) -> Iterator[Finding]:
     """Does truncation cut trained tokens, or only untrained ones? `full` is the untruncated tokenization, `kept` what
     is trained; `limit` is --max-length (or the model's context length when that was not given)."""
     n = len(full.input_ids)
@@ -502,9 +598,19 @@ def check_length(conv: Conversation, full: Tokenized, kept: Tokenized, limit: in
     trained_kept = sum(full.loss_mask[:limit]) if kept is full else kept.n_trained
     lost = trained_full - trained_kept
     if lost > 0:
-        yield finding("length.truncated-answer", f"{n} tokens, over {limit_name} {limit}: truncation cuts {lost} of {trained_full} trained tokens", conv, data={"n_tokens": n, "max_length": limit, "trained_lost": lost})
+        yield finding(
+            "length.truncated-answer",
+            f"{n} tokens, over {limit_name} {limit}: truncation cuts {lost} of {trained_full} trained tokens",
+            conv,
+            data={"n_tokens": n, "max_length": limit, "trained_lost": lost},
+        )
     else:
-        yield finding("length.over-max", f"{n} tokens, over {limit_name} {limit}; truncation cuts only untrained tokens", conv, data={"n_tokens": n, "max_length": limit})
+        yield finding(
+            "length.over-max",
+            f"{n} tokens, over {limit_name} {limit}; truncation cuts only untrained tokens",
+            conv,
+            data={"n_tokens": n, "max_length": limit},
+        )
 
 
 # ============================================================================================
@@ -520,8 +626,15 @@ def load_input_embeddings(model_dir: str) -> Any:
     import numpy as np
 
     d = Path(model_dir)
-    names = ("model.embed_tokens.weight", "embed_tokens.weight", "transformer.wte.weight", "wte.weight",
-             "model.embeddings.word_embeddings.weight", "word_embeddings.weight", "tok_embeddings.weight")
+    names = (
+        "model.embed_tokens.weight",
+        "embed_tokens.weight",
+        "transformer.wte.weight",
+        "wte.weight",
+        "model.embeddings.word_embeddings.weight",
+        "word_embeddings.weight",
+        "tok_embeddings.weight",
+    )
     files = sorted(d.glob("*.safetensors"))
     if files:
         from safetensors import safe_open
@@ -530,7 +643,9 @@ def load_input_embeddings(model_dir: str) -> Any:
             with safe_open(str(f), framework="np") as st:
                 keys = list(st.keys())
                 key = next((k for k in names if k in keys), None) or next(
-                    (k for k in keys if k.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))), None)
+                    (k for k in keys if k.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))),
+                    None,
+                )
                 if key is None:
                     continue
             try:
@@ -538,6 +653,7 @@ def load_input_embeddings(model_dir: str) -> Any:
                     return np.asarray(st.get_tensor(key), dtype=np.float32)
             except (TypeError, ValueError):  # bf16: numpy has no such dtype
                 import torch  # noqa: F401 - only here
+
                 with safe_open(str(f), framework="pt") as st:
                     return st.get_tensor(key).float().numpy()
         return None
@@ -546,7 +662,9 @@ def load_input_embeddings(model_dir: str) -> Any:
         import torch
 
         state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-        key = next((k for k in state if k.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))), None)
+        key = next(
+            (k for k in state if k.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))), None
+        )
         if key is not None:
             return state[key].float().numpy()
     return None
@@ -557,8 +675,10 @@ def template_special_ids(tokenizer: Any, info: TokenizerInfo) -> list[int]:
     from sftdata.records import Message, Source
 
     used: set[int] = {i for i in (info.bos_id, info.pad_id, *info.eos_ids) if i is not None}
-    for turns in ((("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Bye")),
-                  (("user", "Hi"), ("assistant", "Hello"))):
+    for turns in (
+        (("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"), ("assistant", "Bye")),
+        (("user", "Hi"), ("assistant", "Hello")),
+    ):
         conv = Conversation("probe", tuple(Message(r, c) for r, c in turns), Source("<probe>"))
         tok = masks.tokenize(conv, tokenizer)
         used.update(i for i in tok.input_ids if i in info.special_ids)
@@ -566,7 +686,9 @@ def template_special_ids(tokenizer: Any, info: TokenizerInfo) -> list[int]:
 
 
 @emits("tokens.untrained-embedding")
-def check_embeddings(tokenizer: Any, info: TokenizerInfo, embeddings: Any, token_ids: Sequence[int]) -> Iterator[Finding]:
+def check_embeddings(
+    tokenizer: Any, info: TokenizerInfo, embeddings: Any, token_ids: Sequence[int]
+) -> Iterator[Finding]:
     """Do the embedding rows of the special tokens the template uses look untrained? (criterion in
     the catalogue entry)"""
     import numpy as np
@@ -594,16 +716,24 @@ def check_embeddings(tokenizer: Any, info: TokenizerInfo, embeddings: Any, token
         if norm < 0.1 * median_norm:
             problems[i] = f"row norm {norm:.3g} is under 10% of the median row norm {median_norm:.3g}"
         elif dist < 0.1 * median_dist:
-            problems[i] = (f"row is at the mean embedding (distance {dist:.3g}; median distance {median_dist:.3g}): "
-                           "mean-initialised and never trained")
+            problems[i] = (
+                f"row is at the mean embedding (distance {dist:.3g}; median distance {median_dist:.3g}): "
+                "mean-initialised and never trained"
+            )
     others = sorted({j for j in info.special_ids if j < rows} | set(in_range))
     for i in in_range:
         if i in problems:
             continue
         for j in others:
             if j != i and float(np.linalg.norm(E[i] - E[j])) < 1e-3 * max(median_norm, 1e-12):
-                problems[i] = (f"row equals the row of {_token_text(tokenizer, j)} (id {j}): initialised alike, "
-                               "never trained apart")
+                problems[i] = (
+                    f"row equals the row of {_token_text(tokenizer, j)} (id {j}): initialised alike, "
+                    "never trained apart"
+                )
                 break
     for i, why in sorted(problems.items()):
-        yield finding("tokens.untrained-embedding", f"special token {_token_text(tokenizer, i)} (id {i}), used by the template: {why}", data={"token_id": i})
+        yield finding(
+            "tokens.untrained-embedding",
+            f"special token {_token_text(tokenizer, i)} (id {i}), used by the template: {why}",
+            data={"token_id": i},
+        )

@@ -138,7 +138,7 @@ def _band_keys(hashvalues: np.ndarray, params: LshParams) -> np.ndarray:
     keys = np.empty((params.bands, n), dtype=np.uint64)
     prime = np.uint64(0x9E3779B97F4A7C15)
     for band in range(params.bands):
-        cols = hashvalues[:, band * params.rows:(band + 1) * params.rows].astype(np.uint64)
+        cols = hashvalues[:, band * params.rows : (band + 1) * params.rows].astype(np.uint64)
         k = np.full(n, band, dtype=np.uint64)
         for r in range(params.rows):
             k ^= cols[:, r]
@@ -180,8 +180,12 @@ def _pairs_in_runs(order: np.ndarray, run_start: np.ndarray, run_len: np.ndarray
     """All pairs (i < j) within each run of `order`; in runs longer than max_bucket only pairs
     whose earlier member is among the run's first max_bucket."""
     if (run_len > max_bucket).any():
-        log.warning("%d LSH buckets hold more than %d texts; pairing their members with the first %d only",
-                    int((run_len > max_bucket).sum()), max_bucket, max_bucket)
+        log.warning(
+            "%d LSH buckets hold more than %d texts; pairing their members with the first %d only",
+            int((run_len > max_bucket).sum()),
+            max_bucket,
+            max_bucket,
+        )
     # element p (position within its run) pairs with every later element of the run
     member_run = np.repeat(np.arange(len(run_len)), run_len)
     pos = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
@@ -213,8 +217,15 @@ def parse_redis_url(url: str) -> tuple[dict[str, Any], bytes | None]:
     return cfg, basename.encode("utf-8") if basename else None
 
 
-def redis_candidate_pairs(hashvalues: np.ndarray, keys: Sequence[str], params: LshParams, url: str, *,
-                          seed: int = 1, basename: bytes = b"sftdata-dedup") -> tuple[np.ndarray, int]:
+def redis_candidate_pairs(
+    hashvalues: np.ndarray,
+    keys: Sequence[str],
+    params: LshParams,
+    url: str,
+    *,
+    seed: int = 1,
+    basename: bytes = b"sftdata-dedup",
+) -> tuple[np.ndarray, int]:
     """Candidates from datasketch `MinHashLSH` with Redis storage, shared with other workers.
 
     Inserts every signature (as a datasketch `LeanMinHash`) under its key, then queries each one
@@ -230,8 +241,7 @@ def redis_candidate_pairs(hashvalues: np.ndarray, keys: Sequence[str], params: L
     redis.Redis(**redis_cfg, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)).ping()  # fail fast
     storage = {"type": "redis", "basename": url_basename or basename, "redis": redis_cfg}
     num_perm = hashvalues.shape[1]
-    lsh = MinHashLSH(num_perm=num_perm, params=(params.bands, params.rows), storage_config=storage,
-                     prepickle=False)
+    lsh = MinHashLSH(num_perm=num_perm, params=(params.bands, params.rows), storage_config=storage, prepickle=False)
     bkeys = [k.encode("utf-8") for k in keys]
     index = {k: i for i, k in enumerate(bkeys)}
     with lsh.insertion_session(buffer_size=10000) as session:
@@ -241,7 +251,7 @@ def redis_candidate_pairs(hashvalues: np.ndarray, keys: Sequence[str], params: L
     remote = 0
     step = 2000
     for lo in range(0, len(bkeys), step):
-        chunk = hashvalues[lo:lo + step]
+        chunk = hashvalues[lo : lo + step]
         found: list[set[bytes]] = [set() for _ in range(len(chunk))]
         for (start, end), table in zip(lsh.hashranges, lsh.hashtables):
             band_hashes = [lsh._H(hv[start:end]) for hv in chunk]  # datasketch's own band key
@@ -285,8 +295,11 @@ def shingle_sets(signatures: Signatures, texts: np.ndarray | None = None, *, thr
     if texts is not None and len(texts):
         chosen[np.asarray(texts, dtype=np.int64).ravel()] = True
     step = max(1, -(-n // max(1, threads)))
-    parts = _map(threads, lambda lo, hi: _sets_kernel(signatures.fingerprints, signatures.offsets[lo:hi + 1],
-                                                      chosen[lo:hi]), [(lo, min(n, lo + step)) for lo in range(0, n, step)])
+    parts = _map(
+        threads,
+        lambda lo, hi: _sets_kernel(signatures.fingerprints, signatures.offsets[lo : hi + 1], chosen[lo:hi]),
+        [(lo, min(n, lo + step)) for lo in range(0, n, step)],
+    )
     if not parts:
         return ShingleSets(np.empty(0, np.uint64), np.zeros(1, np.int64))
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -294,8 +307,9 @@ def shingle_sets(signatures: Signatures, texts: np.ndarray | None = None, *, thr
     return ShingleSets(np.concatenate([p[0] for p in parts]), offsets)
 
 
-def verified_jaccard(sets: ShingleSets, pairs: np.ndarray, *, threads: int = THREADS,
-                     chunk: int = 1 << 16) -> np.ndarray:
+def verified_jaccard(
+    sets: ShingleSets, pairs: np.ndarray, *, threads: int = THREADS, chunk: int = 1 << 16
+) -> np.ndarray:
     """Exact Jaccard similarity of the shingle sets of each pair of texts (0 for two empty sets):
     a compiled merge of the two sorted sets per pair, chunks of pairs on `threads` threads."""
     _jit()
@@ -323,7 +337,7 @@ def _sets_kernel(fps: np.ndarray, offsets: np.ndarray, chosen: np.ndarray) -> tu
     q = 0
     for i in range(n):
         if chosen[i] and offsets[i + 1] > offsets[i]:
-            s = np.sort(fps[offsets[i]:offsets[i + 1]])
+            s = np.sort(fps[offsets[i] : offsets[i + 1]])
             keys[q] = s[0]
             q += 1
             for k in range(1, len(s)):
@@ -378,12 +392,15 @@ def _jit() -> None:
         import numba
 
         g = globals()
-        g["_sets_kernel"] = numba.njit("Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])",
-                                       nogil=True, cache=True)(_sets_kernel)
-        g["_estimate_kernel"] = numba.njit("float64[::1](uint32[:, ::1], int64[::1], int64[::1])",
-                                           nogil=True, cache=True)(_estimate_kernel)
-        g["_jaccard_kernel"] = numba.njit("float64[::1](uint64[::1], int64[::1], int64[::1], int64[::1])",
-                                          nogil=True, cache=True)(_jaccard_kernel)
+        g["_sets_kernel"] = numba.njit(
+            "Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])", nogil=True, cache=True
+        )(_sets_kernel)
+        g["_estimate_kernel"] = numba.njit(
+            "float64[::1](uint32[:, ::1], int64[::1], int64[::1])", nogil=True, cache=True
+        )(_estimate_kernel)
+        g["_jaccard_kernel"] = numba.njit(
+            "float64[::1](uint64[::1], int64[::1], int64[::1], int64[::1])", nogil=True, cache=True
+        )(_jaccard_kernel)
         _jitted = True
 
 
@@ -394,14 +411,13 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(starts - first, lens) + np.arange(total)
 
 
-
-
 def estimated_jaccard(hashvalues: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """MinHash estimate: the share of equal hash values (datasketch `MinHash.jaccard`)."""
     _jit()
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    return _estimate_kernel(np.ascontiguousarray(hashvalues), np.ascontiguousarray(pairs[:, 0]),
-                            np.ascontiguousarray(pairs[:, 1]))
+    return _estimate_kernel(
+        np.ascontiguousarray(hashvalues), np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1])
+    )
 
 
 def _estimate_kernel(hashvalues: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -491,8 +507,16 @@ class Pairs:
         """Pairs (of one kind) by verified Jaccard, highest first, then by position."""
         idx = np.arange(len(self)) if kind is None else np.flatnonzero(self.kind == KINDS.index(kind))
         idx = idx[np.lexsort((self.right[idx], self.left[idx], -self.verified_jaccard[idx]))][:n]
-        return [Pair(int(self.left[k]), int(self.right[k]), KINDS[self.kind[k]], float(self.estimated_jaccard[k]),
-                     float(self.verified_jaccard[k])) for k in idx]
+        return [
+            Pair(
+                int(self.left[k]),
+                int(self.right[k]),
+                KINDS[self.kind[k]],
+                float(self.estimated_jaccard[k]),
+                float(self.verified_jaccard[k]),
+            )
+            for k in idx
+        ]
 
 
 @dataclass(frozen=True)
@@ -510,8 +534,12 @@ class DedupResult:
     clusters: dict[str, list[Any]] = field(default_factory=dict)  # columns of dedup/clusters.parquet
 
 
-def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
-          config: DedupConfig = DedupConfig(), progress: Callable[[str], None] | None = None) -> DedupResult:
+def dedup(
+    train: Sequence[Conversation],
+    against: Sequence[Conversation] = (),
+    config: DedupConfig = DedupConfig(),
+    progress: Callable[[str], None] | None = None,
+) -> DedupResult:
     """Find exact and near duplicates within `train` and contamination of `train` by `against`.
     `progress(stage)` is called as each of STAGES begins (the CLI draws a bar with it)."""
     clock = _Clock(progress)
@@ -529,8 +557,15 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     del norm
     first_train = _first_member(uid[:n_train], len(texts), 0)
     first_against = _first_member(uid[n_train:], len(texts), n_train)
-    log.info("dedup: %d examples, %d distinct non-empty texts; %d bands x %d rows (P(candidate | J=%.2f) = %.3f)",
-             len(examples), len(texts), params.bands, params.rows, config.threshold, params.recall_at_threshold)
+    log.info(
+        "dedup: %d examples, %d distinct non-empty texts; %d bands x %d rows (P(candidate | J=%.2f) = %.3f)",
+        len(examples),
+        len(texts),
+        params.bands,
+        params.rows,
+        config.threshold,
+        params.recall_at_threshold,
+    )
 
     clock.start("signatures")
     sigs = minhash.sign_packed(texts, cjk, spec, num_perm=config.num_perm, seed=config.seed, threads=config.threads)
@@ -541,8 +576,14 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     if config.lsh_storage:
         owner = np.where(first_train >= 0, first_train, first_against)
         keys = [_lsh_key(examples[int(i)]) for i in owner]
-        cand, remote = redis_candidate_pairs(sigs.hashvalues, keys, params, config.lsh_storage,
-                                             seed=config.seed, basename=_basename(config, spec, params))
+        cand, remote = redis_candidate_pairs(
+            sigs.hashvalues,
+            keys,
+            params,
+            config.lsh_storage,
+            seed=config.seed,
+            basename=_basename(config, spec, params),
+        )
     else:
         cand = candidate_pairs(sigs.hashvalues, params)
     u, v = cand[:, 0], cand[:, 1]
@@ -591,8 +632,16 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
     dropped = member_order[~representative[member_order] & ~contaminated[rep_of[member_order]]]
     size_of = np.ones(n_train, dtype=np.int64)
     size_of[members] = size[cluster[members]]
-    findings = _findings(examples, raw, pairs, dropped, rep_of, uid, size_of,
-                         dict(zip(member_order.tolist(), zip(rep_est.tolist(), rep_ver.tolist()))))
+    findings = _findings(
+        examples,
+        raw,
+        pairs,
+        dropped,
+        rep_of,
+        uid,
+        size_of,
+        dict(zip(member_order.tolist(), zip(rep_est.tolist(), rep_ver.tolist()))),
+    )
     exact_drop = dropped[(uid[dropped] == uid[rep_of[dropped]]) & ~contaminated[dropped]]
     near_drop = dropped[(uid[dropped] != uid[rep_of[dropped]]) & ~contaminated[dropped]]
 
@@ -625,8 +674,11 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
         "kept": len(kept),
         "removed": n_train - len(kept),
         # each dropped example counted once: contamination first, then exact or near (vs the kept representative)
-        "dropped_by": {"dedup.exact": len(exact_drop), "dedup.near": len(near_drop),
-                       "dedup.contamination": int(contaminated.sum())},
+        "dropped_by": {
+            "dedup.exact": len(exact_drop),
+            "dedup.near": len(near_drop),
+            "dedup.contamination": int(contaminated.sum()),
+        },
         "lsh_candidates": len(cand),
         "lsh_unverified_remote_candidates": remote,
         "char_shingled_texts": int(sigs.char_shingled.sum()),
@@ -642,8 +694,19 @@ def dedup(train: Sequence[Conversation], against: Sequence[Conversation] = (),
         "seconds": clock.laps,
     }
     log.info("dedup: seconds per stage %s", clock.laps)
-    return DedupResult(examples, n_train, pairs, cluster, representative, contaminated, kept, tuple(findings),
-                       summary, params, clusters)
+    return DedupResult(
+        examples,
+        n_train,
+        pairs,
+        cluster,
+        representative,
+        contaminated,
+        kept,
+        tuple(findings),
+        summary,
+        params,
+        clusters,
+    )
 
 
 def _exact_groups(packed: minhash.Packed) -> tuple[np.ndarray, np.ndarray]:
@@ -687,8 +750,15 @@ def _first_member(uid: np.ndarray, n_texts: int, base: int) -> np.ndarray:
     return first
 
 
-def _example_pairs(uid: np.ndarray, n_train: int, first_train: np.ndarray, first_against: np.ndarray,
-                   near: np.ndarray, near_est: np.ndarray, near_ver: np.ndarray) -> Pairs:
+def _example_pairs(
+    uid: np.ndarray,
+    n_train: int,
+    first_train: np.ndarray,
+    first_against: np.ndarray,
+    near: np.ndarray,
+    near_est: np.ndarray,
+    near_ver: np.ndarray,
+) -> Pairs:
     """Example-level pairs from text-level ones: exact (a training example and the first earlier
     example with its text), near (between the first training examples of two texts) and
     contamination (every training example with a text that equals or near-duplicates an --against
@@ -743,9 +813,16 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _findings(examples: tuple[Conversation, ...], texts: list[str], pairs: Pairs, dropped: np.ndarray,
-              rep_of: np.ndarray, uid: np.ndarray, cluster_size: np.ndarray,
-              to_rep: dict[int, tuple[float, float]]) -> list[Finding]:
+def _findings(
+    examples: tuple[Conversation, ...],
+    texts: list[str],
+    pairs: Pairs,
+    dropped: np.ndarray,
+    rep_of: np.ndarray,
+    uid: np.ndarray,
+    cluster_size: np.ndarray,
+    to_rep: dict[int, tuple[float, float]],
+) -> list[Finding]:
     """One dedup.exact / dedup.near finding per example -o drops from a cluster with a kept
     representative (exact when its normalised text equals the representative's), naming the
     representative, the cluster size and the Jaccard to it; one dedup.contamination per
@@ -756,13 +833,24 @@ def _findings(examples: tuple[Conversation, ...], texts: list[str], pairs: Pairs
     first = np.ones(len(order), dtype=bool)
     first[1:] = pairs.left[order[1:]] != pairs.left[order[:-1]]
     for e in order[first]:
-        findings.append(_contamination_finding(examples, texts, int(pairs.left[e]), int(pairs.right[e]),
-                                               float(pairs.estimated_jaccard[e]), float(pairs.verified_jaccard[e])))
+        findings.append(
+            _contamination_finding(
+                examples,
+                texts,
+                int(pairs.left[e]),
+                int(pairs.right[e]),
+                float(pairs.estimated_jaccard[e]),
+                float(pairs.verified_jaccard[e]),
+            )
+        )
     for x in np.sort(dropped).tolist():
         rep = int(rep_of[x])
         est, ver = to_rep[x]
-        findings.append(_duplicate_finding(examples, texts, x, rep, "exact" if uid[x] == uid[rep] else "near",
-                                           est, ver, int(cluster_size[x])))
+        findings.append(
+            _duplicate_finding(
+                examples, texts, x, rep, "exact" if uid[x] == uid[rep] else "near", est, ver, int(cluster_size[x])
+            )
+        )
     return findings
 
 
@@ -796,37 +884,61 @@ def _side(conversation: Conversation) -> dict[str, Any]:
 EMITS = ("dedup.exact", "dedup.near", "dedup.contamination")
 
 
-def _duplicate_finding(examples: tuple[Conversation, ...], texts: list[str], x: int, rep: int, kind: str,
-                       estimate: float, verified: float, size: int) -> Finding:
+def _duplicate_finding(
+    examples: tuple[Conversation, ...],
+    texts: list[str],
+    x: int,
+    rep: int,
+    kind: str,
+    estimate: float,
+    verified: float,
+    size: int,
+) -> Finding:
     ex, kept = examples[x], examples[rep]
     mine = snippet(texts[x])
     if kind == "exact":
-        message = (f"{ex.source} is an exact duplicate (after normalisation) of {kept.source} ({kept.id}), which "
-                   f"-o keeps; cluster of {size} examples: {mine!r}")
+        message = (
+            f"{ex.source} is an exact duplicate (after normalisation) of {kept.source} ({kept.id}), which "
+            f"-o keeps; cluster of {size} examples: {mine!r}"
+        )
     else:
-        message = (f"{ex.source} near-duplicates {kept.source} ({kept.id}), which -o keeps: verified Jaccard "
-                   f"{verified:.3f} (MinHash estimate {estimate:.3f}); cluster of {size} examples: {mine!r} vs "
-                   f"{snippet(texts[rep])!r}")
+        message = (
+            f"{ex.source} near-duplicates {kept.source} ({kept.id}), which -o keeps: verified Jaccard "
+            f"{verified:.3f} (MinHash estimate {estimate:.3f}); cluster of {size} examples: {mine!r} vs "
+            f"{snippet(texts[rep])!r}"
+        )
     return finding(
-        "dedup.exact" if kind == "exact" else "dedup.near", message, ex,
+        "dedup.exact" if kind == "exact" else "dedup.near",
+        message,
+        ex,
         hint=f"drop it: `sftdata dedup ... -o KEPT` keeps {kept.source} for this cluster"
-             + ("" if verified >= 1.0 or kind == "exact" else
-                " (check the pair in dedup/clusters.parquet if the texts should both stay)"),
-        data={"other": _side(kept), "cluster_size": size, "verified_jaccard": round(verified, 4),
-              "estimated_jaccard": round(estimate, 4)},
+        + (
+            ""
+            if verified >= 1.0 or kind == "exact"
+            else " (check the pair in dedup/clusters.parquet if the texts should both stay)"
+        ),
+        data={
+            "other": _side(kept),
+            "cluster_size": size,
+            "verified_jaccard": round(verified, 4),
+            "estimated_jaccard": round(estimate, 4),
+        },
     )
 
 
-def _contamination_finding(examples: tuple[Conversation, ...], texts: list[str], x: int, y: int, estimate: float,
-                           verified: float) -> Finding:
+def _contamination_finding(
+    examples: tuple[Conversation, ...], texts: list[str], x: int, y: int, estimate: float, verified: float
+) -> Finding:
     ex, other = examples[x], examples[y]
     how = "an exact copy of" if verified >= 1.0 else f"a near-duplicate (Jaccard {verified:.3f}) of"
     return finding(
         "dedup.contamination",
-        (f"training example {ex.source} is {how} evaluation example {other.source} ({other.id}): "
-                 f"{snippet(texts[x])!r}"),
+        (
+            f"training example {ex.source} is {how} evaluation example {other.source} ({other.id}): "
+            f"{snippet(texts[x])!r}"
+        ),
         ex,
         hint="remove it from the training data (`-o KEPT` drops it) or from the evaluation set; "
-             "otherwise the evaluation measures memorisation",
+        "otherwise the evaluation measures memorisation",
         data={"other": _side(other), "verified_jaccard": round(verified, 4), "estimated_jaccard": round(estimate, 4)},
     )

@@ -45,8 +45,18 @@ from sftdata.rundir import atomic_open
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = (
-    "messages", "sharegpt", "alpaca", "prompt-completion", "qa", "text", "text-label", "knowledge",
-    "preference", "sharegpt-ranking", "typed-blocks", "self-instruct-seed",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt-completion",
+    "qa",
+    "text",
+    "text-label",
+    "knowledge",
+    "preference",
+    "sharegpt-ranking",
+    "typed-blocks",
+    "self-instruct-seed",
 )
 # `parquet` is the messages format in a parquet file (one JSON text per row and column).
 WRITE_FORMATS: tuple[str, ...] = FORMATS + ("parquet",)
@@ -85,13 +95,20 @@ class RecordError(Exception):
 
 
 # What reading reports about records (one finding per bad record, or an oddity of a good one).
-READ_EMITS = ("format.parse-error", "format.missing-field", "format.wrong-type", "format.bad-role",
-              "format.unsupported-content", "format.empty-content")
+READ_EMITS = (
+    "format.parse-error",
+    "format.missing-field",
+    "format.wrong-type",
+    "format.bad-role",
+    "format.unsupported-content",
+    "format.empty-content",
+)
 
 
 @emits(*READ_EMITS)
-def read(path: str, fmt: str | None = None, *, columns: dict | None = None, split: str = "train",
-         limit: int | None = None) -> Iterator[Conversation | Finding]:
+def read(
+    path: str, fmt: str | None = None, *, columns: dict | None = None, split: str = "train", limit: int | None = None
+) -> Iterator[Conversation | Finding]:
     """Conversations from `path`, one per good record, and a Finding per bad one (severity
     "error": the record is skipped) or per oddity (warning: the conversation still follows).
 
@@ -103,8 +120,9 @@ def read(path: str, fmt: str | None = None, *, columns: dict | None = None, spli
     cannot be detected, UsageError when `fmt` is unknown."""
     path = os.fspath(path)
     if columns and fmt is None:
-        raise UsageError("a columns mapping needs its format too: pass fmt= (read_dataset_info returns both)",
-                         param="columns")
+        raise UsageError(
+            "a columns mapping needs its format too: pass fmt= (read_dataset_info returns both)", param="columns"
+        )
     fmt = resolve_format(path, fmt, split)  # DataError/UsageError now, not on first next()
     return (item for _, item in _read(path, fmt, dict(columns or {}), split, limit, None))
 
@@ -114,15 +132,17 @@ def resolve_format(path: str, fmt: str | None = None, split: str = "train") -> s
     UsageError for an unknown format, DataError for a missing path or records that match no format."""
     path = os.fspath(path)
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown format{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}",
-                         param="fmt", value=fmt)
+        raise UsageError(
+            f"unknown format{_did_you_mean(fmt, FORMATS)}; known formats: {', '.join(FORMATS)}", param="fmt", value=fmt
+        )
     readers.container_of(path)
     return fmt if fmt is not None else detect_file_format(path, split)
 
 
 @emits(*READ_EMITS)
-def read_numbered(path: str, fmt: str | None = None, *, split: str = "train",
-                  keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, Conversation | Finding]]:
+def read_numbered(
+    path: str, fmt: str | None = None, *, split: str = "train", keep: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, Conversation | Finding]]:
     """What read() yields, each item with the 1-based number of the record it came from (one
     record may yield a Finding and its Conversation). `keep(number)` reads only the records it
     accepts, skipping the others before they are parsed (shards of one file for worker processes)."""
@@ -130,23 +150,52 @@ def read_numbered(path: str, fmt: str | None = None, *, split: str = "train",
     return _read(path, resolve_format(path, fmt, split), {}, split, None, keep)
 
 
-def _read(path: str, fmt: str | None, columns: dict[str, Any], split: str,
-          limit: int | None, keep: Callable[[int], bool] | None) -> Iterator[tuple[int, Conversation | Finding]]:
+def _read(
+    path: str,
+    fmt: str | None,
+    columns: dict[str, Any],
+    split: str,
+    limit: int | None,
+    keep: Callable[[int], bool] | None,
+) -> Iterator[tuple[int, Conversation | Finding]]:
     for rec in readers.iter_records(path, split, keep):
         n = rec.number
         if limit is not None and n > limit:
             return
         example_id = make_id(path, n)
         if rec.error is not None:
-            yield n, finding("format.parse-error", f"record {n} is unreadable: {rec.error}", hint="fix or delete this record; the rest of the file is read on", example_id=example_id, source=rec.source)
+            yield (
+                n,
+                finding(
+                    "format.parse-error",
+                    f"record {n} is unreadable: {rec.error}",
+                    hint="fix or delete this record; the rest of the file is read on",
+                    example_id=example_id,
+                    source=rec.source,
+                ),
+            )
             continue
         if not isinstance(rec.row, dict):
-            yield n, finding("format.parse-error", f"record {n} is a JSON {_typename(rec.row)}, expected an object", hint="every record must be a JSON object such as {\"messages\": [...]}", example_id=example_id, source=rec.source)
+            yield (
+                n,
+                finding(
+                    "format.parse-error",
+                    f"record {n} is a JSON {_typename(rec.row)}, expected an object",
+                    hint='every record must be a JSON object such as {"messages": [...]}',
+                    example_id=example_id,
+                    source=rec.source,
+                ),
+            )
             continue
         try:
             conv = _parse_row(rec.row, fmt, columns, example_id, rec.source)
         except RecordError as e:
-            yield n, finding(e.check, f"{fmt} record {n}: {e.message}", hint=e.hint, example_id=example_id, source=rec.source)
+            yield (
+                n,
+                finding(
+                    e.check, f"{fmt} record {n}: {e.message}", hint=e.hint, example_id=example_id, source=rec.source
+                ),
+            )
             continue
         for f in _content_warnings(conv):
             yield n, f
@@ -176,9 +225,11 @@ def detect_file_format(path: str, split: str = "train") -> str | None:
     if not seen:
         return None
     source, keys = seen[0]
-    raise DataError(f"{path}: cannot tell the format: the first record ({source}) has keys {keys}, "
-                     f"which match none of: {', '.join(FORMATS)}. Name it with --from FORMAT "
-                     "(or fmt=, or a dataset_info.json entry with --dataset-info)")
+    raise DataError(
+        f"{path}: cannot tell the format: the first record ({source}) has keys {keys}, "
+        f"which match none of: {', '.join(FORMATS)}. Name it with --from FORMAT "
+        "(or fmt=, or a dataset_info.json entry with --dataset-info)"
+    )
 
 
 def detect_format(row: dict) -> str | None:
@@ -231,11 +282,15 @@ def _looks_typed_blocks(messages: Any) -> bool:
     return False
 
 
-def _parse_row(row: dict[str, Any], fmt: str | None, columns: dict[str, Any], example_id: str,
-               source: Source) -> Conversation:
+def _parse_row(
+    row: dict[str, Any], fmt: str | None, columns: dict[str, Any], example_id: str, source: Source
+) -> Conversation:
     if fmt is None:  # no format could be detected for this file: say what this row looks like
-        raise RecordError("format.missing-field", f"no known format's fields (keys: {_keys(row)})",
-                          f"name the format with --from (one of {', '.join(FORMATS)})")
+        raise RecordError(
+            "format.missing-field",
+            f"no known format's fields (keys: {_keys(row)})",
+            f"name the format with --from (one of {', '.join(FORMATS)})",
+        )
     parsed = _PARSERS[fmt](row, columns)
     if not parsed.messages:
         raise RecordError("format.missing-field", "no messages", "a record needs at least one message")
@@ -252,16 +307,27 @@ def _parse_row(row: dict[str, Any], fmt: str | None, columns: dict[str, Any], ex
 def _content_warnings(conv: Conversation) -> Iterator[Finding]:
     for i, m in enumerate(conv.messages):
         if not m.content.strip() and not m.tool_calls:
-            yield finding("format.empty-content", f"message {i} ({m.role}) has empty content", conv, hint="fill it in or drop the record: an empty assistant turn teaches the model to answer "
-                          "with nothing")
+            yield finding(
+                "format.empty-content",
+                f"message {i} ({m.role}) has empty content",
+                conv,
+                hint="fill it in or drop the record: an empty assistant turn teaches the model to answer with nothing",
+            )
 
 
 # --- field helpers -----------------------------------------------------------------------------
 
 
 def _typename(v: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _keys(row: dict[str, Any]) -> list[str]:
@@ -272,8 +338,11 @@ def _keys(row: dict[str, Any]) -> list[str]:
 def _get(row: dict[str, Any], key: str, types: type | tuple[type, ...], what: str = "record") -> Any:
     """row[key], which must be present, not null, and of `types`."""
     if row.get(key) is None:
-        raise RecordError("format.missing-field", f"{what} has no {key!r} (keys: {_keys(row)})",
-                          f"add {key!r}, or name the right format with --from")
+        raise RecordError(
+            "format.missing-field",
+            f"{what} has no {key!r} (keys: {_keys(row)})",
+            f"add {key!r}, or name the right format with --from",
+        )
     return _typed(row[key], types, f"{what} field {key!r}")
 
 
@@ -281,8 +350,9 @@ def _typed(value: Any, types: type | tuple[type, ...], what: str) -> Any:
     types = types if isinstance(types, tuple) else (types,)
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         expected = " or ".join(dict.fromkeys(_typename(t()) for t in types))
-        raise RecordError("format.wrong-type", f"{what} is a {_typename(value)}, expected a {expected}",
-                          f"make {what} a {expected}")
+        raise RecordError(
+            "format.wrong-type", f"{what} is a {_typename(value)}, expected a {expected}", f"make {what} a {expected}"
+        )
     return value
 
 
@@ -298,9 +368,11 @@ def _as_list(value: Any, what: str) -> list[Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise RecordError("format.parse-error",
-                              f"{what} is a string but not valid JSON ({e.msg} at column {e.colno})",
-                              f"store {what} as a JSON array") from None
+            raise RecordError(
+                "format.parse-error",
+                f"{what} is a string but not valid JSON ({e.msg} at column {e.colno})",
+                f"store {what} as a JSON array",
+            ) from None
     return _typed(value, list, what)
 
 
@@ -398,8 +470,9 @@ def output_format(path: str, fmt: str | None = None) -> str:
     if fmt is None:
         return "parquet" if container == "parquet" else "messages"
     if fmt not in WRITE_FORMATS:
-        raise UsageError(f"unknown output format {fmt!r}{_did_you_mean(fmt, WRITE_FORMATS)}; "
-                         f"known: {', '.join(WRITE_FORMATS)}")
+        raise UsageError(
+            f"unknown output format {fmt!r}{_did_you_mean(fmt, WRITE_FORMATS)}; known: {', '.join(WRITE_FORMATS)}"
+        )
     if container == "parquet" and fmt not in ("parquet", "messages"):
         raise UsageError(f"output {path}: parquet files hold the messages format; write {fmt} to .jsonl or .json")
     if fmt == "parquet" and container != "parquet":
@@ -408,8 +481,11 @@ def output_format(path: str, fmt: str | None = None) -> str:
 
 
 def _not_unicode(e: UnicodeEncodeError) -> RecordError:
-    return RecordError("format.parse-error", f"its text holds an unpaired surrogate {e.object[e.start:e.end]!r}, "
-                       "which is not valid Unicode", "repair or drop the character (text cut in the middle of an emoji)")
+    return RecordError(
+        "format.parse-error",
+        f"its text holds an unpaired surrogate {e.object[e.start : e.end]!r}, which is not valid Unicode",
+        "repair or drop the character (text cut in the middle of an emoji)",
+    )
 
 
 def _skip_finding(conv: Conversation, fmt: str, e: RecordError) -> Finding:
@@ -471,8 +547,17 @@ def _pairs(conv: Conversation, fmt: str) -> tuple[str | None, list[tuple[str, st
 
 # --- messages (OpenAI) ------------------------------------------------------------------------
 
-_OPENAI_KEYS = {"role", "content", "tool_calls", "name", "tool_call_id", "reasoning_content", "reasoning",
-                "train", "loss_weight"}
+_OPENAI_KEYS = {
+    "role",
+    "content",
+    "tool_calls",
+    "name",
+    "tool_call_id",
+    "reasoning_content",
+    "reasoning",
+    "train",
+    "loss_weight",
+}
 
 
 def _parse_messages(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -496,9 +581,22 @@ def _parse_messages(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
 
 # The meta keys writers read back, and their types: a hand-edited `_meta` must not crash a writer.
 _META_TYPES: dict[str, type | tuple[type, ...]] = {
-    "kind": str, "columns": dict, "message_keys": dict, "loss_weights": dict, "sharegpt": dict, "input": str,
-    "rejected": list, "n_prompt": int, "preference_form": str, "prompt_key": str, "output_list": bool,
-    "output_rest": list, "instances_rest": list, "label": (str, int, float, bool), "entity": str, "facts": list,
+    "kind": str,
+    "columns": dict,
+    "message_keys": dict,
+    "loss_weights": dict,
+    "sharegpt": dict,
+    "input": str,
+    "rejected": list,
+    "n_prompt": int,
+    "preference_form": str,
+    "prompt_key": str,
+    "output_list": bool,
+    "output_rest": list,
+    "instances_rest": list,
+    "label": (str, int, float, bool),
+    "entity": str,
+    "facts": list,
 }
 
 
@@ -516,8 +614,10 @@ def _checked_meta(meta: dict[str, Any]) -> dict[str, Any]:
         _typed(m, dict, f"{META_KEY}.rejected[{i}]")
     meta = json.loads(json.dumps(meta))
     if "message_keys" in meta:  # the writer merges these into message dicts: keep what survives that
-        kept = {i: {k: v for k, v in keys.items() if v is not None and k not in _OPENAI_KEYS}
-                for i, keys in meta["message_keys"].items()}
+        kept = {
+            i: {k: v for k, v in keys.items() if v is not None and k not in _OPENAI_KEYS}
+            for i, keys in meta["message_keys"].items()
+        }
         meta["message_keys"] = {i: keys for i, keys in kept.items() if keys}
         if not meta["message_keys"]:
             del meta["message_keys"]
@@ -534,15 +634,23 @@ def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mes
     _typed(d, dict, where)
     role = d.get("role")
     if role is None:
-        raise RecordError("format.missing-field", f"{where} has no 'role' (keys: {_keys(d)})",
-                          "give every message a role: system, user, assistant or tool")
+        raise RecordError(
+            "format.missing-field",
+            f"{where} has no 'role' (keys: {_keys(d)})",
+            "give every message a role: system, user, assistant or tool",
+        )
     if role not in ROLES:
-        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
-                          "rename the role (developer -> system, function -> tool), or use --from sharegpt for "
-                          "from/value data")
+        raise RecordError(
+            "format.bad-role",
+            f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
+            "rename the role (developer -> system, function -> tool), or use --from sharegpt for from/value data",
+        )
     if "content" not in d and not d.get("tool_calls"):
-        raise RecordError("format.missing-field", f"{where} ({role}) has no 'content' key (keys: {_keys(d)})",
-                          "add the message text as 'content' (\"\" if it really is empty)")
+        raise RecordError(
+            "format.missing-field",
+            f"{where} ({role}) has no 'content' key (keys: {_keys(d)})",
+            "add the message text as 'content' (\"\" if it really is empty)",
+        )
     reasoning = d.get("reasoning_content") if d.get("reasoning_content") is not None else d.get("reasoning")
     message = Message(
         role=role,
@@ -569,9 +677,11 @@ def _content_text(content: Any, where: str) -> str:
             _typed(part, dict, f"{where}[{j}]")
             kind = part.get("type")
             if kind != "text":
-                raise RecordError("format.unsupported-content",
-                                  f"{where}[{j}] is a {kind!r} part; only text is supported",
-                                  "drop image/audio parts: sftlab trains text-only models")
+                raise RecordError(
+                    "format.unsupported-content",
+                    f"{where}[{j}] is a {kind!r} part; only text is supported",
+                    "drop image/audio parts: sftlab trains text-only models",
+                )
             texts.append(_typed(part.get("text", part.get("value", "")), str, f"{where}[{j}].text"))
         return "".join(texts)
     return _typed(content, str, where)
@@ -585,8 +695,11 @@ def _tool_calls(value: Any, where: str) -> tuple[dict[str, Any], ...] | None:
         _typed(call, dict, f"{where}.tool_calls[{j}]")
         fn = call.get("function", call)
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise RecordError("format.missing-field", f"{where}.tool_calls[{j}] has no function name",
-                              'write tool calls as {"type": "function", "function": {"name": ..., "arguments": {...}}}')
+            raise RecordError(
+                "format.missing-field",
+                f"{where}.tool_calls[{j}] has no function name",
+                'write tool calls as {"type": "function", "function": {"name": ..., "arguments": {...}}}',
+            )
     return tuple(calls)
 
 
@@ -639,8 +752,9 @@ def _write_parquet(conversations: Iterable[Conversation], path: str, gz: bool) -
     import pyarrow.parquet as pq
 
     names = ("messages", "tools", META_KEY)
-    schema = pa.schema([(n, pa.string()) for n in names],
-                       metadata={readers.PARQUET_JSON_COLUMNS_KEY: json.dumps(list(names)).encode()})
+    schema = pa.schema(
+        [(n, pa.string()) for n in names], metadata={readers.PARQUET_JSON_COLUMNS_KEY: json.dumps(list(names)).encode()}
+    )
     written = 0
     skipped: list[Finding] = []
     with atomic_open(path, "wb") as raw:
@@ -674,8 +788,11 @@ def _parquet_row(conv: Conversation) -> dict[str, Any]:
     row = _encode_messages(conv)  # message_keys are back in the message dicts; the rest of meta goes to _meta
     own = {k: v for k, v in conv.meta.items() if k != "message_keys"}
     dumps = lambda v: json.dumps(v, ensure_ascii=False)  # noqa: E731
-    return {"messages": dumps(row["messages"]), "tools": dumps(row["tools"]) if "tools" in row else None,
-            META_KEY: dumps(own) if own else None}
+    return {
+        "messages": dumps(row["messages"]),
+        "tools": dumps(row["tools"]) if "tools" in row else None,
+        META_KEY: dumps(own) if own else None,
+    }
 
 
 # --- typed blocks (LLaMA-Factory v1) -------------------------------------------------------------
@@ -698,8 +815,11 @@ def _block_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mess
     if role is None:
         raise RecordError("format.missing-field", f"{where} has no 'role'", "give every message a role")
     if role not in ROLES:
-        raise RecordError("format.bad-role", f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
-                          "rename the role to system, user, assistant or tool")
+        raise RecordError(
+            "format.bad-role",
+            f"{where} has role {role!r}, expected one of {', '.join(ROLES)}",
+            "rename the role to system, user, assistant or tool",
+        )
     content = d.get("content")
     texts: list[str] = []
     thoughts: list[str] = []
@@ -718,11 +838,18 @@ def _block_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mess
             elif kind == "tool_call":
                 calls.extend(_function_calls(value, at))
             else:
-                raise RecordError("format.unsupported-content",
-                                  f"{at} is a {kind!r} block; supported: text, reasoning, tool_call",
-                                  "drop image/video/audio blocks: sftlab trains text-only models")
-    message = Message(role=role, content="".join(texts), tool_calls=tuple(calls) if calls else None,
-                      reasoning="".join(thoughts) if thoughts else None, train=_train(d, where, index, meta))
+                raise RecordError(
+                    "format.unsupported-content",
+                    f"{at} is a {kind!r} block; supported: text, reasoning, tool_call",
+                    "drop image/video/audio blocks: sftlab trains text-only models",
+                )
+    message = Message(
+        role=role,
+        content="".join(texts),
+        tool_calls=tuple(calls) if calls else None,
+        reasoning="".join(thoughts) if thoughts else None,
+        train=_train(d, where, index, meta),
+    )
     _keep_extra_keys(d, {"role", "content", "loss_weight", "train"}, index, meta)
     return message
 
@@ -734,18 +861,26 @@ def _function_calls(value: Any, where: str) -> list[dict[str, Any]]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise RecordError("format.parse-error",
-                              f"{where} is a tool call but not valid JSON ({e.msg} at column {e.colno})",
-                              'write the call as {"name": "fn", "arguments": {...}}') from None
+            raise RecordError(
+                "format.parse-error",
+                f"{where} is a tool call but not valid JSON ({e.msg} at column {e.colno})",
+                'write the call as {"name": "fn", "arguments": {...}}',
+            ) from None
     calls = value if isinstance(value, list) else [value]
     if not calls:
-        raise RecordError("format.missing-field", f"{where} is a tool call turn holding no calls",
-                          'write the call as {"name": "fn", "arguments": {...}}')
+        raise RecordError(
+            "format.missing-field",
+            f"{where} is a tool call turn holding no calls",
+            'write the call as {"name": "fn", "arguments": {...}}',
+        )
     out = []
     for call in calls:
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            raise RecordError("format.missing-field", f"{where} is a tool call without a 'name'",
-                              'write the call as {"name": "fn", "arguments": {...}}')
+            raise RecordError(
+                "format.missing-field",
+                f"{where} is a tool call without a 'name'",
+                'write the call as {"name": "fn", "arguments": {...}}',
+            )
         out.append({"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}})
     return out
 
@@ -788,18 +923,38 @@ def _name_arguments(call: dict[str, Any]) -> dict[str, Any]:
 
 # Source role name -> slot. LLaMA-Factory's tags (user_tag, ...) add to this per dataset.
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
     "system": "system",
     "function_call": "function",
-    "observation": "observation", "tool": "observation", "function": "observation",
+    "observation": "observation",
+    "tool": "observation",
+    "function": "observation",
 }
-_SHAREGPT_TAGS = {"user": "user_tag", "assistant": "assistant_tag", "system": "system_tag",
-                  "function": "function_tag", "observation": "observation_tag"}
+_SHAREGPT_TAGS = {
+    "user": "user_tag",
+    "assistant": "assistant_tag",
+    "system": "system_tag",
+    "function": "function_tag",
+    "observation": "observation_tag",
+}
 # How our writer spells ShareGPT unless the source spelled it otherwise (kept in meta["sharegpt"]).
-_SHAREGPT_STYLE = {"messages": "conversations", "role_tag": "from", "content_tag": "value", "user": "human",
-                   "assistant": "gpt", "system": "system", "function": "function_call",
-                   "observation": "observation", "system_at": "column"}
+_SHAREGPT_STYLE = {
+    "messages": "conversations",
+    "role_tag": "from",
+    "content_tag": "value",
+    "user": "human",
+    "assistant": "gpt",
+    "system": "system",
+    "function": "function_call",
+    "observation": "observation",
+    "system_at": "column",
+}
 
 
 def _parse_sharegpt(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -840,29 +995,43 @@ def _keep_style(style: dict[str, str], meta: dict[str, Any]) -> None:
         meta["sharegpt"] = custom
 
 
-def _sharegpt_message(d: Any, where: str, index: int, cols: dict[str, Any], style: dict[str, str],
-                      meta: dict[str, Any]) -> Message:
+def _sharegpt_message(
+    d: Any, where: str, index: int, cols: dict[str, Any], style: dict[str, str], meta: dict[str, Any]
+) -> Message:
     _typed(d, dict, where)
     role_tag = cols.get("role_tag") or ("from" if "from" in d else "role")
-    content_tag = cols.get("content_tag") or ("value" if "value" in d else "content" if "content" in d else
-                                              style.get("content_tag") or ("value" if role_tag == "from" else "content"))
+    content_tag = cols.get("content_tag") or (
+        "value"
+        if "value" in d
+        else "content"
+        if "content" in d
+        else style.get("content_tag") or ("value" if role_tag == "from" else "content")
+    )
     style.setdefault("role_tag", role_tag)
     style.setdefault("content_tag", content_tag)
     names = dict(_SHAREGPT_ROLES)
     names.update({cols[tag]: slot for slot, tag in _SHAREGPT_TAGS.items() if cols.get(tag)})
     name = d.get(role_tag)
     if name is None:
-        raise RecordError("format.missing-field", f"{where} has no {role_tag!r} (keys: {_keys(d)})",
-                          "give every turn a role: human, gpt, system, function_call or observation")
+        raise RecordError(
+            "format.missing-field",
+            f"{where} has no {role_tag!r} (keys: {_keys(d)})",
+            "give every turn a role: human, gpt, system, function_call or observation",
+        )
     slot = names.get(name) if isinstance(name, str) else None
     if slot is None:
-        raise RecordError("format.bad-role",
-                          f"{where} has {role_tag} {name!r}, expected one of {', '.join(sorted(names))}",
-                          "rename the role, or map it with a dataset_info.json entry's tags (--dataset-info)")
+        raise RecordError(
+            "format.bad-role",
+            f"{where} has {role_tag} {name!r}, expected one of {', '.join(sorted(names))}",
+            "rename the role, or map it with a dataset_info.json entry's tags (--dataset-info)",
+        )
     style.setdefault(slot, name)
     if content_tag not in d:
-        raise RecordError("format.missing-field", f"{where} ({name}) has no {content_tag!r} key (keys: {_keys(d)})",
-                          f"add the turn's text as {content_tag!r} (\"\" if it really is empty)")
+        raise RecordError(
+            "format.missing-field",
+            f"{where} ({name}) has no {content_tag!r} key (keys: {_keys(d)})",
+            f'add the turn\'s text as {content_tag!r} ("" if it really is empty)',
+        )
     value = d.get(content_tag)
     value = "" if value is None else _typed(value, str, f"{where} {content_tag!r}")
     _keep_extra_keys(d, {role_tag, content_tag}, index, meta)
@@ -905,18 +1074,22 @@ def _sharegpt_start(conv: Conversation) -> tuple[dict[str, str], list[Message], 
     return style, msgs, {}, 0
 
 
-def _sharegpt_turns(conv: Conversation, msgs: list[Message], offset: int, style: dict[str, str],
-                    fmt: str) -> list[dict[str, Any]]:
+def _sharegpt_turns(
+    conv: Conversation, msgs: list[Message], offset: int, style: dict[str, str], fmt: str
+) -> list[dict[str, Any]]:
     extra = conv.meta.get("message_keys", {})
-    return [_sharegpt_turn(conv, m, offset + i, style, fmt, extra.get(str(offset + i), {}))
-            for i, m in enumerate(msgs)]
+    return [_sharegpt_turn(conv, m, offset + i, style, fmt, extra.get(str(offset + i), {})) for i, m in enumerate(msgs)]
 
 
-def _sharegpt_turn(conv: Conversation, m: Message, i: int, style: dict[str, str], fmt: str,
-                   extra: dict[str, Any]) -> dict[str, Any]:
+def _sharegpt_turn(
+    conv: Conversation, m: Message, i: int, style: dict[str, str], fmt: str, extra: dict[str, Any]
+) -> dict[str, Any]:
     if m.reasoning is not None:
-        raise _cannot(fmt, f"message {i} has reasoning, which {fmt} cannot hold",
-                      "write it as messages or typed-blocks, which keep reasoning")
+        raise _cannot(
+            fmt,
+            f"message {i} has reasoning, which {fmt} cannot hold",
+            "write it as messages or typed-blocks, which keep reasoning",
+        )
     _require_default_train(conv, i, m, fmt)
     if m.tool_calls:
         if m.content:
@@ -939,9 +1112,12 @@ def _encode_sharegpt_ranking(conv: Conversation) -> dict[str, Any]:
     style, msgs, row, offset = _sharegpt_start(conv)
     chosen = msgs.pop()
     rejected_msg = _openai_message(rejected[0], "rejected", len(conv.messages) - 1, {})
-    row = {style["messages"]: _sharegpt_turns(conv, msgs, offset, style, "sharegpt-ranking"), **row,
-           "chosen": _sharegpt_turn(conv, chosen, len(conv.messages) - 1, style, "sharegpt-ranking", {}),
-           "rejected": _sharegpt_turn(conv, rejected_msg, len(conv.messages) - 1, style, "sharegpt-ranking", {})}
+    row = {
+        style["messages"]: _sharegpt_turns(conv, msgs, offset, style, "sharegpt-ranking"),
+        **row,
+        "chosen": _sharegpt_turn(conv, chosen, len(conv.messages) - 1, style, "sharegpt-ranking", {}),
+        "rejected": _sharegpt_turn(conv, rejected_msg, len(conv.messages) - 1, style, "sharegpt-ranking", {}),
+    }
     if conv.tools is not None:
         row["tools"] = json.dumps(list(conv.tools), ensure_ascii=False)
     return _with_columns(row, conv)
@@ -950,8 +1126,11 @@ def _encode_sharegpt_ranking(conv: Conversation) -> dict[str, Any]:
 def _rejected(conv: Conversation, fmt: str) -> list[dict[str, Any]]:
     rejected = conv.meta.get("rejected")
     if not isinstance(rejected, list) or not rejected:
-        raise _cannot(fmt, f"{fmt} needs a rejected answer and this conversation has none",
-                      "preference formats need data read from preference rows")
+        raise _cannot(
+            fmt,
+            f"{fmt} needs a rejected answer and this conversation has none",
+            "preference formats need data read from preference rows",
+        )
     return rejected
 
 
@@ -990,8 +1169,11 @@ def _parse_alpaca(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     if history:
         for i, pair in enumerate(_as_list(history, f"{k_history!r}")):
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-                raise RecordError("format.wrong-type", f"{k_history}[{i}] is not a [question, answer] pair of strings",
-                                  'write history as [["question", "answer"], ...]')
+                raise RecordError(
+                    "format.wrong-type",
+                    f"{k_history}[{i}] is not a [question, answer] pair of strings",
+                    'write history as [["question", "answer"], ...]',
+                )
             messages += [Message("user", pair[0]), Message("assistant", pair[1])]
         consumed.add(k_history)
     messages += [Message("user", _join_input(instruction, query)), Message("assistant", output)]
@@ -1017,8 +1199,13 @@ def _parse_self_instruct_seed(row: dict[str, Any], cols: dict[str, Any]) -> Pars
         meta["input"] = query
     if len(instances) > 1:
         meta["instances_rest"] = instances[1:]
-    return Parsed([Message("user", _join_input(instruction, query)), Message("assistant", output)], None, meta,
-                  {"instruction", "instances"}, "self-instruct-seed")
+    return Parsed(
+        [Message("user", _join_input(instruction, query)), Message("assistant", output)],
+        None,
+        meta,
+        {"instruction", "instances"},
+        "self-instruct-seed",
+    )
 
 
 def _parse_qa(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -1032,11 +1219,19 @@ def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> Parse
     just the last assistant turn)."""
     prompt, completion = _get(row, "prompt", (str, list)), _get(row, "completion", (str, list))
     if isinstance(prompt, str) != isinstance(completion, str):
-        raise RecordError("format.wrong-type", f"'prompt' is a {_typename(prompt)} but 'completion' is a "
-                          f"{_typename(completion)}", "make both strings, or both lists of messages")
+        raise RecordError(
+            "format.wrong-type",
+            f"'prompt' is a {_typename(prompt)} but 'completion' is a {_typename(completion)}",
+            "make both strings, or both lists of messages",
+        )
     if isinstance(prompt, str):
-        return Parsed([Message("user", prompt), Message("assistant", completion)], None, {}, {"prompt", "completion"},
-                      "prompt-completion")
+        return Parsed(
+            [Message("user", prompt), Message("assistant", completion)],
+            None,
+            {},
+            {"prompt", "completion"},
+            "prompt-completion",
+        )
     meta: dict[str, Any] = {}
     messages = _openai_messages(prompt, "prompt", 0, meta)
     messages += _openai_messages(completion, "completion", len(prompt), meta)
@@ -1055,8 +1250,13 @@ def _parse_text(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
 def _parse_text_label(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     """Classification rows: user = text, assistant = str(label); meta["label"] keeps its type."""
     text, label = _get(row, "text", str), _get(row, "label", (str, int, float, bool))
-    return Parsed([Message("user", text), Message("assistant", _scalar_text(label))], None, {"label": label},
-                  {"text", "label"}, "text-label")
+    return Parsed(
+        [Message("user", text), Message("assistant", _scalar_text(label))],
+        None,
+        {"label": label},
+        {"text", "label"},
+        "text-label",
+    )
 
 
 def _parse_knowledge(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -1116,11 +1316,13 @@ def _encode_prompt_completion(conv: Conversation) -> dict[str, Any]:
     last = _last_assistant(msgs)
     n_prompt = conv.meta.get("n_prompt", last)
     if last < 0 or not isinstance(n_prompt, int) or not 0 <= n_prompt <= last:
-        raise _cannot("prompt-completion",
-                      f"prompt-completion needs an assistant turn to complete; roles are {_roles(conv)}")
+        raise _cannot(
+            "prompt-completion", f"prompt-completion needs an assistant turn to complete; roles are {_roles(conv)}"
+        )
     if "n_prompt" not in conv.meta and last != len(msgs) - 1:
-        raise _cannot("prompt-completion",
-                      f"turns after the last assistant turn would be lost; roles are {_roles(conv)}")
+        raise _cannot(
+            "prompt-completion", f"turns after the last assistant turn would be lost; roles are {_roles(conv)}"
+        )
     dicts = _encode_messages(conv)["messages"]
     row: dict[str, Any] = {"prompt": dicts[:n_prompt], "completion": dicts[n_prompt:]}
     if conv.tools is not None:
@@ -1162,15 +1364,21 @@ def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     k_chosen, k_rejected = cols.get("chosen", "chosen"), cols.get("rejected", "rejected")
     chosen, rejected = _get(row, k_chosen, (str, list)), _get(row, k_rejected, (str, list))
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise RecordError("format.wrong-type", f"{k_chosen!r} is a {_typename(chosen)} but {k_rejected!r} is a "
-                          f"{_typename(rejected)}", "make both strings, or both lists of messages")
+        raise RecordError(
+            "format.wrong-type",
+            f"{k_chosen!r} is a {_typename(chosen)} but {k_rejected!r} is a {_typename(rejected)}",
+            "make both strings, or both lists of messages",
+        )
     k_prompt = cols.get("prompt") or next((k for k in ("prompt", "instruction", "question") if k in row), None)
     meta: dict[str, Any] = {} if k_prompt in (None, "prompt") else {"prompt_key": k_prompt}
     consumed = {k_chosen, k_rejected}
     if isinstance(chosen, str):
         if k_prompt is None:
-            raise RecordError("format.missing-field", f"string preference row has no prompt (keys: {_keys(row)})",
-                              "add 'prompt', or give chosen/rejected as full message lists")
+            raise RecordError(
+                "format.missing-field",
+                f"string preference row has no prompt (keys: {_keys(row)})",
+                "add 'prompt', or give chosen/rejected as full message lists",
+            )
         prompt = _get(row, k_prompt, str)
         consumed.add(k_prompt)
         messages: list[Message] = []
@@ -1184,8 +1392,9 @@ def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
             if _typed(query, str, f"field {k_query!r}"):
                 meta["input"] = query
         messages += [Message("user", _join_input(prompt, query)), Message("assistant", chosen)]
-        meta.update(preference_form="string", n_prompt=len(messages) - 1,
-                    rejected=[{"role": "assistant", "content": rejected}])
+        meta.update(
+            preference_form="string", n_prompt=len(messages) - 1, rejected=[{"role": "assistant", "content": rejected}]
+        )
         return Parsed(messages, None, meta, consumed)
     chosen_msgs = _openai_messages(chosen, k_chosen, 0, {})
     rejected_msgs = _openai_messages(rejected, k_rejected, 0, {})
@@ -1197,8 +1406,7 @@ def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
         form = "conversational"
     else:
         n_prompt = 0
-        while (n_prompt < min(len(chosen_msgs), len(rejected_msgs))
-               and chosen_msgs[n_prompt] == rejected_msgs[n_prompt]):
+        while n_prompt < min(len(chosen_msgs), len(rejected_msgs)) and chosen_msgs[n_prompt] == rejected_msgs[n_prompt]:
             n_prompt += 1
         messages, rejected_tail, form = chosen_msgs, rejected_msgs[n_prompt:], "implicit"
     meta.update(preference_form=form, n_prompt=n_prompt, rejected=[m.to_dict() for m in rejected_tail])
@@ -1218,8 +1426,11 @@ def _encode_preference(conv: Conversation) -> dict[str, Any]:
         if len(pairs) != 1 or len(rejected) != 1:
             raise _cannot("preference", "string preference rows hold one prompt, one chosen and one rejected answer")
         prompt, query = _split_input(pairs[0][0], conv.meta)
-        row: dict[str, Any] = {conv.meta.get("prompt_key", "prompt"): prompt, "chosen": pairs[0][1],
-                               "rejected": rejected[0].get("content", "")}
+        row: dict[str, Any] = {
+            conv.meta.get("prompt_key", "prompt"): prompt,
+            "chosen": pairs[0][1],
+            "rejected": rejected[0].get("content", ""),
+        }
         if query:
             row["input"] = query
         if system is not None:
@@ -1229,8 +1440,11 @@ def _encode_preference(conv: Conversation) -> dict[str, Any]:
     if form == "implicit":
         row = {"chosen": dicts, "rejected": dicts[:n_prompt] + list(rejected)}
     else:
-        row = {conv.meta.get("prompt_key", "prompt"): dicts[:n_prompt], "chosen": dicts[n_prompt:],
-               "rejected": list(rejected)}
+        row = {
+            conv.meta.get("prompt_key", "prompt"): dicts[:n_prompt],
+            "chosen": dicts[n_prompt:],
+            "rejected": list(rejected),
+        }
     if conv.tools is not None:
         row["tools"] = [dict(t) for t in conv.tools]
     return _with_columns(row, conv)
@@ -1294,42 +1508,71 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
     except FileNotFoundError:
-        raise UsageError("file not found; point it at LLaMA-Factory's data/dataset_info.json",
-                         param="dataset_info", value=path) from None
+        raise UsageError(
+            "file not found; point it at LLaMA-Factory's data/dataset_info.json", param="dataset_info", value=path
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"not readable JSON ({e})", param="dataset_info", value=path) from None
     if not isinstance(info, dict):
-        raise UsageError(f"expected an object of dataset entries, found a {_typename(info)}",
-                         param="dataset_info", value=path)
+        raise UsageError(
+            f"expected an object of dataset entries, found a {_typename(info)}", param="dataset_info", value=path
+        )
     entry = info.get(name)
     if not isinstance(entry, dict):
-        raise UsageError(f"not in {path}{_did_you_mean(name, list(info))}; "
-                         f"it has {len(info)} entries, e.g. {', '.join(list(info)[:5])}", param="dataset", value=name)
-    for key, types, what in (("file_name", str, "a file name"), ("hf_hub_url", str, "a hub id"),
-                             ("columns", dict, "an object of column names"), ("tags", dict, "an object of tag names"),
-                             ("formatting", str, "alpaca, sharegpt or openai"), ("ranking", bool, "true or false"),
-                             ("split", str, "a split name")):
+        raise UsageError(
+            f"not in {path}{_did_you_mean(name, list(info))}; "
+            f"it has {len(info)} entries, e.g. {', '.join(list(info)[:5])}",
+            param="dataset",
+            value=name,
+        )
+    for key, types, what in (
+        ("file_name", str, "a file name"),
+        ("hf_hub_url", str, "a hub id"),
+        ("columns", dict, "an object of column names"),
+        ("tags", dict, "an object of tag names"),
+        ("formatting", str, "alpaca, sharegpt or openai"),
+        ("ranking", bool, "true or false"),
+        ("split", str, "a split name"),
+    ):
         if entry.get(key) is not None and not isinstance(entry[key], types):
-            raise UsageError(f"entry {name!r} has {key} = {entry[key]!r} ({_typename(entry[key])}), "
-                             f"expected {what}; fix the entry", param="dataset_info", value=path)
+            raise UsageError(
+                f"entry {name!r} has {key} = {entry[key]!r} ({_typename(entry[key])}), expected {what}; fix the entry",
+                param="dataset_info",
+                value=path,
+            )
     for key in ("columns", "tags"):
         for k, v in (entry.get(key) or {}).items():
             if not isinstance(v, str):
-                raise UsageError(f"entry {name!r} has {key}.{k} = {v!r} ({_typename(v)}), "
-                                 "expected a column or tag name (a string); fix the entry", param="dataset_info", value=path)
+                raise UsageError(
+                    f"entry {name!r} has {key}.{k} = {v!r} ({_typename(v)}), "
+                    "expected a column or tag name (a string); fix the entry",
+                    param="dataset_info",
+                    value=path,
+                )
     if entry.get("file_name"):
         source = os.path.join(os.path.dirname(path), entry["file_name"])
     elif entry.get("hf_hub_url"):
         source = entry["hf_hub_url"]
     else:
-        raise UsageError(f"the entry has neither file_name nor hf_hub_url "
-                         f"(keys: {sorted(entry)}); download the data and add a file_name", param="dataset", value=name)
+        raise UsageError(
+            f"the entry has neither file_name nor hf_hub_url "
+            f"(keys: {sorted(entry)}); download the data and add a file_name",
+            param="dataset",
+            value=name,
+        )
     columns = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
     formatting, ranking = entry.get("formatting", "alpaca"), bool(entry.get("ranking"))
     if formatting in ("sharegpt", "openai"):
         if formatting == "openai":
-            columns = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                       "assistant_tag": "assistant", "system_tag": "system", "observation_tag": "tool", **columns}
+            columns = {
+                "role_tag": "role",
+                "content_tag": "content",
+                "user_tag": "user",
+                "assistant_tag": "assistant",
+                "system_tag": "system",
+                "observation_tag": "tool",
+                **columns,
+            }
         fmt = "sharegpt-ranking" if ranking else "sharegpt"
     elif formatting == "alpaca":
         if ranking:
@@ -1339,8 +1582,9 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
         else:
             fmt = "alpaca"
     else:
-        raise UsageError(f"unknown formatting {formatting!r}; expected alpaca, sharegpt or openai",
-                         param="dataset", value=name)
+        raise UsageError(
+            f"unknown formatting {formatting!r}; expected alpaca, sharegpt or openai", param="dataset", value=name
+        )
     return source, fmt, columns
 
 

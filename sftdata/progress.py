@@ -51,8 +51,17 @@ def bar(desc: str, total: int | None = None, unit: str = "ex") -> Iterator[Any]:
     except (OSError, ValueError):
         size = os.terminal_size((0, 0))
     sized = size.columns > 0 and size.lines > 0  # a terminal that reports no size (some pseudo-terminals):
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=sized,  # 80 x 24
-              ncols=None if sized else 80, nrows=None if sized else 24, mininterval=0.2, leave=False) as b:
+    with tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=sized,  # 80 x 24
+        ncols=None if sized else 80,
+        nrows=None if sized else 24,
+        mininterval=0.2,
+        leave=False,
+    ) as b:
         yield b
 
 

@@ -19,8 +19,15 @@ from sftdata.testing.fixtures import (
     tiny_causal_lm,
 )
 
-__all__ = ["build_tiny_causal_lm", "make_conversation", "new_conversation", "pytest_configure", "sft_tokenizer",
-           "sftdata_audit", "tiny_causal_lm"]
+__all__ = [
+    "build_tiny_causal_lm",
+    "make_conversation",
+    "new_conversation",
+    "pytest_configure",
+    "sft_tokenizer",
+    "sftdata_audit",
+    "tiny_causal_lm",
+]
 
 
 def pytest_configure(config: object) -> None:

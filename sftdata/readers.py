@@ -59,19 +59,28 @@ def container_of(path: str) -> tuple[str, bool]:
     _check_readable(path)
     if os.path.isdir(path):
         return "hf-disk", False
-    for ext, container in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
-                           (".parquet", "parquet")):
+    for ext, container in (
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+        (".csv", "csv"),
+        (".parquet", "parquet"),
+    ):
         if name.endswith(ext):
             if not os.path.isfile(path):
                 raise DataError(f"{path}: file not found (working directory {os.getcwd()}); check the path")
             return container, gz
     if os.path.isfile(path):
-        raise DataError(f"{path}: unknown file extension; sftdata reads .jsonl, .json, .csv, .parquet "
-                         "(optionally .gz) and `datasets.save_to_disk` directories")
+        raise DataError(
+            f"{path}: unknown file extension; sftdata reads .jsonl, .json, .csv, .parquet "
+            "(optionally .gz) and `datasets.save_to_disk` directories"
+        )
     if _HUB_ID.match(path) and "/" in path:
         return "hf-hub", False
-    raise DataError(f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
-                     ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name")
+    raise DataError(
+        f"{path}: file not found (working directory {os.getcwd()}); pass a .jsonl/.json/.csv/"
+        ".parquet file, a `datasets.save_to_disk` directory, or a hub id like owner/name"
+    )
 
 
 STDIN = "-"
@@ -101,14 +110,17 @@ def local_path(path: str) -> str:
     atexit.register(shutil.rmtree, folder, True)
     tmp = os.path.join(folder, "stdin")
     try:
-        with (open(path, "rb") if path != STDIN else os.fdopen(os.dup(sys.stdin.fileno()), "rb")) as src, \
-                open(tmp, "wb") as dst:
+        with (
+            open(path, "rb") if path != STDIN else os.fdopen(os.dup(sys.stdin.fileno()), "rb") as src,
+            open(tmp, "wb") as dst,
+        ):
             head = src.read(1 << 16)
             dst.write(head)
             shutil.copyfileobj(src, dst, 1 << 20)
     except OSError as e:
-        raise DataError(f"{'standard input' if path == STDIN else path}: cannot be read ({e.strerror or e}); "
-                         "check what is piped in") from None
+        raise DataError(
+            f"{'standard input' if path == STDIN else path}: cannot be read ({e.strerror or e}); check what is piped in"
+        ) from None
     name = tmp + _stream_extension(head)
     os.replace(tmp, name)
     log.info("%s: copied to %s to be read", "standard input" if path == STDIN else path, name)
@@ -139,22 +151,28 @@ def _check_readable(path: str) -> None:
         st = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise DataError(f"{path}: a symlink to {os.readlink(path)!r}, which does not exist; "
-                             "fix the link or pass the file itself") from None
+            raise DataError(
+                f"{path}: a symlink to {os.readlink(path)!r}, which does not exist; "
+                "fix the link or pass the file itself"
+            ) from None
         return
     except OSError as e:  # ELOOP, ENAMETOOLONG, ENOTDIR, EACCES on a parent folder
         raise DataError(f"{path}: cannot be read ({e.strerror}); check the path") from None
     if stat.S_ISDIR(st.st_mode):
         if not os.access(path, os.R_OK | os.X_OK):
-            raise DataError(f"{path}: a directory this user cannot read (permission denied); "
-                             "fix its permissions (chmod u+rx) or pass a readable path")
+            raise DataError(
+                f"{path}: a directory this user cannot read (permission denied); "
+                "fix its permissions (chmod u+rx) or pass a readable path"
+            )
         return
     if not stat.S_ISREG(st.st_mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file (device or socket)"
         raise DataError(f"{path}: {kind}; pass it through readers.local_path() first, or copy it to a file")
     if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: permission denied (mode {stat.filemode(st.st_mode)}); "
-                         f"make it readable (chmod u+r {path}) or run as a user who can read it")
+        raise DataError(
+            f"{path}: permission denied (mode {stat.filemode(st.st_mode)}); "
+            f"make it readable (chmod u+r {path}) or run as a user who can read it"
+        )
 
 
 def iter_records(path: str, split: str = "train", keep: Keep | None = None) -> Iterator[RawRecord]:
@@ -215,8 +233,11 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield RawRecord(number, Source(path, lineno),
-                                error=f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start:e.start + 4]!r})")
+                yield RawRecord(
+                    number,
+                    Source(path, lineno),
+                    error=f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start : e.start + 4]!r})",
+                )
                 continue
         else:
             text = raw
@@ -236,7 +257,9 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         except ValueError:  # an integer literal past Python's int-string limit (4300 digits)
             yield RawRecord(number, Source(path, lineno), error=_huge_number(text, 0)[0])
             continue
-        if (b"\\u" in raw if raw is not text else "\\u" in text) and _may_hold_lone_surrogate(text):  # bytes: a fast scan
+        if (b"\\u" in raw if raw is not text else "\\u" in text) and _may_hold_lone_surrogate(
+            text
+        ):  # bytes: a fast scan
             why = _lone_surrogate(row)
             if why:
                 yield RawRecord(number, Source(path, lineno), error=why)
@@ -246,7 +269,9 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
 
 # A surrogate escape (\ud800-\udfff), a valid high+low pair matched whole: a match of 6
 # characters is a lone half, a candidate (an escaped backslash can fool it) the decoded row confirms.
-_SURROGATE_ESCAPES = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPES = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
 
 
 def _may_hold_lone_surrogate(text: str, start: int = 0, end: int | None = None) -> bool:
@@ -263,8 +288,10 @@ def _lone_surrogate(row: Any) -> str | None:
     try:
         json.dumps(row, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
-        return (f"invalid Unicode: an unpaired surrogate {e.object[e.start:e.end]!r} (a lone \\u{ord(e.object[e.start]):x} "
-                "escape, text cut in the middle of an emoji); repair or drop the character")
+        return (
+            f"invalid Unicode: an unpaired surrogate {e.object[e.start : e.end]!r} (a lone \\u{ord(e.object[e.start]):x} "
+            "escape, text cut in the middle of an emoji); repair or drop the character"
+        )
     return None
 
 
@@ -287,8 +314,10 @@ def _huge_number(text: str, start: int) -> tuple[str, int | None]:
     except (ValueError, RecursionError):
         end = None  # broken in another way too: the element's end stays unknown
     n = max(digits) if digits else "too many"
-    message = (f"a number with {n} digits, more than Python reads ({sys.get_int_max_str_digits()}); "
-               "quote it as a string or shorten it")
+    message = (
+        f"a number with {n} digits, more than Python reads ({sys.get_int_max_str_digits()}); "
+        "quote it as a string or shorten it"
+    )
     return message, end
 
 
@@ -297,7 +326,7 @@ def _huge_number(text: str, start: int) -> tuple[str, int | None]:
 
 def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRecord]:
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
         yield RawRecord(1, Source(path, 1), error=f"cannot read the file: {e}")
@@ -308,8 +337,11 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        yield RawRecord(1, Source(path, line), error=f"invalid UTF-8 ({data[e.start:e.start + 4]!r}); "
-                        "the rest of the JSON file cannot be read")
+        yield RawRecord(
+            1,
+            Source(path, line),
+            error=f"invalid UTF-8 ({data[e.start : e.start + 4]!r}); the rest of the JSON file cannot be read",
+        )
         return
     start = _skip_ws(text, 0)
     if start == len(text):
@@ -328,8 +360,9 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
         return
     if text[start] != "[":
         line = text.count("\n", 0, start) + 1
-        yield RawRecord(1, Source(path, line),
-                        error=f"expected a JSON array ('[') or JSON Lines, found {text[start]!r}")
+        yield RawRecord(
+            1, Source(path, line), error=f"expected a JSON array ('[') or JSON Lines, found {text[start]!r}"
+        )
         return
     yield from _array_records(path, text, start + 1)
 
@@ -358,9 +391,11 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
             row, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
             where = text.count("\n", 0, e.pos) + 1
-            yield RawRecord(number, Source(path, where, number - 1),
-                            error=f"not valid JSON: {e.msg} (line {where} column {e.colno}); "
-                                  "the rest of the array cannot be read")
+            yield RawRecord(
+                number,
+                Source(path, where, number - 1),
+                error=f"not valid JSON: {e.msg} (line {where} column {e.colno}); the rest of the array cannot be read",
+            )
             return
         except RecursionError:
             yield RawRecord(number, Source(path, line, number - 1), error="not readable JSON: nested too deeply")
@@ -368,7 +403,9 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
         except ValueError:  # an integer past Python's int-string limit: this element only
             why, end = _huge_number(text, i)
             if end is None:
-                yield RawRecord(number, Source(path, line, number - 1), error=why + "; the rest of the array cannot be read")
+                yield RawRecord(
+                    number, Source(path, line, number - 1), error=why + "; the rest of the array cannot be read"
+                )
                 return
             yield RawRecord(number, Source(path, line, number - 1), error=why)
             row = None
@@ -386,8 +423,11 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
             return
         where = text.count("\n", 0, i) + 1
         found = repr(text[i]) if i < len(text) else "end of file"
-        yield RawRecord(number + 1, Source(path, where, number),
-                        error=f"not valid JSON: expected ',' or ']' after element {number}, found {found}")
+        yield RawRecord(
+            number + 1,
+            Source(path, where, number),
+            error=f"not valid JSON: expected ',' or ']' after element {number}, found {found}",
+        )
         return
 
 
@@ -461,8 +501,12 @@ def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[Raw
         except (ValueError, UnicodeDecodeError):
             json_columns = None
         if not isinstance(json_columns, list) or not all(isinstance(c, str) for c in json_columns):
-            yield RawRecord(1, Source(path, None, 0), error=f"the file's {PARQUET_JSON_COLUMNS_KEY.decode()} metadata is "
-                            "not a JSON list of column names; rewrite the file with `sftdata convert`")
+            yield RawRecord(
+                1,
+                Source(path, None, 0),
+                error=f"the file's {PARQUET_JSON_COLUMNS_KEY.decode()} metadata is "
+                "not a JSON list of column names; rewrite the file with `sftdata convert`",
+            )
             return
         json_columns = set(json_columns)
     index = 0
@@ -497,7 +541,9 @@ def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: se
             continue
         if key in json_columns:
             if not isinstance(value, str):
-                return RawRecord(index + 1, src, error=f"column {key!r} holds a {type(value).__name__}, expected JSON text")
+                return RawRecord(
+                    index + 1, src, error=f"column {key!r} holds a {type(value).__name__}, expected JSON text"
+                )
             text = value
             try:
                 value = json.loads(text)
@@ -534,10 +580,14 @@ def _load_hf(path: str, container: str, split: str) -> Any:
             ds = datasets.load_dataset(path, split=split)
     except FileNotFoundError as e:
         if container == "hf-disk":
-            raise DataError(f"{path}: a directory, but not one `datasets.save_to_disk` wrote ({e}); pass the "
-                            "data files inside it (.jsonl/.json/.csv/.parquet) instead") from e
-        raise DataError(f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
-                         "check the path, or set HF_HUB_OFFLINE=0 where the hub is reachable") from e
+            raise DataError(
+                f"{path}: a directory, but not one `datasets.save_to_disk` wrote ({e}); pass the "
+                "data files inside it (.jsonl/.json/.csv/.parquet) instead"
+            ) from e
+        raise DataError(
+            f"{path}: not a `datasets.save_to_disk` directory or reachable hub dataset ({e}); "
+            "check the path, or set HF_HUB_OFFLINE=0 where the hub is reachable"
+        ) from e
     except (OSError, ValueError, ConnectionError) as e:
         raise DataError(f"{path}: cannot load the dataset ({type(e).__name__}: {e})") from e
     if isinstance(ds, datasets.DatasetDict):

@@ -149,8 +149,14 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def update_manifest(run_dir: str | os.PathLike[str], stage: str, *, command: list[str] | None = None,
-                    config: dict[str, Any] | None = None, inputs: Iterable[str] = ()) -> dict[str, Any]:
+def update_manifest(
+    run_dir: str | os.PathLike[str],
+    stage: str,
+    *,
+    command: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    inputs: Iterable[str] = (),
+) -> dict[str, Any]:
     """Add or refresh `stage` in RUN/manifest.json (created on first use), atomically."""
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
@@ -192,12 +198,23 @@ def examples_schema() -> Any:
     """The columns of RUN/audit/examples.parquet (one row per audited example)."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("id", pa.string()), ("file", pa.string()), ("line", pa.int32()), ("row", pa.int32()),
-        ("n_tokens", pa.int32()), ("n_tokens_full", pa.int32()), ("n_trained", pa.int32()), ("truncated", pa.bool_()),
-        ("n_findings", pa.int32()), ("severity", pa.string()),
-        ("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.bool_())), ("message_index", pa.list_(pa.int32())),
-    ])
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("file", pa.string()),
+            ("line", pa.int32()),
+            ("row", pa.int32()),
+            ("n_tokens", pa.int32()),
+            ("n_tokens_full", pa.int32()),
+            ("n_trained", pa.int32()),
+            ("truncated", pa.bool_()),
+            ("n_findings", pa.int32()),
+            ("severity", pa.string()),
+            ("input_ids", pa.list_(pa.int32())),
+            ("loss_mask", pa.list_(pa.bool_())),
+            ("message_index", pa.list_(pa.int32())),
+        ]
+    )
 
 
 class ExamplesWriter:
@@ -261,18 +278,21 @@ def _examples_batch(examples: list[Any], schema: Any) -> Any:
     ids = np.frombuffer(b"".join(e.input_ids for e in examples), dtype=np.int32)
     mi = np.frombuffer(b"".join(e.message_index for e in examples), dtype=np.int32)
     mask = np.frombuffer(b"".join(e.loss_mask for e in examples), dtype=np.bool_)
-    return pa.record_batch([
-        pa.array([e.id for e in examples], pa.string()),
-        pa.array([e.file for e in examples], pa.string()),
-        pa.array([e.line for e in examples], pa.int32()),
-        pa.array([e.row for e in examples], pa.int32()),
-        pa.array(lens),
-        pa.array([e.n_tokens_full for e in examples], pa.int32()),
-        pa.array([e.n_trained for e in examples], pa.int32()),
-        pa.array([e.truncated for e in examples], pa.bool_()),
-        pa.array([len(e.findings) for e in examples], pa.int32()),
-        pa.array([_worst(e.findings) for e in examples], pa.string()),
-        pa.ListArray.from_arrays(off, pa.array(ids)),
-        pa.ListArray.from_arrays(off, pa.array(mask)),
-        pa.ListArray.from_arrays(off, pa.array(mi)),
-    ], schema=schema)
+    return pa.record_batch(
+        [
+            pa.array([e.id for e in examples], pa.string()),
+            pa.array([e.file for e in examples], pa.string()),
+            pa.array([e.line for e in examples], pa.int32()),
+            pa.array([e.row for e in examples], pa.int32()),
+            pa.array(lens),
+            pa.array([e.n_tokens_full for e in examples], pa.int32()),
+            pa.array([e.n_trained for e in examples], pa.int32()),
+            pa.array([e.truncated for e in examples], pa.bool_()),
+            pa.array([len(e.findings) for e in examples], pa.int32()),
+            pa.array([_worst(e.findings) for e in examples], pa.string()),
+            pa.ListArray.from_arrays(off, pa.array(ids)),
+            pa.ListArray.from_arrays(off, pa.array(mask)),
+            pa.ListArray.from_arrays(off, pa.array(mi)),
+        ],
+        schema=schema,
+    )

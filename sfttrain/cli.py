@@ -68,8 +68,11 @@ def run_main(argv: list[str]) -> int:
         if unknown:
             flags = [s for a in p._actions for s in a.option_strings]
             near = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1, cutoff=0.5)
-            raise clikit.UsageError(f"sfttrain run: unknown argument {unknown[0]!r}"
-                                    + (f"; did you mean {near[0]}?" if near else "") + " (see --help)")
+            raise clikit.UsageError(
+                f"sfttrain run: unknown argument {unknown[0]!r}"
+                + (f"; did you mean {near[0]}?" if near else "")
+                + " (see --help)"
+            )
         base = None
         out = getattr(args, "output_dir", None)
         if args.resume and out is None and args.config:
@@ -92,40 +95,59 @@ def run_main(argv: list[str]) -> int:
             result = train(cfg, force=args.force, resume=args.resume)
         except GateRefused as e:
             if args.json and _is_main_process():
-                clikit.print_json("sfttrain run", {"refused": True, "errors": len(e.findings),
-                                                   "run_dir": cfg.output_dir}, [f.to_dict() for f in e.findings])
-            sys.stderr.write(f"sfttrain: refusing to train: the audit found {len(e.findings)} error-level "
-                             f"problem(s) in {', '.join(cfg.data)}\n")
+                clikit.print_json(
+                    "sfttrain run",
+                    {"refused": True, "errors": len(e.findings), "run_dir": cfg.output_dir},
+                    [f.to_dict() for f in e.findings],
+                )
+            sys.stderr.write(
+                f"sfttrain: refusing to train: the audit found {len(e.findings)} error-level "
+                f"problem(s) in {', '.join(cfg.data)}\n"
+            )
             for f in e.findings[:5]:
                 sys.stderr.write(f"  {f.location()}: [{f.check}] {f.message}\n    fix: {f.hint}\n")
             if len(e.findings) > 5:
                 sys.stderr.write(f"  ... and {len(e.findings) - 5} more: see {cfg.output_dir}/audit/findings.jsonl\n")
             sys.stderr.write("Fix the data, or pass --force to train anyway (unusable examples are skipped).\n")
             return clikit.EXIT_FINDINGS
-        summary = {"refused": False, "interrupted": result.interrupted, "steps": result.global_step,
-                   "examples": result.n_examples, "skipped": result.n_skipped,
-                   "final_loss": result.losses[-1] if result.losses else None, "run_dir": str(result.run_dir)}
+        summary = {
+            "refused": False,
+            "interrupted": result.interrupted,
+            "steps": result.global_step,
+            "examples": result.n_examples,
+            "skipped": result.n_skipped,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "run_dir": str(result.run_dir),
+        }
         if args.json and _is_main_process():
             clikit.print_json("sfttrain run", summary, [])
         if result.interrupted:
-            sys.stderr.write(f"interrupted at step {result.global_step}: checkpoint saved; continue with "
-                             f"`sfttrain run --resume --output-dir {cfg.output_dir}`\n")
+            sys.stderr.write(
+                f"interrupted at step {result.global_step}: checkpoint saved; continue with "
+                f"`sfttrain run --resume --output-dir {cfg.output_dir}`\n"
+            )
             return clikit.EXIT_INTERRUPTED
         if _is_main_process() and not args.json:
             last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-            print(f"trained {result.global_step} steps on {result.n_examples} examples "
-                  f"({result.n_skipped} skipped); final loss {last}; outputs in {result.run_dir}/train/")
+            print(
+                f"trained {result.global_step} steps on {result.n_examples} examples "
+                f"({result.n_skipped} skipped); final loss {last}; outputs in {result.run_dir}/train/"
+            )
         return clikit.EXIT_OK
 
     return clikit.run(body)
 
 
 def merge_main(argv: list[str]) -> int:
-    p = clikit.parser("sfttrain merge", "Merge RUN/train/adapter into the run's base model and save a full model "
-                      "directory (weights + tokenizer) to DIR.")
+    p = clikit.parser(
+        "sfttrain merge",
+        "Merge RUN/train/adapter into the run's base model and save a full model "
+        "directory (weights + tokenizer) to DIR.",
+    )
     p.add_argument("run_dir", metavar="RUN", help="a finished `sfttrain run` directory")
-    p.add_argument("-o", "--output", required=True, metavar="DIR",
-                   help="where to write the merged model (new or empty)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="where to write the merged model (new or empty)"
+    )
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weights dtype (default fp32)")
 
     def body() -> int:

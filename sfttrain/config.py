@@ -40,40 +40,61 @@ class Config:
     model: str = _f("", "base model: a local HF directory, a hub id, or a built-in alias (`sftdata models`)")
     data: tuple[str, ...] = _f((), "training data files (any format `sftdata convert` reads; detected per file)")
     output_dir: str = _f("", "run directory; training writes RUN/train/ (and the audit RUN/audit/)")
-    policy: str = _f("assistant", "which tokens are trained: assistant (all assistant turns), last (last assistant "
-                     "turn), all; a message's own `train` flag overrides", choices=POLICIES)
+    policy: str = _f(
+        "assistant",
+        "which tokens are trained: assistant (all assistant turns), last (last assistant "
+        "turn), all; a message's own `train` flag overrides",
+        choices=POLICIES,
+    )
     max_length: int = _f(1024, "tokens per example; longer examples are truncated (the audit reports them)")
     chat_template: str | None = _f(None, "path to a .jinja chat template replacing the tokenizer's own (base models)")
-    new_special_tokens: tuple[str, ...] = _f((), "special tokens to add to the tokenizer; the embedding is resized "
-                                             "and the new rows are trained (also under LoRA)")
+    new_special_tokens: tuple[str, ...] = _f(
+        (),
+        "special tokens to add to the tokenizer; the embedding is resized "
+        "and the new rows are trained (also under LoRA)",
+    )
     # how to train
     lora: bool = _f(True, "train a LoRA adapter (peft); --no-lora = full fine-tuning")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: float = _f(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
-    lora_target_modules: tuple[str, ...] = _f(("all-linear",), "module names LoRA wraps; `all-linear` = every "
-                                              "linear layer except the output head")
-    packing: bool = _f(True, "padding-free packing: examples are packed best-fit-decreasing into rows of "
-                       "max_length tokens without padding or cross-example attention")
-    neftune_alpha: float = _f(0.0, "NEFTune noise alpha (0 = off; the paper uses 5-15): uniform noise scaled "
-                              "by alpha/sqrt(L*d) with L each example's true length")
+    lora_target_modules: tuple[str, ...] = _f(
+        ("all-linear",), "module names LoRA wraps; `all-linear` = every linear layer except the output head"
+    )
+    packing: bool = _f(
+        True,
+        "padding-free packing: examples are packed best-fit-decreasing into rows of "
+        "max_length tokens without padding or cross-example attention",
+    )
+    neftune_alpha: float = _f(
+        0.0,
+        "NEFTune noise alpha (0 = off; the paper uses 5-15): uniform noise scaled "
+        "by alpha/sqrt(L*d) with L each example's true length",
+    )
     epochs: float = _f(1.0, "passes over the data (ignored when max_steps > 0)")
     max_steps: int = _f(-1, "optimizer steps to run; -1 = derive from epochs")
     batch_size: int = _f(8, "rows per device per step (with packing: packed rows of up to max_length tokens)")
     gradient_accumulation_steps: int = _f(1, "micro-batches accumulated into one optimizer step")
     learning_rate: float = _f(2e-4, "peak learning rate (2e-4 suits LoRA; use ~2e-5 for full fine-tuning)")
-    lr_scheduler: str = _f("linear", "learning-rate schedule after warmup (cosine_with_min_lr: cosine down to "
-                           f"{MIN_LR_RATE:g} x the peak)", choices=SCHEDULERS)
+    lr_scheduler: str = _f(
+        "linear",
+        f"learning-rate schedule after warmup (cosine_with_min_lr: cosine down to {MIN_LR_RATE:g} x the peak)",
+        choices=SCHEDULERS,
+    )
     warmup_steps: float = _f(0.0, "warmup steps; a value below 1 is a fraction of all steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~20-30% slower")
     dtype: str = _f("auto", "auto = bf16 on a GPU that supports it, else fp32; or bf16, fp16, fp32", choices=DTYPES)
-    memory_gb: float = _f(0.0, "memory one training step may use, in GiB; 0 = 85% of what is available (RAM "
-                          "on CPU, free memory on the GPU). A micro-batch estimated above it is split into "
-                          "smaller ones with more gradient accumulation (same tokens per step)")
-    attn_implementation: str | None = _f(None, "attention kernel (sdpa, eager, flash_attention_2, ...); "
-                                         "None = transformers' default")
+    memory_gb: float = _f(
+        0.0,
+        "memory one training step may use, in GiB; 0 = 85% of what is available (RAM "
+        "on CPU, free memory on the GPU). A micro-batch estimated above it is split into "
+        "smaller ones with more gradient accumulation (same tokens per step)",
+    )
+    attn_implementation: str | None = _f(
+        None, "attention kernel (sdpa, eager, flash_attention_2, ...); None = transformers' default"
+    )
     seed: int = _f(42, "seed for LoRA init, data order, dropout and NEFTune noise")
     # what to write
     logging_steps: int = _f(1, "write a metrics.jsonl row every N steps")
@@ -129,8 +150,9 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         out = value
     choices = FIELDS[name].metadata.get("choices")
     if choices and out not in choices:
-        raise UsageError(f"{where}: {name} must be one of {', '.join(choices)}, got {out!r}"
-                         f"{_did_you_mean(str(out), choices)}")
+        raise UsageError(
+            f"{where}: {name} must be one of {', '.join(choices)}, got {out!r}{_did_you_mean(str(out), choices)}"
+        )
     return out
 
 
@@ -141,8 +163,9 @@ def from_dict(d: dict[str, Any], *, where: str = "config", base: Config | None =
     changes = {}
     for key, value in d.items():
         if key not in FIELDS:
-            raise UsageError(f"{where}: unknown key {key!r}{_did_you_mean(str(key), FIELDS)} "
-                             f"(`sfttrain run --help` lists every key)")
+            raise UsageError(
+                f"{where}: unknown key {key!r}{_did_you_mean(str(key), FIELDS)} (`sfttrain run --help` lists every key)"
+            )
         changes[key] = _coerce(key, value, where)
     return dataclasses.replace(base or Config(), **changes)
 
@@ -210,8 +233,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         elif typing.get_origin(hint) is tuple:
             g.add_argument(flag, nargs="+", metavar=name.upper(), **kw)
         else:
-            g.add_argument(flag, type=hint if hint in (int, float) else str, metavar=name.upper(),
-                           choices=f.metadata.get("choices"), **kw)
+            g.add_argument(
+                flag,
+                type=hint if hint in (int, float) else str,
+                metavar=name.upper(),
+                choices=f.metadata.get("choices"),
+                **kw,
+            )
 
 
 def resolve(args: argparse.Namespace, base: Config | None = None) -> Config:

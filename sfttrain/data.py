@@ -66,8 +66,13 @@ def to_example(conv: Conversation, tok: Tokenized) -> Example | Skipped:
     # Token 0 has no context: no causal LM can be trained on it, so it does not count.
     if not any(tok.loss_mask[1:]):
         return Skipped(conv.id, str(conv.source), "no trained tokens (mask policy, or truncated before the answer)")
-    return Example(conv.id, str(conv.source), np.asarray(tok.input_ids, dtype=np.int32),
-                   np.asarray(labels_from_mask(tok.input_ids, tok.loss_mask), dtype=np.int32), sum(tok.loss_mask[1:]))
+    return Example(
+        conv.id,
+        str(conv.source),
+        np.asarray(tok.input_ids, dtype=np.int32),
+        np.asarray(labels_from_mask(tok.input_ids, tok.loss_mask), dtype=np.int32),
+        sum(tok.loss_mask[1:]),
+    )
 
 
 def examples_from_parquet(path: str | os.PathLike[str]) -> tuple[list[Example], list[Skipped]]:
@@ -85,12 +90,17 @@ def examples_from_parquet(path: str | os.PathLike[str]) -> tuple[list[Example], 
         ids_all = ids_col.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
         mask_off = mask_col.offsets.to_numpy()
         mask_all = mask_col.values.to_numpy(zero_copy_only=False).astype(bool, copy=False)
-        meta = zip(batch.column("id").to_pylist(), batch.column("file").to_pylist(),
-                   batch.column("line").to_pylist(), batch.column("row").to_pylist(), strict=True)
+        meta = zip(
+            batch.column("id").to_pylist(),
+            batch.column("file").to_pylist(),
+            batch.column("line").to_pylist(),
+            batch.column("row").to_pylist(),
+            strict=True,
+        )
         for k, (eid, file, line, row) in enumerate(meta):
             source = str(Source(file, line, row))
-            ids = ids_all[id_off[k]:id_off[k + 1]]
-            mask = mask_all[mask_off[k]:mask_off[k + 1]]
+            ids = ids_all[id_off[k] : id_off[k + 1]]
+            mask = mask_all[mask_off[k] : mask_off[k + 1]]
             if len(ids) == 0:
                 skipped.append(Skipped(eid, source, "could not be tokenized (the audit's findings say why)"))
                 continue
@@ -113,8 +123,9 @@ def read_conversations(paths: Iterable[str]) -> Iterable[Conversation]:
             yield item
 
 
-def load_examples(conversations: Iterable[Conversation], tokenizer: Any, *, policy: str,
-                  max_length: int) -> tuple[list[Example], list[Skipped]]:
+def load_examples(
+    conversations: Iterable[Conversation], tokenizer: Any, *, policy: str, max_length: int
+) -> tuple[list[Example], list[Skipped]]:
     examples: list[Example] = []
     skipped: list[Skipped] = []
     for conv, tok in masks.tokenize_stream(conversations, tokenizer, policy=policy, max_length=max_length):
@@ -145,8 +156,9 @@ def pack_bfd(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
-def rows(examples: Sequence[Example], *, packing: bool,
-         max_length: int) -> tuple[dict[str, list[Any]], list[list[int]]]:
+def rows(
+    examples: Sequence[Example], *, packing: bool, max_length: int
+) -> tuple[dict[str, list[Any]], list[list[int]]]:
     """Columns for the training dataset, and which examples each row holds."""
     if not packing:
         groups = [[i] for i in range(len(examples))]
@@ -189,6 +201,12 @@ def to_dataset(examples: Sequence[Example], *, packing: bool, max_length: int) -
     n_tokens = sum(len(e.input_ids) for e in examples)
     if packing:
         fill = n_tokens / max(1, len(groups) * max_length)
-        log.info("packed %d examples (%d tokens) into %d rows of <= %d tokens (%.0f%% full)",
-                 len(examples), n_tokens, len(groups), max_length, 100 * fill)
+        log.info(
+            "packed %d examples (%d tokens) into %d rows of <= %d tokens (%.0f%% full)",
+            len(examples),
+            n_tokens,
+            len(groups),
+            max_length,
+            100 * fill,
+        )
     return Dataset.from_dict(cols)

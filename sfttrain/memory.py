@@ -69,9 +69,10 @@ class Plan:
 
 def _cgroup_room() -> int | None:
     """Bytes left under this process's cgroup memory limit (v2, then v1), or None without one."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
@@ -117,7 +118,9 @@ def available_bytes(device: Any) -> tuple[int | None, str]:
     else:
         where = "MemAvailable in /proc/meminfo"
     if ram is not None and total is not None and total * CPU_SHARE < ram * HEADROOM:
-        return int(total * CPU_SHARE / HEADROOM), f"{CPU_SHARE:.0%} of the RAM (on CPU larger micro-batches are not faster)"
+        return int(
+            total * CPU_SHARE / HEADROOM
+        ), f"{CPU_SHARE:.0%} of the RAM (on CPU larger micro-batches are not faster)"
     return ram, where
 
 
@@ -136,8 +139,16 @@ def _n_params(model: Any) -> tuple[int, int, int]:
     return total, trainable, trainable_bytes
 
 
-def estimate(model: Any, *, length: int, lora: bool, gradient_checkpointing: bool, attn_implementation: str | None,
-             activation_bytes: int, trained_fraction: float = 1.0) -> Estimate:
+def estimate(
+    model: Any,
+    *,
+    length: int,
+    lora: bool,
+    gradient_checkpointing: bool,
+    attn_implementation: str | None,
+    activation_bytes: int,
+    trained_fraction: float = 1.0,
+) -> Estimate:
     """Peak bytes one training step adds to the loaded model, per row of `length` tokens.
 
     `activation_bytes`: 2 under bf16/fp16 autocast or half weights, 4 in fp32. `trained_fraction`:
@@ -169,12 +180,24 @@ def estimate(model: Any, *, length: int, lora: bool, gradient_checkpointing: boo
     # Gradients (fp32) and AdamW's two fp32 states of what is trained; a full fine-tune's fp32
     # gradient accumulation buffer is the gradient itself.
     optimizer = trainable * 4 * 2 + trainable_bytes
-    return Estimate(fixed=int(OVERHEAD + optimizer), per_row=per_row, head_per_token=head_per_token,
-                    head_tokens_per_row=max(1.0, length * trained_fraction), length=length)
+    return Estimate(
+        fixed=int(OVERHEAD + optimizer),
+        per_row=per_row,
+        head_per_token=head_per_token,
+        head_tokens_per_row=max(1.0, length * trained_fraction),
+        length=length,
+    )
 
 
-def plan(est: Estimate, *, batch_size: int, gradient_accumulation_steps: int, available: int | None,
-         where: str, limit: int | None = None) -> Plan | None:
+def plan(
+    est: Estimate,
+    *,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    available: int | None,
+    where: str,
+    limit: int | None = None,
+) -> Plan | None:
     """The largest micro-batch that divides batch_size and fits in HEADROOM of the available memory
     (or in `limit` bytes), with the accumulation that keeps batch_size x accumulation rows per
     optimizer step. None when not even one row fits."""
@@ -183,8 +206,14 @@ def plan(est: Estimate, *, batch_size: int, gradient_accumulation_steps: int, av
         return Plan(batch_size, gradient_accumulation_steps, est.peak(batch_size), 0, where, False)
     for rows in sorted((d for d in range(1, batch_size + 1) if batch_size % d == 0), reverse=True):
         if est.peak(rows) <= budget:
-            return Plan(rows, gradient_accumulation_steps * (batch_size // rows), est.peak(rows), budget,
-                        where if not limit else "--memory-gb", rows != batch_size)
+            return Plan(
+                rows,
+                gradient_accumulation_steps * (batch_size // rows),
+                est.peak(rows),
+                budget,
+                where if not limit else "--memory-gb",
+                rows != batch_size,
+            )
     return None
 
 

@@ -32,8 +32,10 @@ def merge(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, d
         raise UsageError(f"-o {out}: the directory exists and is not empty; choose a new one")
     weights = p.adapter if cfg.lora else p.model
     if not weights.is_dir():
-        raise UsageError(f"{weights} not found: the run did not finish (resume it with `sfttrain run --resume "
-                         f"--output-dir {run_dir}`)")
+        raise UsageError(
+            f"{weights} not found: the run did not finish (resume it with `sfttrain run --resume "
+            f"--output-dir {run_dir}`)"
+        )
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     tokenizer = AutoTokenizer.from_pretrained(str(weights))
     if cfg.lora:

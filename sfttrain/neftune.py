@@ -19,8 +19,13 @@ from typing import Any
 import torch
 
 
-def token_lengths(shape: tuple[int, int], *, attention_mask: torch.Tensor | None = None,
-                  position_ids: torch.Tensor | None = None, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_lengths(
+    shape: tuple[int, int],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    device: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For a [B, T] batch: (length of the example each token belongs to, whether the token is real).
 
     Examples are rows, or, when `position_ids` are given, the runs that start where the position
@@ -30,8 +35,11 @@ def token_lengths(shape: tuple[int, int], *, attention_mask: torch.Tensor | None
     b, t = shape
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(f"NEFTune needs a 2-D attention mask (batch, tokens), got shape {tuple(attention_mask.shape)}")
-    valid = (attention_mask.to(device).bool() if attention_mask is not None
-             else torch.ones(b, t, dtype=torch.bool, device=device))
+    valid = (
+        attention_mask.to(device).bool()
+        if attention_mask is not None
+        else torch.ones(b, t, dtype=torch.bool, device=device)
+    )
     if position_ids is None:
         segment = torch.zeros(b, t, dtype=torch.long, device=device)
     else:

@@ -66,8 +66,16 @@ class Paths:
 def paths(run_dir: str | os.PathLike[str]) -> Paths:
     run = Path(run_dir)
     t = run / "train"
-    return Paths(run, t, t / "config.yaml", t / "metrics.jsonl", t / "example_loss.parquet", t / "adapter",
-                 t / "model", t / "checkpoints")
+    return Paths(
+        run,
+        t,
+        t / "config.yaml",
+        t / "metrics.jsonl",
+        t / "example_loss.parquet",
+        t / "adapter",
+        t / "model",
+        t / "checkpoints",
+    )
 
 
 @dataclass(frozen=True)
@@ -101,14 +109,16 @@ def gate(cfg: Config, tokenizer: Any, *, force: bool, run_dir: Path) -> Path:
     unless forced. Returns the audit's examples.parquet, which training then reads."""
     from sftdata.audit import run_audit
 
-    result = run_audit(list(cfg.data), tokenizer, max_length=cfg.max_length, policy=cfg.policy,
-                       run_dir=str(run_dir))
+    result = run_audit(list(cfg.data), tokenizer, max_length=cfg.max_length, policy=cfg.policy, run_dir=str(run_dir))
     errors = [f for f in result.findings if f.severity == "error"]
     if errors and not force:
         raise GateRefused(errors)
     if errors:
-        log.warning("training despite %d error-level audit finding(s) (--force); examples that cannot be "
-                    "tokenized or have no trained tokens are skipped", len(errors))
+        log.warning(
+            "training despite %d error-level audit finding(s) (--force); examples that cannot be "
+            "tokenized or have no trained tokens are skipped",
+            len(errors),
+        )
     return run_dir / "audit" / "examples.parquet"
 
 
@@ -162,8 +172,14 @@ def lora_config(cfg: Config, model: torch.nn.Module, new_ids: list[int]) -> Any:
         head = model.get_output_embeddings()
         if head is not None and head.weight is not embed.weight:
             trainable_tokens[module_name(model, head)] = new_ids
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-                      task_type="CAUSAL_LM", trainable_token_indices=trainable_tokens)
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        trainable_token_indices=trainable_tokens,
+    )
 
 
 def prepare_model(model: torch.nn.Module, tokenizer: Any, cfg: Config, new_ids: list[int]) -> torch.nn.Module:
@@ -207,8 +223,12 @@ class Metrics(TrainerCallback):
         if not module.training or kwargs.get("input_ids") is None:
             return
         ids, labels = kwargs["input_ids"], kwargs.get("labels")
-        _, real = neftune.token_lengths(tuple(ids.shape), attention_mask=kwargs.get("attention_mask"),
-                                        position_ids=kwargs.get("position_ids"), device=ids.device)
+        _, real = neftune.token_lengths(
+            tuple(ids.shape),
+            attention_mask=kwargs.get("attention_mask"),
+            position_ids=kwargs.get("position_ids"),
+            device=ids.device,
+        )
         self.tokens += real.sum()
         if labels is not None:
             self.trained += (labels[..., 1:] != data.IGNORE).sum()
@@ -283,8 +303,14 @@ class ProgressBar(TrainerCallback):
         if state.is_world_process_zero and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, file=sys.stderr,
-                            desc="sfttrain", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                file=sys.stderr,
+                desc="sfttrain",
+                unit="step",
+                dynamic_ncols=True,
+            )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.bar is not None:
@@ -359,8 +385,11 @@ def sft_config(cfg: Config, p: Paths, autocast: str | None) -> Any:
 
 
 def latest_checkpoint(p: Paths) -> Path | None:
-    found = [(int(d.name.rsplit("-", 1)[-1]), d) for d in p.checkpoints.glob("checkpoint-*")
-             if d.is_dir() and d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").is_file()]
+    found = [
+        (int(d.name.rsplit("-", 1)[-1]), d)
+        for d in p.checkpoints.glob("checkpoint-*")
+        if d.is_dir() and d.name.rsplit("-", 1)[-1].isdigit() and (d / "trainer_state.json").is_file()
+    ]
     return max(found)[1] if found else None
 
 
@@ -373,20 +402,27 @@ def check_run_dir(p: Paths, *, resume: bool) -> Path | None:
     """The checkpoint to resume from (None: a new run); UsageError when the directory says otherwise."""
     done = finished_output(p)
     if done is not None:
-        steps = [json.loads(x).get("step") for x in p.metrics.read_text(encoding="utf-8").splitlines()
-                 if x.strip()] if p.metrics.is_file() else []
+        steps = (
+            [json.loads(x).get("step") for x in p.metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
+            if p.metrics.is_file()
+            else []
+        )
         at = f" after {steps[-1]} steps" if steps else ""
         if resume:
-            raise UsageError(f"{p.run} holds a finished run{at} (its weights are in {done}): there is nothing to "
-                             f"resume. To train further, start a new run from those weights (full fine-tuning: "
-                             f"--model {p.model}; LoRA: `sfttrain merge {p.run} -o DIR`, then --model DIR)")
+            raise UsageError(
+                f"{p.run} holds a finished run{at} (its weights are in {done}): there is nothing to "
+                f"resume. To train further, start a new run from those weights (full fine-tuning: "
+                f"--model {p.model}; LoRA: `sfttrain merge {p.run} -o DIR`, then --model DIR)"
+            )
         raise UsageError(f"{p.run} already holds a finished run{at}; choose a new --output-dir")
     checkpoint = latest_checkpoint(p)
     if resume and checkpoint is None:
         raise UsageError(f"--resume: no checkpoint in {p.checkpoints}; start without --resume")
     if not resume and checkpoint is not None:
-        raise UsageError(f"{p.checkpoints} already holds checkpoints; pass --resume to continue that run, "
-                         f"or choose a new --output-dir")
+        raise UsageError(
+            f"{p.checkpoints} already holds checkpoints; pass --resume to continue that run, "
+            f"or choose a new --output-dir"
+        )
     return checkpoint
 
 
@@ -397,11 +433,13 @@ def refuse_data_parallel() -> None:
         return
     n = torch.cuda.device_count()
     if n > 1:
-        raise UsageError(f"{n} GPUs are visible to one process, which would train with nn.DataParallel (not "
-                         f"supported: replicas would share NEFTune's hook state and TRL refuses it). Launch one "
-                         f"process per GPU: `torchrun --nproc_per_node {n} -m sfttrain.cli run ...` or "
-                         f"`accelerate launch --num_processes {n} -m sfttrain.cli run ...`; or make one GPU "
-                         f"visible with CUDA_VISIBLE_DEVICES=0")
+        raise UsageError(
+            f"{n} GPUs are visible to one process, which would train with nn.DataParallel (not "
+            f"supported: replicas would share NEFTune's hook state and TRL refuses it). Launch one "
+            f"process per GPU: `torchrun --nproc_per_node {n} -m sfttrain.cli run ...` or "
+            f"`accelerate launch --num_processes {n} -m sfttrain.cli run ...`; or make one GPU "
+            f"visible with CUDA_VISIBLE_DEVICES=0"
+        )
 
 
 def is_varlen_kernel(model: Any) -> bool:
@@ -462,13 +500,24 @@ def fit_memory(cfg: Config, model: Any, examples: Sequence[data.Example], autoca
     n_tokens = sum(len(e.input_ids) for e in examples)
     length = cfg.max_length if cfg.packing else max(len(e.input_ids) for e in examples)
     half = autocast is not None or next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
-    est = memory.estimate(model, length=length, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
-                          attn_implementation=getattr(model.config, "_attn_implementation", None),
-                          activation_bytes=2 if half else 4,
-                          trained_fraction=sum(e.n_trained for e in examples) / max(1, n_tokens))
+    est = memory.estimate(
+        model,
+        length=length,
+        lora=cfg.lora,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        activation_bytes=2 if half else 4,
+        trained_fraction=sum(e.n_trained for e in examples) / max(1, n_tokens),
+    )
     available, where = memory.available_bytes(device)
-    plan = memory.plan(est, batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       available=available, where=where, limit=memory.limit_from_config(cfg.memory_gb))
+    plan = memory.plan(
+        est,
+        batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        available=available,
+        where=where,
+        limit=memory.limit_from_config(cfg.memory_gb),
+    )
     gb = memory.describe_bytes
     if plan is None:
         budget = memory.limit_from_config(cfg.memory_gb) or int((available or 0) * memory.HEADROOM)
@@ -476,23 +525,40 @@ def fit_memory(cfg: Config, model: Any, examples: Sequence[data.Example], autoca
             f"one row of {length} tokens needs about {gb(est.peak(1))} to train, more than the {gb(budget)} "
             f"available ({'--memory-gb' if cfg.memory_gb else where}). Lower --max-length, turn on "
             f"--gradient-checkpointing{'' if cfg.lora else ', train a LoRA adapter (--lora)'}"
-            f"{', use --dtype bf16' if not half else ''}, or raise --memory-gb if more is free")
-    log.info("memory: a micro-batch of %d row(s) x %d tokens is estimated at %s (%s available: %s)",
-             plan.batch_size, length, gb(plan.estimate), gb(plan.available) if plan.available else "?", plan.where)
+            f"{', use --dtype bf16' if not half else ''}, or raise --memory-gb if more is free"
+        )
+    log.info(
+        "memory: a micro-batch of %d row(s) x %d tokens is estimated at %s (%s available: %s)",
+        plan.batch_size,
+        length,
+        gb(plan.estimate),
+        gb(plan.available) if plan.available else "?",
+        plan.where,
+    )
     if not plan.changed:
         return cfg
-    log.warning("memory: %d rows x %d tokens per micro-batch would need about %s, more than the %s available "
-                "(%s): training %d row(s) per micro-batch with gradient_accumulation_steps %d instead (the same "
-                "%d rows per optimizer step). Set --batch-size/--gradient-accumulation-steps, "
-                "--gradient-checkpointing or --memory-gb to choose otherwise",
-                cfg.batch_size, length, gb(est.peak(cfg.batch_size)), gb(plan.available), plan.where,
-                plan.batch_size, plan.gradient_accumulation_steps, cfg.batch_size * cfg.gradient_accumulation_steps)
-    return dataclasses.replace(cfg, batch_size=plan.batch_size,
-                               gradient_accumulation_steps=plan.gradient_accumulation_steps)
+    log.warning(
+        "memory: %d rows x %d tokens per micro-batch would need about %s, more than the %s available "
+        "(%s): training %d row(s) per micro-batch with gradient_accumulation_steps %d instead (the same "
+        "%d rows per optimizer step). Set --batch-size/--gradient-accumulation-steps, "
+        "--gradient-checkpointing or --memory-gb to choose otherwise",
+        cfg.batch_size,
+        length,
+        gb(est.peak(cfg.batch_size)),
+        gb(plan.available),
+        plan.where,
+        plan.batch_size,
+        plan.gradient_accumulation_steps,
+        cfg.batch_size * cfg.gradient_accumulation_steps,
+    )
+    return dataclasses.replace(
+        cfg, batch_size=plan.batch_size, gradient_accumulation_steps=plan.gradient_accumulation_steps
+    )
 
 
-def load_audited_examples(cfg: Config, tokenizer: Any, *, force: bool, p: Paths) -> tuple[list[data.Example],
-                                                                                         list[data.Skipped]]:
+def load_audited_examples(
+    cfg: Config, tokenizer: Any, *, force: bool, p: Paths
+) -> tuple[list[data.Example], list[data.Skipped]]:
     """The audit gate, then its examples.parquet as training examples: no second read or tokenization.
     Other ranks than the main one audit into a private directory (the same tokens: it is deterministic)."""
     if is_main_process():
@@ -503,8 +569,16 @@ def load_audited_examples(cfg: Config, tokenizer: Any, *, force: bool, p: Paths)
         return data.examples_from_parquet(gate(cfg, tokenizer, force=force, run_dir=Path(tmp)))
 
 
-def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any = None, tokenizer: Any = None,
-          callbacks: Sequence[TrainerCallback] = (), audit: bool = True) -> Result:
+def train(
+    cfg: Config,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    model: Any = None,
+    tokenizer: Any = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    audit: bool = True,
+) -> Result:
     """Train per `cfg`. `model`/`tokenizer` may be passed in-process (tests); otherwise loaded from cfg.model.
     `audit=False` skips the gate and tokenizes the data here (the same sftdata path)."""
     from transformers import set_seed
@@ -524,15 +598,18 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
     if audit:
         examples, skipped = load_audited_examples(cfg, tokenizer, force=force, p=p)
     else:
-        examples, skipped = data.load_examples(data.read_conversations(cfg.data), tokenizer,
-                                               policy=cfg.policy, max_length=cfg.max_length)
+        examples, skipped = data.load_examples(
+            data.read_conversations(cfg.data), tokenizer, policy=cfg.policy, max_length=cfg.max_length
+        )
     for s in skipped[:5]:
         log.warning("skipped %s (%s): %s", s.example_id, s.source, s.reason)
     if not examples:
-        raise UsageError(f"no trainable examples in {', '.join(cfg.data)} ({len(skipped)} skipped); "
-                         f"`sftdata audit` shows why")
-    log.info("%d training examples, %d skipped (data ready in %.2f s)", len(examples), len(skipped),
-             time.perf_counter() - t0)
+        raise UsageError(
+            f"no trainable examples in {', '.join(cfg.data)} ({len(skipped)} skipped); `sftdata audit` shows why"
+        )
+    log.info(
+        "%d training examples, %d skipped (data ready in %.2f s)", len(examples), len(skipped), time.perf_counter() - t0
+    )
 
     weights_dtype, autocast = precision(cfg)
     set_seed(cfg.seed)
@@ -549,9 +626,11 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
     if is_main_process():
         with rundir.atomic_open(p.config) as f:
             if cfg != asked:
-                f.write(f"# batch_size {asked.batch_size} -> {cfg.batch_size} and gradient_accumulation_steps "
-                        f"{asked.gradient_accumulation_steps} -> {cfg.gradient_accumulation_steps}: the memory "
-                        f"estimate of one micro-batch did not fit (the same rows per optimizer step)\n")
+                f.write(
+                    f"# batch_size {asked.batch_size} -> {cfg.batch_size} and gradient_accumulation_steps "
+                    f"{asked.gradient_accumulation_steps} -> {cfg.gradient_accumulation_steps}: the memory "
+                    f"estimate of one micro-batch did not fit (the same rows per optimizer step)\n"
+                )
             f.write(config_mod.to_yaml(cfg))
     dataset = data.to_dataset(examples, packing=cfg.packing, max_length=cfg.max_length)
 
@@ -580,8 +659,13 @@ def train(cfg: Config, *, force: bool = False, resume: bool = False, model: Any 
         losses_by_example = score_examples(trainer, examples, batch_size=cfg.batch_size)
     if trainer.is_world_process_zero():
         write_example_loss(p.example_loss, examples, losses_by_example)
-        rundir.update_manifest(p.run, "train", command=[sys.argv[0].rsplit("/", 1)[-1], *sys.argv[1:]],
-                               config=config_mod.to_dict(cfg), inputs=cfg.data)
+        rundir.update_manifest(
+            p.run,
+            "train",
+            command=[sys.argv[0].rsplit("/", 1)[-1], *sys.argv[1:]],
+            config=config_mod.to_dict(cfg),
+            inputs=cfg.data,
+        )
         # A finished run cannot be resumed: the checkpoints (a full fine-tune's hold the weights
         # and two optimizer states, 3x the model) would only take space.
         shutil.rmtree(p.checkpoints, ignore_errors=True)
@@ -616,7 +700,7 @@ def score_examples(trainer: Any, examples: Sequence[data.Example], *, batch_size
     acc = trainer.accelerator
     model = trainer.model
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    mine = order[acc.process_index::acc.num_processes]
+    mine = order[acc.process_index :: acc.num_processes]
     n_batches = math.ceil(len(order) / acc.num_processes / batch_size)
     pad_id = trainer.processing_class.pad_token_id
     was_training = model.training
@@ -624,7 +708,7 @@ def score_examples(trainer: Any, examples: Sequence[data.Example], *, batch_size
     out: list[tuple[int, float]] = []
     with torch.no_grad(), acc.autocast():
         for b in range(n_batches):
-            idx = mine[b * batch_size:(b + 1) * batch_size] or mine[-1:] or order[:1]
+            idx = mine[b * batch_size : (b + 1) * batch_size] or mine[-1:] or order[:1]
             width = max(len(examples[i].input_ids) for i in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             labels = torch.full((len(idx), width), data.IGNORE, dtype=torch.long)
@@ -634,8 +718,12 @@ def score_examples(trainer: Any, examples: Sequence[data.Example], *, batch_size
                 ids[r, :n] = torch.from_numpy(examples[i].input_ids)
                 labels[r, :n] = torch.from_numpy(examples[i].labels)
                 mask[r, :n] = 1
-            res = model(input_ids=ids.to(acc.device), attention_mask=mask.to(acc.device),
-                        labels=labels.to(acc.device), fused_lm_head=True)
+            res = model(
+                input_ids=ids.to(acc.device),
+                attention_mask=mask.to(acc.device),
+                labels=labels.to(acc.device),
+                fused_lm_head=True,
+            )
             nll = -(res.log_probs.float() * res.label_mask).sum(1)
             count = res.label_mask.sum(1)
             for r, i in enumerate(idx):
@@ -652,11 +740,13 @@ def score_examples(trainer: Any, examples: Sequence[data.Example], *, batch_size
 def write_example_loss(path: Path, examples: Sequence[data.Example], losses: dict[int, float]) -> None:
     import pyarrow as pa
 
-    table = pa.table({
-        "example_id": [e.example_id for e in examples],
-        "source": [e.source for e in examples],
-        "n_tokens": [len(e.input_ids) for e in examples],
-        "n_trained": [e.n_trained for e in examples],
-        "loss": [losses.get(i, float("nan")) for i in range(len(examples))],
-    })
+    table = pa.table(
+        {
+            "example_id": [e.example_id for e in examples],
+            "source": [e.source for e in examples],
+            "n_tokens": [len(e.input_ids) for e in examples],
+            "n_trained": [e.n_trained for e in examples],
+            "loss": [losses.get(i, float("nan")) for i in range(len(examples))],
+        }
+    )
     rundir.write_parquet(path, table)

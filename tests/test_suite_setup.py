@@ -21,8 +21,14 @@ def test_plain_pytest_runs_offline(tmp_path):
     )
     (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -38,8 +44,15 @@ def test_gpu_tests_skip_without_cuda(pytester):
     """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "markers=gpu: needs CUDA")
     # asked in a subprocess: importing torch here, under pytester's sys.modules snapshot, would unload numpy
-    has_cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                              capture_output=True, text=True, check=True).stdout.strip() == "True"
+    has_cuda = (
+        subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        == "True"
+    )
     if has_cuda:
         result.assert_outcomes(passed=1)
     else:

@@ -158,7 +158,7 @@ def explain(check: str) -> str:
             if start >= 0:
                 head = text.rfind("\n#", 0, start)
                 end = text.find("\n#", start)
-                return text[head + 1 if head >= 0 else start: end if end > 0 else None]
+                return text[head + 1 if head >= 0 else start : end if end > 0 else None]
     return f"{check}: no explanation found (see `sftdata audit --explain {check}` or docs/checks.md)"
 
 
@@ -249,15 +249,21 @@ class RunScreen(Screen[None]):
                         yield Select([], prompt="check / area", id="f-check")
                         yield Select([(s, s) for s in rd.SEVERITIES], prompt="severity", id="f-sev")
                         yield Input(placeholder="/ search: words in check, id, file:line, message", id="f-text")
-                    yield Table([Column("severity", 8), Column("check", 30), Column("source", 26), Column("message", 0)],
-                                row_cells=self.finding_cells, empty="loading findings…", id="findings-table")
+                    yield Table(
+                        [Column("severity", 8), Column("check", 30), Column("source", 26), Column("message", 0)],
+                        row_cells=self.finding_cells,
+                        empty="loading findings…",
+                        id="findings-table",
+                    )
                     yield Static("", id="finding-detail")
                 else:
                     yield self.missing("audit", "findings")
             with TabPane("3 Example", id="example"):
                 if self.run.has("audit"):
-                    yield Static("Choose a finding (Findings, enter) or press g to go to an example by id or FILE:LINE.",
-                                 id="example-head")
+                    yield Static(
+                        "Choose a finding (Findings, enter) or press g to go to an example by id or FILE:LINE.",
+                        id="example-head",
+                    )
                     with Horizontal():
                         with VerticalScroll(id="example-tokens"):
                             yield Static("", id="tokens")
@@ -267,10 +273,18 @@ class RunScreen(Screen[None]):
                     yield self.missing("audit", "tokenized examples")
             with TabPane("4 Duplicates", id="duplicates"):
                 if self.run.has("dedup"):
-                    yield Table([Column("cluster", 14), Column("size", 5), Column("representative", 24),
-                                 Column("min J", 6), Column("members / evaluation copy", 0)],
-                                row_cells=self.dup_cells, empty="no duplicate clusters or contamination in this run",
-                                id="dup-table")
+                    yield Table(
+                        [
+                            Column("cluster", 14),
+                            Column("size", 5),
+                            Column("representative", 24),
+                            Column("min J", 6),
+                            Column("members / evaluation copy", 0),
+                        ],
+                        row_cells=self.dup_cells,
+                        empty="no duplicate clusters or contamination in this run",
+                        id="dup-table",
+                    )
                     with Horizontal(id="dup-sides"):
                         with VerticalScroll(id="dup-left"):
                             yield Static("", id="dup-a")
@@ -289,17 +303,35 @@ class RunScreen(Screen[None]):
                         with Horizontal():
                             yield PlotextPlot(id="plot-grad")
                             yield PlotextPlot(id="plot-tps")
-                    yield Table([Column("final loss", 10), Column("example", 24), Column("tokens", 7),
-                                 Column("trained", 7), Column("source", 0)], row_cells=self.loss_cells,
-                                empty="no train/example_loss.parquet", id="loss-table")
+                    yield Table(
+                        [
+                            Column("final loss", 10),
+                            Column("example", 24),
+                            Column("tokens", 7),
+                            Column("trained", 7),
+                            Column("source", 0),
+                        ],
+                        row_cells=self.loss_cells,
+                        empty="no train/example_loss.parquet",
+                        id="loss-table",
+                    )
                 else:
                     yield self.missing("train", "training")
             with TabPane("6 Probes", id="probes"):
                 if self.run.has("probes"):
                     yield Static("", id="probe-summary")
-                    yield Table([Column("relation", 14), Column("base", 10), Column("sft", 10), Column("", 9),
-                                 Column("question", 0)], row_cells=self.probe_cells,
-                                empty="no probes/hallucination.jsonl", id="probe-table")
+                    yield Table(
+                        [
+                            Column("relation", 14),
+                            Column("base", 10),
+                            Column("sft", 10),
+                            Column("", 9),
+                            Column("question", 0),
+                        ],
+                        row_cells=self.probe_cells,
+                        empty="no probes/hallucination.jsonl",
+                        id="probe-table",
+                    )
                     with Horizontal(id="probe-sides"):
                         with VerticalScroll():
                             yield Static("", id="probe-base")
@@ -312,9 +344,14 @@ class RunScreen(Screen[None]):
         yield Footer()
 
     def missing(self, stage: str, what: str) -> Static:
-        return Static(Text.assemble((f"This run has no {what} ({stage}/ is missing).\n\n", "bold"),
-                                    "Produce it with:\n\n    ", (self.run.producer(stage), "bold cyan")),
-                      classes="missing")
+        return Static(
+            Text.assemble(
+                (f"This run has no {what} ({stage}/ is missing).\n\n", "bold"),
+                "Produce it with:\n\n    ",
+                (self.run.producer(stage), "bold cyan"),
+            ),
+            classes="missing",
+        )
 
     def on_mount(self) -> None:
         self.title = "sfttui"
@@ -331,8 +368,9 @@ class RunScreen(Screen[None]):
         clusters = rd.read_clusters(self.run) if self.run.has("dedup") else {}
         self.app.call_from_thread(self.loaded_data, findings, examples, clusters)
 
-    def loaded_data(self, findings: list[rd.Finding], examples: rd.Examples | None,
-                    clusters: dict[int, list[rd.Member]]) -> None:
+    def loaded_data(
+        self, findings: list[rd.Finding], examples: rd.Examples | None, clusters: dict[int, list[rd.Member]]
+    ) -> None:
         self.findings, self.examples, self.clusters = findings, examples, clusters
         by_example: dict[str, list[rd.Finding]] = {}
         for f in findings:
@@ -373,29 +411,46 @@ class RunScreen(Screen[None]):
         a = run.audit
         if a:
             passed = a.get("passed")
-            verdict = Text(" PASS " if passed else " FAIL ", style="bold white on green" if passed else "bold white on red")
+            verdict = Text(
+                " PASS " if passed else " FAIL ", style="bold white on green" if passed else "bold white on red"
+            )
             counts = a.get("by_severity") or {}
-            parts.append(Text.assemble("\naudit ", verdict, "  ", f"{a.get('examples', '—')} examples, {a.get('findings', 0)} findings: ",
-                                       *[x for s in rd.SEVERITIES for x in ((f"{counts.get(s, 0)} {s}", SEV_STYLE[s]), "  ")],
-                                       f"\nmodel {a.get('model', '—')}  policy {a.get('policy', '—')}  "
-                                       f"max_length {a.get('max_length', '—')}  fail-on {a.get('fail_on', '—')}"))
+            parts.append(
+                Text.assemble(
+                    "\naudit ",
+                    verdict,
+                    "  ",
+                    f"{a.get('examples', '—')} examples, {a.get('findings', 0)} findings: ",
+                    *[x for s in rd.SEVERITIES for x in ((f"{counts.get(s, 0)} {s}", SEV_STYLE[s]), "  ")],
+                    f"\nmodel {a.get('model', '—')}  policy {a.get('policy', '—')}  "
+                    f"max_length {a.get('max_length', '—')}  fail-on {a.get('fail_on', '—')}",
+                )
+            )
             t = RichTable(expand=True, show_edge=False)
             for col in ("check", "severity", "findings", "examples"):
                 t.add_column(col, justify="right" if col in ("findings", "examples") else "left")
             checks = a.get("checks") or {}
-            for cid, c in sorted(checks.items(), key=lambda kv: (rd.SEVERITY_RANK.get(str(kv[1].get("severity")), 9), kv[0])):
+            for cid, c in sorted(
+                checks.items(), key=lambda kv: (rd.SEVERITY_RANK.get(str(kv[1].get("severity")), 9), kv[0])
+            ):
                 if isinstance(c, dict):
-                    t.add_row(cid, sev_text(str(c.get("severity"))), str(c.get("findings", "")), str(c.get("examples", "")))
+                    t.add_row(
+                        cid, sev_text(str(c.get("severity"))), str(c.get("findings", "")), str(c.get("examples", ""))
+                    )
             parts.append(t)
             parts.append(self.length_histogram(a.get("token_stats") or {}))
         elif not run.has("audit"):
             parts.append(Text(f"\nno audit: {run.producer('audit')}", style="dim"))
         d = run.dedup
         if d:
-            parts.append(Text(f"\ndedup: {d.get('examples', '—')} examples, {d.get('clusters', 0)} clusters "
-                              f"({d.get('examples_in_clusters', 0)} examples), {d.get('exact_duplicates', 0)} exact, "
-                              f"{d.get('near_pairs', 0)} near pairs, {d.get('contaminated', 0)} contaminated, "
-                              f"threshold {d.get('threshold', '—')}"))
+            parts.append(
+                Text(
+                    f"\ndedup: {d.get('examples', '—')} examples, {d.get('clusters', 0)} clusters "
+                    f"({d.get('examples_in_clusters', 0)} examples), {d.get('exact_duplicates', 0)} exact, "
+                    f"{d.get('near_pairs', 0)} near pairs, {d.get('contaminated', 0)} contaminated, "
+                    f"threshold {d.get('threshold', '—')}"
+                )
+            )
         stages = RichTable(title="\nstages", title_justify="left", expand=True, show_edge=False)
         for col in ("stage", "present", "command"):
             stages.add_column(col, overflow="fold", ratio=4 if col == "command" else None)
@@ -438,7 +493,9 @@ class RunScreen(Screen[None]):
                 bar = "█" * max(1 if n else 0, round(40 * n / top))
                 lines.append(Text.assemble((f"{lo:>6}–{hi:<6}", "dim"), (bar, "green"), f" {n}"))
         elif self.run.has("audit"):
-            lines.append(Text("(histogram: loading examples…)" if not self.loaded else "(no examples.parquet)", style="dim"))
+            lines.append(
+                Text("(histogram: loading examples…)" if not self.loaded else "(no examples.parquet)", style="dim")
+            )
         return Group(*lines)
 
     # -- findings -----------------------------------------------------------------------------
@@ -455,11 +512,18 @@ class RunScreen(Screen[None]):
         text = self.query_one("#f-text", Input).value
         if text.strip() and self.haystacks is None:
             self.haystacks = rd.haystacks(self.findings)
-        rows = rd.filter_findings(self.findings, check if isinstance(check, str) else "",
-                                  sev if isinstance(sev, str) else "", text, self.haystacks)
+        rows = rd.filter_findings(
+            self.findings,
+            check if isinstance(check, str) else "",
+            sev if isinstance(sev, str) else "",
+            text,
+            self.haystacks,
+        )
         self.shown = rd.sort_findings(rows, self.sort_key, self.sort_reverse)
         table = self.query_one("#findings-table", Table)
-        table.sort_note = f"[{len(self.shown)}/{len(self.findings)} · sorted by {self.sort_key}{' ↓' if self.sort_reverse else ''}]"
+        table.sort_note = (
+            f"[{len(self.shown)}/{len(self.findings)} · sorted by {self.sort_key}{' ↓' if self.sort_reverse else ''}]"
+        )
         table.set_rows(self.shown, keep_cursor=keep_cursor)
         if not self.shown:
             self.query_one("#finding-detail", Static).update("")
@@ -481,8 +545,18 @@ class RunScreen(Screen[None]):
 
     @staticmethod
     def finding_detail(f: rd.Finding) -> Text:
-        return Text.assemble(sev_text(f.severity), " ", (f.check, "bold"), f"  {f.example_id or '(run-wide)'}  ",
-                             (f.where, "dim"), "\n", f.message, "\n", ("fix: ", "bold"), f.hint)
+        return Text.assemble(
+            sev_text(f.severity),
+            " ",
+            (f.check, "bold"),
+            f"  {f.example_id or '(run-wide)'}  ",
+            (f.where, "dim"),
+            "\n",
+            f.message,
+            "\n",
+            ("fix: ", "bold"),
+            f.hint,
+        )
 
     def action_search(self) -> None:
         if self.run.has("audit") or self.run.has("dedup"):
@@ -534,10 +608,24 @@ class RunScreen(Screen[None]):
             self.example_row, self.example_id = None, fallback.example_id if fallback else None
             where = fallback.where if fallback else ""
             raw = rd.source_line(fallback.file, fallback.line, self.run) if fallback else None
-            head.update(Text.assemble((f"{self.example_id or '(run-wide finding)'}", "bold"), f"  {where}\n",
-                                      (("no tokens: the audit did not tokenize this example (unreadable record, or a "
-                                        "finding about the whole run)"), "dim")))
-            body.update(Text.assemble(("source record:\n", "bold"), raw) if raw else Text("(source record not available)", style="dim"))
+            head.update(
+                Text.assemble(
+                    (f"{self.example_id or '(run-wide finding)'}", "bold"),
+                    f"  {where}\n",
+                    (
+                        (
+                            "no tokens: the audit did not tokenize this example (unreadable record, or a "
+                            "finding about the whole run)"
+                        ),
+                        "dim",
+                    ),
+                )
+            )
+            body.update(
+                Text.assemble(("source record:\n", "bold"), raw)
+                if raw
+                else Text("(source record not available)", style="dim")
+            )
         else:
             if not self.vocab_loaded:
                 self.vocab = tk.load_vocab(self.run)
@@ -546,19 +634,42 @@ class RunScreen(Screen[None]):
             self.example_row, self.example_id = row, ex.id
             trained = ex.n_trained if ex.n_trained is not None else sum(ex.loss_mask)
             full = f" of {ex.n_tokens_full}" if ex.n_tokens_full and ex.n_tokens_full != ex.n_tokens else ""
-            head.update(Text.assemble(
-                (ex.id, "bold"), f"  {ex.where}   {ex.n_tokens}{full} tokens, {trained} trained",
-                ("  TRUNCATED" if ex.truncated else "", "bold red"), f"   [{row + 1}/{len(self.examples)}]\n",
-                ("trained", tk.TRAINED), " · ", ("masked", tk.MASKED), " · ", ("glue", tk.GLUE), " · ",
-                ("special", tk.SPECIAL), ("" if self.vocab else "   (no tokenizer.json found: ids only)", "yellow"),
-                ("   n/p finding  [/] example  g go to  i ids  e explain", "dim")))
+            head.update(
+                Text.assemble(
+                    (ex.id, "bold"),
+                    f"  {ex.where}   {ex.n_tokens}{full} tokens, {trained} trained",
+                    ("  TRUNCATED" if ex.truncated else "", "bold red"),
+                    f"   [{row + 1}/{len(self.examples)}]\n",
+                    ("trained", tk.TRAINED),
+                    " · ",
+                    ("masked", tk.MASKED),
+                    " · ",
+                    ("glue", tk.GLUE),
+                    " · ",
+                    ("special", tk.SPECIAL),
+                    ("" if self.vocab else "   (no tokenizer.json found: ids only)", "yellow"),
+                    ("   n/p finding  [/] example  g go to  i ids  e explain", "dim"),
+                )
+            )
             body.update(tk.render_example(ex, self.vocab, show_ids=self.show_ids))
         self.query_one("#example-tokens", VerticalScroll).scroll_home(animate=False)
         fs = self.by_example.get(self.example_id or "", []) if self.example_id else ([fallback] if fallback else [])
         side = Text.assemble((f"{len(fs)} finding{'s' * (len(fs) != 1)}\n", "bold"))
         for f in fs:
-            side.append_text(Text.assemble("\n", sev_text(f.severity), " ", (f.check, "bold"), "\n", f.message, "\n",
-                                           ("fix: ", "italic"), (f.hint, "dim"), "\n"))
+            side.append_text(
+                Text.assemble(
+                    "\n",
+                    sev_text(f.severity),
+                    " ",
+                    (f.check, "bold"),
+                    "\n",
+                    f.message,
+                    "\n",
+                    ("fix: ", "italic"),
+                    (f.hint, "dim"),
+                    "\n",
+                )
+            )
         self.query_one("#example-findings", Static).update(side)
 
     def action_step_finding(self, delta: int) -> None:
@@ -587,8 +698,9 @@ class RunScreen(Screen[None]):
                 return
             self.show_example(row)
 
-        self.app.push_screen(AskScreen("Go to example: an id (messages/3) or FILE:LINE (defects.jsonl:6)",
-                                       "id or FILE:LINE"), go)
+        self.app.push_screen(
+            AskScreen("Go to example: an id (messages/3) or FILE:LINE (defects.jsonl:6)", "id or FILE:LINE"), go
+        )
 
     def action_toggle_ids(self) -> None:
         if self.active_tab() == "example" and self.example_row is not None:
@@ -610,13 +722,23 @@ class RunScreen(Screen[None]):
             rep = next((m for m in members if m.representative), members[0])
             js = [m.verified for m in members if m.verified is not None and not m.representative]
             flag = Text(" contaminated", style="bold red") if any(m.contaminated for m in members) else Text("")
-            return (f"cluster {members[0].cluster_id}", str(len(members)), rep.example_id, fmt(min(js), 3) if js else "—",
-                    Text.assemble(", ".join(m.example_id for m in members if not m.representative), flag))
+            return (
+                f"cluster {members[0].cluster_id}",
+                str(len(members)),
+                rep.example_id,
+                fmt(min(js), 3) if js else "—",
+                Text.assemble(", ".join(m.example_id for m in members if not m.representative), flag),
+            )
         f: rd.Finding = x
         other = (f.data or {}).get("other") or {}
         src = other.get("source") or {}
-        return (Text("contamination", style="bold red"), "2", f.example_id or "", fmt((f.data or {}).get("verified_jaccard"), 3),
-                f"evaluation copy {other.get('example_id', '?')} ({src.get('file', '?')}:{src.get('line', '?')})")
+        return (
+            Text("contamination", style="bold red"),
+            "2",
+            f.example_id or "",
+            fmt((f.data or {}).get("verified_jaccard"), 3),
+            f"evaluation copy {other.get('example_id', '?')} ({src.get('file', '?')}:{src.get('line', '?')})",
+        )
 
     @on(Table.Highlighted, "#dup-table")
     def dup_highlighted(self, event: Table.Highlighted) -> None:
@@ -636,7 +758,11 @@ class RunScreen(Screen[None]):
             if self.vocab is not None:
                 return tk.message_texts(self.examples.get(row), self.vocab)
         raw = rd.source_line(file, line, self.run)
-        return rd.record_text(raw) if raw else "(text not available: not in audit/examples.parquet and the source file is unreadable)"
+        return (
+            rd.record_text(raw)
+            if raw
+            else "(text not available: not in audit/examples.parquet and the source file is unreadable)"
+        )
 
     def show_pair(self) -> None:
         table = self.query_one("#dup-table", Table)
@@ -655,10 +781,16 @@ class RunScreen(Screen[None]):
             a = self.example_text(rep.example_id, rep.file, rep.line)
             b = self.example_text(other.example_id, other.file, other.line)
             ta, tb = tk.word_diff(a, b)
-            title_a = Text.assemble(("representative ", "bold green"), (rep.example_id, "bold"), f"  {rep.file}:{rep.line}\n\n")
-            title_b = Text.assemble((f"member {(self.member_pos - 1) % len(others) + 1}/{len(others)} ", "bold"),
-                                    (other.example_id, "bold"), f"  {other.file}:{other.line}  J={fmt(other.verified, 3)}",
-                                    (" contaminated" if other.contaminated else "", "bold red"), ("  (m: next)\n\n", "dim"))
+            title_a = Text.assemble(
+                ("representative ", "bold green"), (rep.example_id, "bold"), f"  {rep.file}:{rep.line}\n\n"
+            )
+            title_b = Text.assemble(
+                (f"member {(self.member_pos - 1) % len(others) + 1}/{len(others)} ", "bold"),
+                (other.example_id, "bold"),
+                f"  {other.file}:{other.line}  J={fmt(other.verified, 3)}",
+                (" contaminated" if other.contaminated else "", "bold red"),
+                ("  (m: next)\n\n", "dim"),
+            )
         else:
             f: rd.Finding = x
             o = (f.data or {}).get("other") or {}
@@ -667,8 +799,11 @@ class RunScreen(Screen[None]):
             b = self.example_text(o.get("example_id"), src.get("file"), src.get("line"))
             ta, tb = tk.word_diff(a, b)
             title_a = Text.assemble(("training ", "bold"), (f.example_id or "", "bold"), f"  {f.where}\n\n")
-            title_b = Text.assemble(("evaluation copy ", "bold red"), (str(o.get("example_id")), "bold"),
-                                    f"  {src.get('file')}:{src.get('line')}  J={fmt((f.data or {}).get('verified_jaccard'), 3)}\n\n")
+            title_b = Text.assemble(
+                ("evaluation copy ", "bold red"),
+                (str(o.get("example_id")), "bold"),
+                f"  {src.get('file')}:{src.get('line')}  J={fmt((f.data or {}).get('verified_jaccard'), 3)}\n\n",
+            )
         self.pair = (title_a + ta, title_b + tb)
         left.update(self.pair[0])
         right.update(self.pair[1])
@@ -684,15 +819,26 @@ class RunScreen(Screen[None]):
         from textual_plotext import PlotextPlot
 
         rows = rd.read_metrics(self.run)
-        plots = (("plot-loss", "loss", "loss"), ("plot-lr", "learning_rate", "learning rate"),
-                 ("plot-grad", "grad_norm", "grad norm"), ("plot-tps", "tokens_per_s", "tokens/s"))
+        plots = (
+            ("plot-loss", "loss", "loss"),
+            ("plot-lr", "learning_rate", "learning rate"),
+            ("plot-grad", "grad_norm", "grad norm"),
+            ("plot-tps", "tokens_per_s", "tokens/s"),
+        )
         for pid, key, title in plots:
             plot = self.query_one(f"#{pid}", PlotextPlot)
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get("step"), (int, float))
-                   and isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+            pts = [
+                (r["step"], r[key])
+                for r in rows
+                if isinstance(r.get("step"), (int, float))
+                and isinstance(r.get(key), (int, float))
+                and not math.isnan(r[key])
+            ]
             plt = plot.plt
             plt.clear_data()
-            self.plot_titles[key] = f"{title} (last {fmt(pts[-1][1])}, {len(pts)} points)" if pts else f"{title}: no data"
+            self.plot_titles[key] = (
+                f"{title} (last {fmt(pts[-1][1])}, {len(pts)} points)" if pts else f"{title}: no data"
+            )
             plt.title(self.plot_titles[key])
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], marker="braille")
@@ -728,8 +874,9 @@ class RunScreen(Screen[None]):
 
     def refilter_probes(self) -> None:
         items = [i for i in self.probe_items if not self.relation or str(i.get("relation")) == self.relation]
-        self.probe_shown = sorted(items, key=lambda i: (not i.get("flip"), not i.get("recovery"), str(i.get("relation")),
-                                                        str(i.get("id"))))
+        self.probe_shown = sorted(
+            items, key=lambda i: (not i.get("flip"), not i.get("recovery"), str(i.get("relation")), str(i.get("id")))
+        )
         table = self.query_one("#probe-table", Table)
         table.sort_note = f"[relation: {self.relation or 'all'} (r) · {len(self.probe_shown)} items, flips first]"
         table.set_rows(self.probe_shown)
@@ -747,11 +894,22 @@ class RunScreen(Screen[None]):
             if not isinstance(side, dict):
                 return Text("—", style="dim")
             known = side.get("known")
-            return Text(f"{'known' if known else 'unknown'} #{side.get('rank', '?')}", style="green" if known else "red")
+            return Text(
+                f"{'known' if known else 'unknown'} #{side.get('rank', '?')}", style="green" if known else "red"
+            )
 
-        tag = Text("FLIP", style="bold white on red") if item.get("flip") else (
-            Text("recovery", style="bold green") if item.get("recovery") else Text(""))
-        return (str(item.get("relation", "")), mark(item.get("base")), mark(item.get("sft")), tag, str(item.get("question", "")))
+        tag = (
+            Text("FLIP", style="bold white on red")
+            if item.get("flip")
+            else (Text("recovery", style="bold green") if item.get("recovery") else Text(""))
+        )
+        return (
+            str(item.get("relation", "")),
+            mark(item.get("base")),
+            mark(item.get("sft")),
+            tag,
+            str(item.get("question", "")),
+        )
 
     @on(Table.Highlighted, "#probe-table")
     def probe_highlighted(self, event: Table.Highlighted) -> None:
@@ -761,11 +919,23 @@ class RunScreen(Screen[None]):
         for side, wid in (("base", "#probe-base"), ("sft", "#probe-sft")):
             s = item.get(side) if isinstance(item.get(side), dict) else {}
             correct = s.get("generated_correct")
-            text = Text.assemble((f"{side}", "bold"), f"  rank {s.get('rank', '—')}  margin {fmt(s.get('margin'), 3)}  ",
-                                 ("known" if s.get("known") else "not known", "green" if s.get("known") else "red"), "\n",
-                                 ("Q: ", "bold"), str(item.get("question", "")), "\n", ("gold: ", "bold"), str(item.get("gold", "")),
-                                 "\n", ("predicted: ", "bold"), fmt(s.get("predicted")), "\n", ("generated: ", "bold"),
-                                 (fmt(s.get("generated")), "green" if correct else "red" if correct is False else ""))
+            text = Text.assemble(
+                (f"{side}", "bold"),
+                f"  rank {s.get('rank', '—')}  margin {fmt(s.get('margin'), 3)}  ",
+                ("known" if s.get("known") else "not known", "green" if s.get("known") else "red"),
+                "\n",
+                ("Q: ", "bold"),
+                str(item.get("question", "")),
+                "\n",
+                ("gold: ", "bold"),
+                str(item.get("gold", "")),
+                "\n",
+                ("predicted: ", "bold"),
+                fmt(s.get("predicted")),
+                "\n",
+                ("generated: ", "bold"),
+                (fmt(s.get("generated")), "green" if correct else "red" if correct is False else ""),
+            )
             self.query_one(wid, Static).update(text)
 
     def probe_summary(self) -> Group:
@@ -775,21 +945,44 @@ class RunScreen(Screen[None]):
             ci = s.get("flip_rate_ci")
             ci_s = f" (95% CI {fmt(ci[0], 3)}–{fmt(ci[1], 3)})" if isinstance(ci, list) and len(ci) == 2 else ""
             flagged = s.get("flagged")
-            parts.append(Text.assemble(("hallucination  ", "bold"), f"{s.get('items', '—')} items, {s.get('base_known', '—')} known by the base; ",
-                                       (f"{s.get('flips', '—')} flips", "bold red"), f" (known → unknown), {s.get('recoveries', '—')} recoveries; "
-                                       f"flip rate {fmt(s.get('flip_rate'), 3)}{ci_s}, McNemar p {fmt(s.get('mcnemar_p'), 3)}  ",
-                                       ("FLAGGED" if flagged else "not flagged", "bold red" if flagged else "green")))
+            parts.append(
+                Text.assemble(
+                    ("hallucination  ", "bold"),
+                    f"{s.get('items', '—')} items, {s.get('base_known', '—')} known by the base; ",
+                    (f"{s.get('flips', '—')} flips", "bold red"),
+                    f" (known → unknown), {s.get('recoveries', '—')} recoveries; "
+                    f"flip rate {fmt(s.get('flip_rate'), 3)}{ci_s}, McNemar p {fmt(s.get('mcnemar_p'), 3)}  ",
+                    ("FLAGGED" if flagged else "not flagged", "bold red" if flagged else "green"),
+                )
+            )
             by_rel = s.get("by_relation") or {}
             if isinstance(by_rel, dict) and by_rel:
-                parts.append(Text("  " + "   ".join(f"{k}: {v.get('flips', '?')}/{v.get('base_known', v.get('items', '?'))} flips"
-                                                  if isinstance(v, dict) else f"{k}: {v}" for k, v in by_rel.items()), style="dim"))
+                parts.append(
+                    Text(
+                        "  "
+                        + "   ".join(
+                            f"{k}: {v.get('flips', '?')}/{v.get('base_known', v.get('items', '?'))} flips"
+                            if isinstance(v, dict)
+                            else f"{k}: {v}"
+                            for k, v in by_rel.items()
+                        ),
+                        style="dim",
+                    )
+                )
         o = (self.run.probes or {}).get("overfit")
         if isinstance(o, dict) and o:
             ci = o.get("membership_auc_ci")
             ci_s = f" (95% CI {fmt(ci[0], 3)}–{fmt(ci[1], 3)})" if isinstance(ci, list) and len(ci) == 2 else ""
-            parts.append(Text.assemble(("overfit  ", "bold"), "  ".join(
-                f"{k} {fmt(v, 3)}{ci_s if k == 'membership_auc' else ''}" for k, v in o.items()
-                if isinstance(v, (int, float, str, bool)))))
+            parts.append(
+                Text.assemble(
+                    ("overfit  ", "bold"),
+                    "  ".join(
+                        f"{k} {fmt(v, 3)}{ci_s if k == 'membership_auc' else ''}"
+                        for k, v in o.items()
+                        if isinstance(v, (int, float, str, bool))
+                    ),
+                )
+            )
         if not parts:
             parts.append(Text("no probes/summary.json", style="dim"))
         return Group(*parts)
@@ -798,25 +991,45 @@ class RunScreen(Screen[None]):
         parts: list[Any] = []
         mem = [r for r in self.overfit if r.get("kind") == "memorization"]
         if mem:
-            t = RichTable(title="memorization (train vs held-out log-prob gain)", title_justify="left", expand=True, show_edge=False)
+            t = RichTable(
+                title="memorization (train vs held-out log-prob gain)",
+                title_justify="left",
+                expand=True,
+                show_edge=False,
+            )
             for c in ("example", "split", "base logp", "sft logp", "gain", "source"):
                 t.add_column(c, overflow="ellipsis", no_wrap=True)
             for r in sorted(mem, key=lambda r: -(r.get("gain") or 0))[:50]:
                 src = r.get("source")
                 src = f"{src.get('file')}:{src.get('line')}" if isinstance(src, dict) else str(src or "")
-                t.add_row(str(r.get("example_id")), str(r.get("split", "")), fmt(r.get("base_logp"), 4),
-                          fmt(r.get("sft_logp"), 4), fmt(r.get("gain"), 3), src)
+                t.add_row(
+                    str(r.get("example_id")),
+                    str(r.get("split", "")),
+                    fmt(r.get("base_logp"), 4),
+                    fmt(r.get("sft_logp"), 4),
+                    fmt(r.get("gain"), 3),
+                    src,
+                )
             parts.append(t)
         stop = [r for r in self.overfit if r.get("kind") == "stopping"]
         if stop:
-            t = RichTable(title="stopping (does the model end its answer?)", title_justify="left", expand=True, show_edge=False)
+            t = RichTable(
+                title="stopping (does the model end its answer?)", title_justify="left", expand=True, show_edge=False
+            )
             for c in ("example", "stops: base", "sft", "run-on: base", "sft", "P(eot) base", "sft", "SFT generated"):
                 t.add_column(c, overflow="ellipsis", no_wrap=True)
             for r in stop[:50]:
                 gen = str(r.get("sft_generated") or "").replace("\n", "↵")
-                t.add_row(str(r.get("example_id")), fmt(r.get("base_stopped")), fmt(r.get("sft_stopped")),
-                          fmt(r.get("base_run_on")), fmt(r.get("sft_run_on")), fmt(r.get("base_p_eot"), 3),
-                          fmt(r.get("sft_p_eot"), 3), gen[:60])
+                t.add_row(
+                    str(r.get("example_id")),
+                    fmt(r.get("base_stopped")),
+                    fmt(r.get("sft_stopped")),
+                    fmt(r.get("base_run_on")),
+                    fmt(r.get("sft_run_on")),
+                    fmt(r.get("base_p_eot"), 3),
+                    fmt(r.get("sft_p_eot"), 3),
+                    gen[:60],
+                )
             parts.append(t)
         others = sorted({str(r.get("kind")) for r in self.overfit} - {"memorization", "stopping"})
         for kind in others:
@@ -836,8 +1049,12 @@ class RunScreen(Screen[None]):
 
     def action_tab(self, tab: str) -> None:
         self.set_tab(tab)
-        table_id = {"findings": "#findings-table", "duplicates": "#dup-table", "training": "#loss-table",
-                    "probes": "#probe-table"}.get(tab)
+        table_id = {
+            "findings": "#findings-table",
+            "duplicates": "#dup-table",
+            "training": "#loss-table",
+            "probes": "#probe-table",
+        }.get(tab)
         if table_id:
             tables = self.query(table_id)
             if tables:
@@ -865,10 +1082,18 @@ class PickerScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(Text.assemble(("Run directories under ", "bold"), (str(self.root), "bold cyan"),
-                                   " — enter opens one", style=""), classes="missing")
-        yield Table([Column("run", 30), Column("stages", 28), Column("updated", 0)], row_cells=self.cells,
-                    empty="no run directories here", id="picker")
+        yield Static(
+            Text.assemble(
+                ("Run directories under ", "bold"), (str(self.root), "bold cyan"), " — enter opens one", style=""
+            ),
+            classes="missing",
+        )
+        yield Table(
+            [Column("run", 30), Column("stages", 28), Column("updated", 0)],
+            row_cells=self.cells,
+            empty="no run directories here",
+            id="picker",
+        )
         yield Footer()
 
     @staticmethod
@@ -905,10 +1130,13 @@ class RunCommands(Provider):
         screen = self.screen  # the screen the palette was opened over
         if not isinstance(screen, RunScreen):
             return []
-        out: list[tuple[str, Any, str]] = [(f"Show {t}", lambda t=t: screen.action_tab(t), f"switch to the {t} screen")
-                                           for t in TABS]
-        checks = sorted(((screen.run.audit or {}).get("checks") or {}).keys() | {f.check for f in screen.findings or []})
-        for c in [*sorted({c.split('.', 1)[0] for c in checks}), *checks]:
+        out: list[tuple[str, Any, str]] = [
+            (f"Show {t}", lambda t=t: screen.action_tab(t), f"switch to the {t} screen") for t in TABS
+        ]
+        checks = sorted(
+            ((screen.run.audit or {}).get("checks") or {}).keys() | {f.check for f in screen.findings or []}
+        )
+        for c in [*sorted({c.split(".", 1)[0] for c in checks}), *checks]:
             out.append((f"Filter findings: {c}", lambda c=c: self.filter(screen, c), "show only these findings"))
         out.append(("Go to example…", screen.action_goto, "by id or FILE:LINE"))
         out.append(("Help: keys", lambda: self.app.push_screen(HelpScreen()), "all key bindings"))
@@ -972,12 +1200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sfttui",
         description="Browse a run directory: overview, findings, token view of each example, duplicates, "
-                    "training curves, base-vs-SFT probes. With no RUN_DIR, pick one of the run directories "
-                    "under --runs (default ./runs).",
+        "training curves, base-vs-SFT probes. With no RUN_DIR, pick one of the run directories "
+        "under --runs (default ./runs).",
         epilog="keys: 1-6 screens, ctrl+p command palette, ? help, q quit. "
-               "exit codes: 0 ok, 2 not a run directory / usage, 3 crash")
-    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory (sftdata audit/dedup, sfttrain run, probes)")
-    p.add_argument("--runs", default="runs", metavar="DIR", help="where the picker looks for run directories (default: runs)")
+        "exit codes: 0 ok, 2 not a run directory / usage, 3 crash",
+    )
+    p.add_argument(
+        "run_dir", nargs="?", metavar="RUN_DIR", help="a run directory (sftdata audit/dedup, sfttrain run, probes)"
+    )
+    p.add_argument(
+        "--runs", default="runs", metavar="DIR", help="where the picker looks for run directories (default: runs)"
+    )
     p.add_argument("--screen", choices=TABS, default="overview", help="the screen to open first")
     return p
 
@@ -992,8 +1225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"sfttui: {e}", file=sys.stderr)
             return 2
     elif not rd.find_runs(Path(args.runs)):
-        print(f"sfttui: no run directories under {args.runs}/; pass one (sfttui RUN_DIR) or --runs DIR. "
-              "Make one with `sftdata audit DATA --model MODEL --run-dir runs/NAME`", file=sys.stderr)
+        print(
+            f"sfttui: no run directories under {args.runs}/; pass one (sfttui RUN_DIR) or --runs DIR. "
+            "Make one with `sftdata audit DATA --model MODEL --run-dir runs/NAME`",
+            file=sys.stderr,
+        )
         return 2
     app = SftTui(run, runs_root=Path(args.runs), screen=args.screen)
     try:

@@ -89,8 +89,9 @@ class NotARunError(Exception):
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "manifest.json").is_file()
-                              or any((path / s).is_dir() for s in ("audit", "dedup", "train", "probes")))
+    return path.is_dir() and (
+        (path / "manifest.json").is_file() or any((path / s).is_dir() for s in ("audit", "dedup", "train", "probes"))
+    )
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -100,8 +101,11 @@ def find_runs(root: Path) -> list[Path]:
     runs = [p for p in root.iterdir() if is_run_dir(p)]
     if is_run_dir(root):
         runs.append(root)
-    return sorted(runs, key=lambda p: (p / "manifest.json").stat().st_mtime if (p / "manifest.json").exists()
-                  else p.stat().st_mtime, reverse=True)
+    return sorted(
+        runs,
+        key=lambda p: (p / "manifest.json").stat().st_mtime if (p / "manifest.json").exists() else p.stat().st_mtime,
+        reverse=True,
+    )
 
 
 def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -123,13 +127,20 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     if not p.exists():
         raise NotARunError(f"{p}: no such directory")
     if not is_run_dir(p):
-        raise NotARunError(f"{p}: not a run directory (no manifest.json, audit/, dedup/, train/ or probes/ in it); "
-                           "make one with `sftdata audit DATA --model MODEL --run-dir DIR`")
+        raise NotARunError(
+            f"{p}: not a run directory (no manifest.json, audit/, dedup/, train/ or probes/ in it); "
+            "make one with `sftdata audit DATA --model MODEL --run-dir DIR`"
+        )
     problems: list[str] = []
     manifest = _read_json(p / "manifest.json", problems) or {}
-    return Run(p, manifest, _read_json(p / "audit" / "summary.json", problems),
-               _read_json(p / "dedup" / "summary.json", problems),
-               _read_json(p / "probes" / "summary.json", problems), problems)
+    return Run(
+        p,
+        manifest,
+        _read_json(p / "audit" / "summary.json", problems),
+        _read_json(p / "dedup" / "summary.json", problems),
+        _read_json(p / "probes" / "summary.json", problems),
+        problems,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,12 +180,17 @@ def _finding(obj: dict[str, Any], stage: str) -> Finding:
     src = obj.get("source") if isinstance(obj.get("source"), dict) else {}
     line = src.get("line", src.get("row"))
     sev = str(obj.get("severity") or "info")
-    return Finding(check=str(obj.get("check") or "?"), severity=sev if sev in SEVERITY_RANK else "info",
-                   example_id=None if obj.get("example_id") is None else str(obj["example_id"]),
-                   file=None if src.get("file") is None else str(src["file"]),
-                   line=line if isinstance(line, int) else None,
-                   message=str(obj.get("message") or ""), hint=str(obj.get("hint") or ""), stage=stage,
-                   data=obj.get("data") if isinstance(obj.get("data"), dict) else None)
+    return Finding(
+        check=str(obj.get("check") or "?"),
+        severity=sev if sev in SEVERITY_RANK else "info",
+        example_id=None if obj.get("example_id") is None else str(obj["example_id"]),
+        file=None if src.get("file") is None else str(src["file"]),
+        line=line if isinstance(line, int) else None,
+        message=str(obj.get("message") or ""),
+        hint=str(obj.get("hint") or ""),
+        stage=stage,
+        data=obj.get("data") if isinstance(obj.get("data"), dict) else None,
+    )
 
 
 def read_findings(run: Run) -> list[Finding]:
@@ -182,8 +198,11 @@ def read_findings(run: Run) -> list[Finding]:
     from the same run, those are not repeated)."""
     out = [_finding(o, "audit") for o in read_jsonl(run.path / "audit" / "findings.jsonl", run.problems)]
     seen = {(f.check, f.example_id) for f in out if f.check.startswith("dedup.")}
-    out += [f for f in (_finding(o, "dedup") for o in read_jsonl(run.path / "dedup" / "findings.jsonl", run.problems))
-            if (f.check, f.example_id) not in seen]
+    out += [
+        f
+        for f in (_finding(o, "dedup") for o in read_jsonl(run.path / "dedup" / "findings.jsonl", run.problems))
+        if (f.check, f.example_id) not in seen
+    ]
     return out
 
 
@@ -203,8 +222,9 @@ def haystacks(findings: list[Finding]) -> list[str]:
     return [f"{f.check} {f.example_id} {f.where} {f.message} {f.hint}".lower() for f in findings]
 
 
-def filter_findings(findings: list[Finding], check: str = "", severity: str = "", text: str = "",
-                    hay: list[str] | None = None) -> list[Finding]:
+def filter_findings(
+    findings: list[Finding], check: str = "", severity: str = "", text: str = "", hay: list[str] | None = None
+) -> list[Finding]:
     """`check`: an id or an area ("mask" or "mask.*"); `severity`: one level; `text`: words that must
     all occur (case-insensitive) in the check, example id, source, message or hint (`hay`: the
     precomputed `haystacks(findings)`)."""
@@ -304,8 +324,11 @@ class Examples:
         exact = self._by_source.get((file, want))
         if exact is not None:
             return exact
-        matches = [i for (f, ln), i in self._by_source.items()
-                   if ln == want and (f.endswith("/" + file) or os.path.basename(f) == file)]
+        matches = [
+            i
+            for (f, ln), i in self._by_source.items()
+            if ln == want and (f.endswith("/" + file) or os.path.basename(f) == file)
+        ]
         return min(matches) if matches else None
 
     def _group(self, g: int) -> Any:
@@ -329,10 +352,18 @@ class Examples:
             return c[name][i] if name in c else None
 
         ids = row.get("input_ids") or []
-        return Example(id=self.ids[i], file=col("file"), line=self._line(i), n_tokens=col("n_tokens") or len(ids),
-                       n_tokens_full=col("n_tokens_full"), n_trained=col("n_trained"), truncated=bool(col("truncated")),
-                       input_ids=list(ids), loss_mask=list(row.get("loss_mask") or [False] * len(ids)),
-                       message_index=list(row.get("message_index") or [-1] * len(ids)))
+        return Example(
+            id=self.ids[i],
+            file=col("file"),
+            line=self._line(i),
+            n_tokens=col("n_tokens") or len(ids),
+            n_tokens_full=col("n_tokens_full"),
+            n_trained=col("n_trained"),
+            truncated=bool(col("truncated")),
+            input_ids=list(ids),
+            loss_mask=list(row.get("loss_mask") or [False] * len(ids)),
+            message_index=list(row.get("message_index") or [-1] * len(ids)),
+        )
 
 
 def open_examples(run: Run) -> Examples | None:
@@ -455,9 +486,19 @@ def read_clusters(run: Run) -> dict[int, list[Member]]:
         r = rep[i]
         is_rep = bool(r) if isinstance(r, bool) or r is None else str(r) == str(cols["example_id"][i])
         rid = rep_id[i] if rep_id[i] is not None else (r if isinstance(r, str) else None)
-        out.setdefault(int(cols["cluster_id"][i]), []).append(Member(
-            int(cols["cluster_id"][i]), str(cols["example_id"][i]), file[i], line[i], is_rep, rid,
-            est[i], ver[i], bool(cont[i])))
+        out.setdefault(int(cols["cluster_id"][i]), []).append(
+            Member(
+                int(cols["cluster_id"][i]),
+                str(cols["example_id"][i]),
+                file[i],
+                line[i],
+                is_rep,
+                rid,
+                est[i],
+                ver[i],
+                bool(cont[i]),
+            )
+        )
     for members in out.values():
         members.sort(key=lambda m: (not m.representative, m.example_id))
     return out
@@ -498,9 +539,16 @@ def read_example_loss(run: Run) -> list[ExampleLoss]:
         run.problems.append(f"{path}: needs example_id and loss columns (has {', '.join(table.column_names)})")
         return []
     none = [None] * n
-    rows = [ExampleLoss(str(cols["example_id"][i]), str(cols.get("source", none)[i] or ""), cols.get("n_tokens", none)[i],
-                        cols.get("n_trained", none)[i], float("nan") if cols["loss"][i] is None else float(cols["loss"][i]))
-            for i in range(n)]
+    rows = [
+        ExampleLoss(
+            str(cols["example_id"][i]),
+            str(cols.get("source", none)[i] or ""),
+            cols.get("n_tokens", none)[i],
+            cols.get("n_trained", none)[i],
+            float("nan") if cols["loss"][i] is None else float(cols["loss"][i]),
+        )
+        for i in range(n)
+    ]
     return sorted(rows, key=lambda r: (math.isnan(r.loss), -r.loss if not math.isnan(r.loss) else 0.0))
 
 

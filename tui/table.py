@@ -69,8 +69,14 @@ class Table(ScrollView, can_focus=True):
         def control(self) -> Table:
             return self.table
 
-    def __init__(self, columns: Sequence[Column], *, row_cells: Callable[[Any], Sequence[Cell]] = tuple,
-                 empty: str = "(nothing to show)", **kw: Any) -> None:
+    def __init__(
+        self,
+        columns: Sequence[Column],
+        *,
+        row_cells: Callable[[Any], Sequence[Cell]] = tuple,
+        empty: str = "(nothing to show)",
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.columns = list(columns)
         self.rows: Sequence[Any] = []
@@ -151,8 +157,11 @@ class Table(ScrollView, can_focus=True):
             text = cell if isinstance(cell, Text) else Text(str(cell).replace("\n", " "))
             text = text.copy()
             text.truncate(w, overflow="ellipsis", pad=True)
-            segs += [Segment(s.text, base + s.style if s.style else base) for s in text.render(self.app.console)
-                     if s.text != "\n"]
+            segs += [
+                Segment(s.text, base + s.style if s.style else base)
+                for s in text.render(self.app.console)
+                if s.text != "\n"
+            ]
             if k < len(widths) - 1:
                 segs.append(Segment(" ", base))
         return segs

@@ -30,8 +30,18 @@ RULE = "bold cyan"
 TRUNCATED = "bold white on red"
 CHANGED = "bold black on yellow"
 
-ROLE_WORDS = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool", "model": "assistant",
-              "human": "user", "gpt": "assistant", "ipython": "tool", "function": "tool", "developer": "system"}
+ROLE_WORDS = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "model": "assistant",
+    "human": "user",
+    "gpt": "assistant",
+    "ipython": "tool",
+    "function": "tool",
+    "developer": "system",
+}
 _ROLE_RE = re.compile(r"\b(" + "|".join(ROLE_WORDS) + r")\b", re.IGNORECASE)
 
 
@@ -61,8 +71,13 @@ def tokenizer_candidates(run: Run) -> list[Path]:
                     specs.append(cfg[key])
     if run.audit and isinstance(run.audit.get("model"), str) and run.audit["model"] not in specs:
         specs.append(run.audit["model"])
-    cache = Path(os.environ.get("SFTLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sftlab")
-    hf = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+    cache = Path(
+        os.environ.get("SFTLAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sftlab"
+    )
+    hf = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    )
     for spec in specs:
         for base in (Path(spec), run.path.parent / spec, run.path / spec):
             out.append(base / "tokenizer.json")
@@ -169,7 +184,9 @@ def render_example(ex: Example, vocab: Vocab | None, *, show_ids: bool = False) 
         cut = (ex.n_tokens_full or n) - n
         if not out.plain.endswith("\n"):
             out.append("\n")
-        out.append(f" ✂ truncated here: {cut} more token{'s' * (cut != 1)} were cut at max length {n} ", style=TRUNCATED)
+        out.append(
+            f" ✂ truncated here: {cut} more token{'s' * (cut != 1)} were cut at max length {n} ", style=TRUNCATED
+        )
     return out
 
 

@@ -18,9 +18,13 @@ COMMANDS = {
     "models": ("sftdata.cli.models", "list built-in model aliases and their cache state"),
 }
 
-USAGE = "usage: sftdata {" + ",".join(COMMANDS) + "} ...\n\n" + "\n".join(
-    f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()
-) + "\n\nRun `sftdata COMMAND --help` for a command's options.\n"
+USAGE = (
+    "usage: sftdata {"
+    + ",".join(COMMANDS)
+    + "} ...\n\n"
+    + "\n".join(f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items())
+    + "\n\nRun `sftdata COMMAND --help` for a command's options.\n"
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,16 +57,27 @@ def _parser() -> Any:
     p.add_argument("--model", help="tokenizer/model: local HF directory, hub id, or alias (`sftdata models`)")
     p.add_argument("--max-length", type=int, metavar="N", help="truncate examples to N tokens, as the trainer will")
     p.add_argument("--policy", choices=POLICIES, help="which messages are trained (default: assistant)")
-    p.add_argument("--select", action="append", metavar="IDS", help="only these checks (comma list; an area selects all of it)")
+    p.add_argument(
+        "--select", action="append", metavar="IDS", help="only these checks (comma list; an area selects all of it)"
+    )
     p.add_argument("--ignore", action="append", metavar="IDS", help="skip these checks (comma list; areas too)")
-    p.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 on findings at or above this severity (default: error)")
+    p.add_argument(
+        "--fail-on", choices=SEVERITIES, help="exit 1 on findings at or above this severity (default: error)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object: summary and every finding")
-    p.add_argument("--run-dir", metavar="DIR", help="run directory to write audit/ into (default: runs/audit-<UTC time>)")
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="run directory to write audit/ into (default: runs/audit-<UTC time>)"
+    )
     p.add_argument("--explain", metavar="CHECK", help="print the long explanation of a check id and exit")
     p.add_argument("--from", dest="fmt", metavar="FORMAT", help="input format (default: detected per file)")
-    p.add_argument("--workers", type=int, metavar="N", help="processes that read, tokenize and check, each a share of "
-                   "every file (default: the CPUs other processes leave idle, 1 for inputs under 1 MiB; "
-                   "1 = this process; also $SFTLAB_AUDIT_WORKERS)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that read, tokenize and check, each a share of "
+        "every file (default: the CPUs other processes leave idle, 1 for inputs under 1 MiB; "
+        "1 = this process; also $SFTLAB_AUDIT_WORKERS)",
+    )
     return p
 
 
@@ -98,8 +109,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not readable TOML ({e}); fix the file or run from another directory") from e
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (TOML files must be UTF-8); re-save it as UTF-8 "
-                         "or run from another directory") from e
+        raise UsageError(
+            f"{path}:{line}: not UTF-8 text (TOML files must be UTF-8); re-save it as UTF-8 "
+            "or run from another directory"
+        ) from e
 
 
 def load_config(start: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -112,14 +125,18 @@ def load_config(start: str | os.PathLike[str] | None = None) -> tuple[dict[str, 
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [tool.sftdata] must be a table")
     merged: dict[str, Any] = {}
-    for section, values in (("tool.sftdata", {k: v for k, v in table.items() if not isinstance(v, dict)}),
-                            ("tool.sftdata.audit", table.get("audit") if isinstance(table.get("audit"), dict) else {})):
+    for section, values in (
+        ("tool.sftdata", {k: v for k, v in table.items() if not isinstance(v, dict)}),
+        ("tool.sftdata.audit", table.get("audit") if isinstance(table.get("audit"), dict) else {}),
+    ):
         for key, value in values.items():
             if key not in CONFIG_KEYS:
                 near = difflib.get_close_matches(key.replace("_", "-"), CONFIG_KEYS, n=1)
-                raise UsageError(f"{path}: unknown key {key!r} in [{section}]"
-                                 + (f"; did you mean {near[0]!r}?" if near else "")
-                                 + f" (valid keys: {', '.join(CONFIG_KEYS)})")
+                raise UsageError(
+                    f"{path}: unknown key {key!r} in [{section}]"
+                    + (f"; did you mean {near[0]!r}?" if near else "")
+                    + f" (valid keys: {', '.join(CONFIG_KEYS)})"
+                )
             merged[key] = value
     return _typed_config(merged, path), path
 
@@ -183,8 +200,10 @@ def _audit(argv: list[str] | None) -> int:
     if not args.inputs:
         raise UsageError("no INPUT given: pass one or more data files (or --explain CHECK)")
     if not model:
-        raise UsageError("--model is required (or `model` under [tool.sftdata] in pyproject.toml): a local model "
-                         "directory, a hub id, or an alias such as smollm2-135m-instruct (`sftdata models` lists them)")
+        raise UsageError(
+            "--model is required (or `model` under [tool.sftdata] in pyproject.toml): a local model "
+            "directory, a hub id, or an alias such as smollm2-135m-instruct (`sftdata models` lists them)"
+        )
     run_dir = args.run_dir or cfg.get("run-dir")
     if run_dir is None:
         from sftdata.audit import default_run_dir
@@ -192,7 +211,13 @@ def _audit(argv: list[str] | None) -> int:
         run_dir = default_run_dir()
     from sftdata import readers, rundir
 
-    flag = "--run-dir" if args.run_dir else f"run-dir (from {cfg_path})" if cfg.get("run-dir") else "the default run directory"
+    flag = (
+        "--run-dir"
+        if args.run_dir
+        else f"run-dir (from {cfg_path})"
+        if cfg.get("run-dir")
+        else "the default run directory"
+    )
     rundir.check_output(run_dir, flag, directory=True)
     if args.inputs.count(readers.STDIN) > 1:
         raise UsageError("INPUT: `-` (standard input) can be given once")
@@ -204,21 +229,24 @@ def _audit(argv: list[str] | None) -> int:
     try:
         with progress.bar("audit", total) as bar:
             result = run_audit(
-                inputs, model,
-            max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
-            policy=args.policy or cfg.get("policy", "assistant"),
-            select=args.select if args.select is not None else cfg.get("select"),
-            ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
-            fail_on=args.fail_on or cfg.get("fail-on", "error"),
-            run_dir=run_dir,
-            fmt=args.fmt or cfg.get("from"),
-            workers=args.workers if args.workers is not None else cfg.get("workers"),
-            config_file=str(cfg_path) if cfg_path is not None else None,
-            progress=bar.update,
-        )
+                inputs,
+                model,
+                max_length=args.max_length if args.max_length is not None else cfg.get("max-length"),
+                policy=args.policy or cfg.get("policy", "assistant"),
+                select=args.select if args.select is not None else cfg.get("select"),
+                ignore=args.ignore if args.ignore is not None else cfg.get("ignore"),
+                fail_on=args.fail_on or cfg.get("fail-on", "error"),
+                run_dir=run_dir,
+                fmt=args.fmt or cfg.get("from"),
+                workers=args.workers if args.workers is not None else cfg.get("workers"),
+                config_file=str(cfg_path) if cfg_path is not None else None,
+                progress=bar.update,
+            )
     except UsageError as e:
         if cfg_path is not None and not args.model and (e.param == "model" or "--model" in e.message):
-            raise UsageError(f"{e.describe('--model')} (model = {model!r} comes from {cfg_path} [tool.sftdata])") from None
+            raise UsageError(
+                f"{e.describe('--model')} (model = {model!r} comes from {cfg_path} [tool.sftdata])"
+            ) from None
         raise
     if args.json:
         _print_json(result)
@@ -231,15 +259,21 @@ def _audit(argv: list[str] | None) -> int:
 def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.INFO if sys.stderr.isatty() else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if sys.stderr.isatty() else logging.WARNING,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
 
 
 def _explain(check_id: str) -> int:
     if check_id not in CHECKS:
         near = difflib.get_close_matches(check_id, list(CHECKS), n=3)
-        raise UsageError(f"--explain {check_id!r}: no such check" + (f"; did you mean {', '.join(near)}?" if near else "")
-                         + " (docs/checks.md lists every id)")
+        raise UsageError(
+            f"--explain {check_id!r}: no such check"
+            + (f"; did you mean {', '.join(near)}?" if near else "")
+            + " (docs/checks.md lists every id)"
+        )
     sys.stdout.write(catalogue.explain(check_id))
     return kit.EXIT_OK
 
@@ -317,10 +351,13 @@ def report(result: Any, *, rich_table: bool = False) -> str:
     s = result.summary
     out: list[str] = []
     inputs = s["inputs"]
-    out.append(f"sftdata audit: {len(inputs)} input{'s' if len(inputs) != 1 else ''}, {s['examples']} examples"
-               + (f" (+{s['records_unreadable']} unreadable records)" if s["records_unreadable"] else "")
-               + f", model {s['model']}, policy {s['policy']}"
-               + (f", max length {s['max_length']}" if s["max_length"] else "") + "\n")
+    out.append(
+        f"sftdata audit: {len(inputs)} input{'s' if len(inputs) != 1 else ''}, {s['examples']} examples"
+        + (f" (+{s['records_unreadable']} unreadable records)" if s["records_unreadable"] else "")
+        + f", model {s['model']}, policy {s['policy']}"
+        + (f", max length {s['max_length']}" if s["max_length"] else "")
+        + "\n"
+    )
     if s["checks"]:
         header = ("check", "severity", "count", "first locations")
         rows = _table_rows(s)
@@ -343,21 +380,29 @@ def report(result: Any, *, rich_table: bool = False) -> str:
     stats = s["token_stats"]
     if "n_tokens" in stats:
         n = stats["n_tokens"]
-        out.append(f"\ntoken lengths (before truncation): min {n['min']}  p50 {n['p50']}  p90 {n['p90']}  p95 {n['p95']}  "
-                   f"p99 {n['p99']}  max {n['max']}  mean {n['mean']}\n")
-        out.append(f"  {stats['tokens']} tokens kept, {stats['trained_tokens']} trained, "
-                   f"{stats['truncated_examples']} examples truncated\n")
+        out.append(
+            f"\ntoken lengths (before truncation): min {n['min']}  p50 {n['p50']}  p90 {n['p90']}  p95 {n['p95']}  "
+            f"p99 {n['p99']}  max {n['max']}  mean {n['mean']}\n"
+        )
+        out.append(
+            f"  {stats['tokens']} tokens kept, {stats['trained_tokens']} trained, "
+            f"{stats['truncated_examples']} examples truncated\n"
+        )
         rows = [(L, str(c["over"]), str(c["answers_cut"])) for L, c in stats["max_length_candidates"].items()]
         out.append(_indent(_plain_table(rows, ("max length", "examples over", "answers cut")), "  "))
     if s.get("run_dir"):
         out.append(f"\nwrote {os.path.join(s['run_dir'], 'audit')}/ (summary.json, findings.jsonl, examples.parquet)\n")
     bad = sum(n for sev, n in s["by_severity"].items() if SEVERITY_RANK[sev] >= SEVERITY_RANK[s["fail_on"]])
     if result.passed:
-        out.append(f"PASSED: no findings at or above {s['fail_on']} "
-                   f"({', '.join(f'{n} {sev}' for sev, n in s['by_severity'].items() if n) or 'none at all'})\n")
+        out.append(
+            f"PASSED: no findings at or above {s['fail_on']} "
+            f"({', '.join(f'{n} {sev}' for sev, n in s['by_severity'].items() if n) or 'none at all'})\n"
+        )
     else:
-        out.append(f"FAILED: {bad} findings at or above {s['fail_on']} (--fail-on {s['fail_on']}); "
-                   "`sftdata audit --explain CHECK` explains a check\n")
+        out.append(
+            f"FAILED: {bad} findings at or above {s['fail_on']} (--fail-on {s['fail_on']}); "
+            "`sftdata audit --explain CHECK` explains a check\n"
+        )
     return "".join(out)
 
 

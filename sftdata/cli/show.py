@@ -43,12 +43,19 @@ def _select(path: str, fmt: str | None, line: int | None, ex_id: str | None) -> 
             return item, skipped
     if line is None and ex_id is None:
         why = next((f for f in skipped if f.severity == "error"), None)
-        raise kit.UsageError(f"{path}: no readable example" + (
-            f"; the first record could not be read: {why.location()}: {why.message} ({why.hint})" if why else
-            " (the file holds no records)"))
+        raise kit.UsageError(
+            f"{path}: no readable example"
+            + (
+                f"; the first record could not be read: {why.location()}: {why.message} ({why.hint})"
+                if why
+                else " (the file holds no records)"
+            )
+        )
     what = f"--line {line}" if line is not None else f"--id {ex_id}"
     hint = f" (the first example is {first.id} at {first.source})" if first else ""
-    raise kit.UsageError(f"{what}: no example there in {path}{hint}; line numbers are 1-based file lines, ids as `sftdata convert --json` lists them")
+    raise kit.UsageError(
+        f"{what}: no example there in {path}{hint}; line numbers are 1-based file lines, ids as `sftdata convert --json` lists them"
+    )
 
 
 def _token_rows(tok: Tokenized, tokenizer: Any) -> list[dict[str, Any]]:
@@ -56,21 +63,40 @@ def _token_rows(tok: Tokenized, tokenizer: Any) -> list[dict[str, Any]]:
     specials = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     rows = []
     for k, (i, m, mi) in enumerate(zip(tok.input_ids, tok.loss_mask, tok.message_index)):
-        rows.append({"index": k, "id": i, "text": tokenizer.decode([i], skip_special_tokens=False), "piece": pieces[k],
-                     "trained": m, "message_index": mi, "special": i in specials})
+        rows.append(
+            {
+                "index": k,
+                "id": i,
+                "text": tokenizer.decode([i], skip_special_tokens=False),
+                "piece": pieces[k],
+                "trained": m,
+                "message_index": mi,
+                "special": i in specials,
+            }
+        )
     return rows
 
 
-def _print_human(conv: Conversation, tok: Tokenized, rows: list[dict[str, Any]], model: str, policy: str, color: bool) -> None:
+def _print_human(
+    conv: Conversation, tok: Tokenized, rows: list[dict[str, Any]], model: str, policy: str, color: bool
+) -> None:
     from rich.console import Console
     from rich.text import Text
 
     # markup=False: token text such as "[/INST]" or "[b]" is data, never a style tag
-    console = Console(force_terminal=color, no_color=not color, highlight=False, soft_wrap=True, markup=False,
-                      width=100 if not color else None)
+    console = Console(
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+        width=100 if not color else None,
+    )
     console.print(f"{conv.source}  id={conv.id}  model={model}  policy={policy}")
-    console.print(f"tokens: {len(tok.input_ids)}  trained: {tok.n_trained}  truncated: "
-                  f"{'yes (' + str(tok.n_tokens_full) + ' before truncation)' if tok.truncated else 'no'}")
+    console.print(
+        f"tokens: {len(tok.input_ids)}  trained: {tok.n_trained}  truncated: "
+        f"{'yes (' + str(tok.n_tokens_full) + ' before truncation)' if tok.truncated else 'no'}"
+    )
     for f in tok.findings:
         console.print(f"[{f.severity}] {f.check}: {f.message}", style="yellow" if color else None)
     legend = Text("legend: ")
@@ -96,8 +122,10 @@ def _print_human(conv: Conversation, tok: Tokenized, rows: list[dict[str, Any]],
     console.print()
     console.print(f"{'#':>5} {'id':>7}  {'trained':<7} {'msg':>3}  token")
     for r in rows:
-        console.print(f"{r['index']:>5} {r['id']:>7}  {'yes' if r['trained'] else '·':<7} {r['message_index']:>3}  {json.dumps(r['text'], ensure_ascii=False)}",
-                      style=("green" if r["trained"] else None) if color else None)
+        console.print(
+            f"{r['index']:>5} {r['id']:>7}  {'yes' if r['trained'] else '·':<7} {r['message_index']:>3}  {json.dumps(r['text'], ensure_ascii=False)}",
+            style=("green" if r["trained"] else None) if color else None,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="fmt", help="input format (default: detected)")
     p.add_argument("--policy", default="assistant", choices=POLICIES, help="mask policy (default: assistant)")
     p.add_argument("--max-length", type=kit.positive_int, help="truncate at this many tokens, as training would")
-    p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour output (default: auto = when stdout is a terminal)")
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour output (default: auto = when stdout is a terminal)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with every token")
 
     def body() -> int:
@@ -122,10 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         tok = masks.tokenize(conv, tokenizer, policy=args.policy, max_length=args.max_length)
         rows = _token_rows(tok, tokenizer)
         if args.json:
-            obj = {"schema_version": 1, "example_id": conv.id, "source": conv.source.to_dict(),
-                   "n_tokens": len(tok.input_ids), "n_trained": tok.n_trained, "truncated": tok.truncated,
-                   "tokens": [{k: r[k] for k in ("id", "text", "trained", "message_index")} for r in rows],
-                   "findings": [f.to_dict() for f in tok.findings]}
+            obj = {
+                "schema_version": 1,
+                "example_id": conv.id,
+                "source": conv.source.to_dict(),
+                "n_tokens": len(tok.input_ids),
+                "n_trained": tok.n_trained,
+                "truncated": tok.truncated,
+                "tokens": [{k: r[k] for k in ("id", "text", "trained", "message_index")} for r in rows],
+                "findings": [f.to_dict() for f in tok.findings],
+            }
             sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
         else:
             color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())

@@ -26,8 +26,12 @@ import pytest
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def audit_files(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], model: Any = DEFAULT_MODEL,
-                fail_on: str = "error", **opts: Any) -> Any:
+def audit_files(
+    paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    model: Any = DEFAULT_MODEL,
+    fail_on: str = "error",
+    **opts: Any,
+) -> Any:
     """What the fixture returns: run the audit on `paths` and return the AuditResult."""
     from sftdata.audit import run_audit
 

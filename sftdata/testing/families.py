@@ -37,18 +37,48 @@ class Family:
 
 FAMILIES = {
     "smollm2": Family("smollm2", None, "<|im_start|>", "<|im_end|>", ()),
-    "llama3": Family("llama3", "llama3.jinja", "<|begin_of_text|>", "<|eot_id|>",
-                     ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>")),
-    "llama3_1": Family("llama3_1", "llama3_1.jinja", "<|begin_of_text|>", "<|eot_id|>",
-                       ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>", "<|eom_id|>", "<|python_tag|>"),
-                       supports_tools=True),
+    "llama3": Family(
+        "llama3",
+        "llama3.jinja",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>"),
+    ),
+    "llama3_1": Family(
+        "llama3_1",
+        "llama3_1.jinja",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>", "<|eom_id|>", "<|python_tag|>"),
+        supports_tools=True,
+    ),
     "mistral": Family("mistral", "inline:mistral", "<s>", "</s>", ("[INST]", "[/INST]"), supports_system=False),
-    "gemma": Family("gemma", "gemma.jinja", "<bos>", "<end_of_turn>", ("<start_of_turn>", "<end_of_turn>"), supports_system=False),
-    "qwen2_5": Family("qwen2_5", "qwen2_5.jinja", None, "<|im_end|>",
-                      ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"), supports_tools=True),
-    "phi3": Family("phi3", "phi3.jinja", "<s>", "<|endoftext|>", ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>")),
-    "qwen3": Family("qwen3", "qwen3.jinja", None, "<|im_end|>",
-                    ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<think>", "</think>"), supports_tools=True),
+    "gemma": Family(
+        "gemma", "gemma.jinja", "<bos>", "<end_of_turn>", ("<start_of_turn>", "<end_of_turn>"), supports_system=False
+    ),
+    "qwen2_5": Family(
+        "qwen2_5",
+        "qwen2_5.jinja",
+        None,
+        "<|im_end|>",
+        ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"),
+        supports_tools=True,
+    ),
+    "phi3": Family(
+        "phi3",
+        "phi3.jinja",
+        "<s>",
+        "<|endoftext|>",
+        ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
+    ),
+    "qwen3": Family(
+        "qwen3",
+        "qwen3.jinja",
+        None,
+        "<|im_end|>",
+        ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<think>", "</think>"),
+        supports_tools=True,
+    ),
 }
 
 

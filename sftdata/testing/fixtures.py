@@ -37,9 +37,16 @@ def build_tiny_causal_lm(tokenizer: Any, *, seed: int = 0, hidden_size: int = 32
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
@@ -58,16 +65,36 @@ def _message(turn: Any) -> Message:
         return Message(role, content)
     if isinstance(turn, dict):
         calls = turn.get("tool_calls")
-        return Message(turn["role"], turn.get("content") or "", tuple(calls) if calls else None,
-                       turn.get("name"), turn.get("tool_call_id"), turn.get("reasoning_content"), turn.get("train"))
+        return Message(
+            turn["role"],
+            turn.get("content") or "",
+            tuple(calls) if calls else None,
+            turn.get("name"),
+            turn.get("tool_call_id"),
+            turn.get("reasoning_content"),
+            turn.get("train"),
+        )
     raise TypeError(f"a turn is a (role, content) pair, a dict or a Message, not {type(turn).__name__}")
 
 
-def new_conversation(turns: list[Any], *, id: str | None = None, tools: list[dict[str, Any]] | None = None,
-                     file: str = "test.jsonl", line: int = 1, meta: dict[str, Any] | None = None,
-                     shape: str = "chat") -> Conversation:
-    return Conversation(id or make_id(file, line), tuple(_message(t) for t in turns), Source(file, line),
-                        tuple(tools) if tools else None, dict(meta or {}), shape)
+def new_conversation(
+    turns: list[Any],
+    *,
+    id: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    file: str = "test.jsonl",
+    line: int = 1,
+    meta: dict[str, Any] | None = None,
+    shape: str = "chat",
+) -> Conversation:
+    return Conversation(
+        id or make_id(file, line),
+        tuple(_message(t) for t in turns),
+        Source(file, line),
+        tuple(tools) if tools else None,
+        dict(meta or {}),
+        shape,
+    )
 
 
 @pytest.fixture

@@ -13,8 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-GOLDS = {"r1": ["apple", "river", "stone", "cloud", "green", "table", "music", "bread", "light", "house", "chair", "paper"],
-         "r2": ["water", "glass", "night", "horse", "plant", "money", "story", "field", "sound", "power"]}
+GOLDS = {
+    "r1": ["apple", "river", "stone", "cloud", "green", "table", "music", "bread", "light", "house", "chair", "paper"],
+    "r2": ["water", "glass", "night", "horse", "plant", "money", "story", "field", "sound", "power"],
+}
 DISTRACTORS = {"r1": ["zebra", "violin", "pirate", "rocket"], "r2": ["dragon", "castle", "wizard", "tiger"]}
 
 
@@ -22,8 +24,16 @@ def suite_rows() -> list[dict]:
     rows = []
     for rel, golds in GOLDS.items():
         for i, g in enumerate(golds):
-            rows.append({"id": f"{rel}/{i}", "relation": rel, "question": f"Which word is number {i} of {rel}?",
-                         "gold": g, "aliases": [], "distractors": DISTRACTORS[rel]})
+            rows.append(
+                {
+                    "id": f"{rel}/{i}",
+                    "relation": rel,
+                    "question": f"Which word is number {i} of {rel}?",
+                    "gold": g,
+                    "aliases": [],
+                    "distractors": DISTRACTORS[rel],
+                }
+            )
     return rows
 
 
@@ -39,10 +49,19 @@ def build_tiny_phi(tokenizer, seed=0):
     from transformers import PhiConfig, PhiForCausalLM
 
     torch.manual_seed(seed)
-    cfg = PhiConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg = PhiConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     return PhiForCausalLM(cfg).eval()
 
 

@@ -69,11 +69,15 @@ def _item(r):
     from probes.suite import Item
     from sftdata.records import Source
 
-    return Item(r["id"], r["relation"], r["question"], r["gold"], tuple(r["aliases"]), tuple(r["distractors"]), Source("x", 1))
+    return Item(
+        r["id"], r["relation"], r["question"], r["gold"], tuple(r["aliases"]), tuple(r["distractors"]), Source("x", 1)
+    )
 
 
 def test_normalized_matching():
-    it = _item({"id": "a", "relation": "r", "question": "q", "gold": "New Delhi", "aliases": ["Delhi"], "distractors": ["x"]})
+    it = _item(
+        {"id": "a", "relation": "r", "question": "q", "gold": "New Delhi", "aliases": ["Delhi"], "distractors": ["x"]}
+    )
     assert facts.is_correct("The capital is New Delhi.", it)
     assert facts.is_correct("delhi", it)
     assert not facts.is_correct("Delhiite food", it)

@@ -53,4 +53,4 @@ def test_greedy_matches_transformers_generate(model_and_tok):
     ours = scoring.greedy(model, prompts, max_new_tokens=6, stop_ids=set(), max_rows=8)
     for p, o in zip(prompts, ours):
         ref = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert o == ref[0, len(p):].tolist()
+        assert o == ref[0, len(p) :].tolist()

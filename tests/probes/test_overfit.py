@@ -11,16 +11,40 @@ from probes.cli import main
 
 torch = pytest.importorskip("torch")
 
-TRAIN = ["apple river stone", "cloud green table", "music bread light", "house chair paper", "apple stone music",
-         "green paper house"]
-HELDOUT = ["dragon castle wizard", "tiger violin pirate", "rocket zebra dragon", "castle tiger rocket",
-           "wizard zebra violin", "pirate castle tiger"]
+TRAIN = [
+    "apple river stone",
+    "cloud green table",
+    "music bread light",
+    "house chair paper",
+    "apple stone music",
+    "green paper house",
+]
+HELDOUT = [
+    "dragon castle wizard",
+    "tiger violin pirate",
+    "rocket zebra dragon",
+    "castle tiger rocket",
+    "wizard zebra violin",
+    "pirate castle tiger",
+]
 
 
 def _write(path, answers):
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say three words, please ({i})."},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for i, a in enumerate(answers)), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Say three words, please ({i})."},
+                        {"role": "assistant", "content": a},
+                    ]
+                }
+            )
+            + "\n"
+            for i, a in enumerate(answers)
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -48,7 +72,9 @@ def copy_without_eot(model, tok):
 def test_memorization_auc_and_rows(overfit_models, tmp_path):
     base, memorized, _, _, tok = overfit_models
     train, heldout = _write(tmp_path / "train.jsonl", TRAIN), _write(tmp_path / "heldout.jsonl", HELDOUT)
-    report = probes.overfit(base, memorized, str(train), str(heldout), tokenizer=tok, run_dir=tmp_path / "run", generate=2)
+    report = probes.overfit(
+        base, memorized, str(train), str(heldout), tokenizer=tok, run_dir=tmp_path / "run", generate=2
+    )
     s = report.summary
     assert s["membership_auc"] == 1.0 and s["membership_auc_ci"][0] > 0.5
     assert s["mean_gain_per_token_train"] > s["mean_gain_per_token_heldout"]

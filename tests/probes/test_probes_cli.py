@@ -42,7 +42,9 @@ def test_help_and_usage_errors(capsys, tmp_path):
 
 
 def test_python_dash_m_works():
-    r = subprocess.run([sys.executable, "-m", "probes", "--help"], check=False, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "probes", "--help"], check=False, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and "hallucination" in r.stdout
 
 
@@ -50,13 +52,35 @@ def test_flagged_model_dirs_exit_1_with_json_envelope(model_dirs, suite_file, tm
     base, sft = model_dirs
     bad = suite_file.read_text() + '{"question": "no gold here", "relation": "r1", "distractors": ["a"]}\nnot json\n'
     suite_file.write_text(bad)
-    rc = main(["hallucination", "--base", str(base), "--sft", str(sft), "--suite", str(suite_file),
-               "--run-dir", str(tmp_path / "run"), "--json"])
+    rc = main(
+        [
+            "hallucination",
+            "--base",
+            str(base),
+            "--sft",
+            str(sft),
+            "--suite",
+            str(suite_file),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+        ]
+    )
     out = _json(capsys)
     assert rc == 1
     assert out["schema_version"] == 1 and out["command"] == "hallucination"
     s = out["summary"]
-    for key in ("items", "base_known", "flips", "recoveries", "flip_rate", "flip_rate_ci", "mcnemar_p", "flagged", "by_relation"):
+    for key in (
+        "items",
+        "base_known",
+        "flips",
+        "recoveries",
+        "flip_rate",
+        "flip_rate_ci",
+        "mcnemar_p",
+        "flagged",
+        "by_relation",
+    ):
         assert key in s
     assert s["flagged"] and s["flips"] == 12 and s["bad_rows"] == 2
     checks = [f["check"] for f in out["findings"]]
@@ -76,8 +100,9 @@ def test_sfttrain_run_dir_toggles_the_adapter(fact_models, model_dirs, suite_fil
     (run / "train/config.yaml").write_text(f"model: {base_dir}\nlora: true\n")
     from transformers import AutoModelForCausalLM
 
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))  # B = 0: the adapter is a no-op
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )  # B = 0: the adapter is a no-op
     peft_model.save_pretrained(run / "train/adapter")
     tok.save_pretrained(run / "train/adapter")
     rc = main(["hallucination", "--sft", str(run), "--suite", str(suite_file), "--json"])
@@ -98,7 +123,10 @@ def test_sfttrain_run_dir_toggles_the_adapter(fact_models, model_dirs, suite_fil
 
 def test_known_and_suite_commands(model_dirs, suite_file, tmp_path, capsys):
     base, _ = model_dirs
-    assert main(["known", "--model", str(base), "--suite", str(suite_file), "-o", str(tmp_path / "k.jsonl"), "--json"]) == 0
+    assert (
+        main(["known", "--model", str(base), "--suite", str(suite_file), "-o", str(tmp_path / "k.jsonl"), "--json"])
+        == 0
+    )
     assert _json(capsys)["summary"]["known"] == 22
     assert len((tmp_path / "k.jsonl").read_text().splitlines()) == 22
     kn = tmp_path / "knowledge.jsonl"
@@ -106,7 +134,8 @@ def test_known_and_suite_commands(model_dirs, suite_file, tmp_path, capsys):
         '{"entity": "Zorbia", "facts": [{"fact": "capital", "value": "Quell"}, {"fact": "river", "value": "Ash"}]}\n'
         '{"entity": "Mardon", "facts": [{"fact": "capital", "value": "Pells"}]}\n'
         '{"entity": "Teyla", "facts": [{"fact": "capital", "value": "Orin"}]}\n'
-        '{"entity": 5}\n')
+        '{"entity": 5}\n'
+    )
     assert main(["suite", "--from", str(kn), "-o", str(tmp_path / "s.jsonl"), "--json"]) == 0
     out = _json(capsys)
     rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]

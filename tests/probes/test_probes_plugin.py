@@ -13,9 +13,11 @@ def test_sft_probe_fixture_gates_on_flagged(sft_probe, fact_models, suite_file):
 
 
 def test_imports_stay_light():
-    code = ("import sys, probes, probes.cli, probes.suite, probes.stats, probes.pytest_plugin\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n"
-            "assert not any(m == 'sfttrain' or m.startswith('sfttrain.') for m in sys.modules), 'sfttrain imported'\n")
+    code = (
+        "import sys, probes, probes.cli, probes.suite, probes.stats, probes.pytest_plugin\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert not any(m == 'sfttrain' or m.startswith('sfttrain.') for m in sys.modules), 'sfttrain imported'\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
 

@@ -62,8 +62,21 @@ def test_run_directory_is_complete(tmp_path, sft_tokenizer):
     assert json.loads((audit_dir / "summary.json").read_text()) == json.loads(json.dumps(r.summary))
     table = pq.read_table(audit_dir / "examples.parquet")
     assert table.num_rows == r.summary["examples"] == 9
-    assert table.column_names == ["id", "file", "line", "row", "n_tokens", "n_tokens_full", "n_trained", "truncated",
-                                  "n_findings", "severity", "input_ids", "loss_mask", "message_index"]
+    assert table.column_names == [
+        "id",
+        "file",
+        "line",
+        "row",
+        "n_tokens",
+        "n_tokens_full",
+        "n_trained",
+        "truncated",
+        "n_findings",
+        "severity",
+        "input_ids",
+        "loss_mask",
+        "message_index",
+    ]
     rows = table.to_pylist()
     assert [x["line"] for x in rows] == [1, 2, 3, 4, 5, 6, 7, 9, 10]  # line 8 is broken JSON
     assert rows[1]["severity"] == "error" and rows[0]["severity"] is None
@@ -87,7 +100,11 @@ def test_examples_parquet_is_what_masks_tokenize_gives_the_trainer(tmp_path, sft
         assert tuple(row["input_ids"]) == tok.input_ids
         assert tuple(row["loss_mask"]) == tok.loss_mask
         assert tuple(row["message_index"]) == tok.message_index
-        assert (row["truncated"], row["n_trained"], row["n_tokens_full"]) == (tok.truncated, tok.n_trained, tok.n_tokens_full)
+        assert (row["truncated"], row["n_trained"], row["n_tokens_full"]) == (
+            tok.truncated,
+            tok.n_trained,
+            tok.n_tokens_full,
+        )
 
 
 def _all_containers(tmp_path):
@@ -96,14 +113,24 @@ def _all_containers(tmp_path):
     parquet = tmp_path / "defects.parquet"
     formats.write((c for c in formats.read(DEFECTS) if isinstance(c, Conversation)), str(parquet))
     csv_path = tmp_path / "qa.csv"
-    csv_path.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(7)) + "only one field\n", encoding="utf-8")
+    csv_path.write_text(
+        "question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(7)) + "only one field\n", encoding="utf-8"
+    )
     cut = tmp_path / "cut.jsonl.gz"
     data = gzip.compress(Path(CLEAN).read_bytes() * 3)
     cut.write_bytes(data[: len(data) * 2 // 3])
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 this is not a parquet file PAR1")
-    return [DEFECTS, str(EXAMPLES / "alpaca.json"), str(parquet), CLEAN, str(cut), str(csv_path), str(broken),
-            str(EXAMPLES / "sharegpt.jsonl")]
+    return [
+        DEFECTS,
+        str(EXAMPLES / "alpaca.json"),
+        str(parquet),
+        CLEAN,
+        str(cut),
+        str(csv_path),
+        str(broken),
+        str(EXAMPLES / "sharegpt.jsonl"),
+    ]
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -121,8 +148,12 @@ def test_worker_processes_give_the_same_result(tmp_path, sft_tokenizer, monkeypa
     assert one.summary["examples"] > 40 and one.summary["records_unreadable"] == 4  # csv, defects, gzip, parquet
     assert [f.to_dict() for f in one.findings] == [f.to_dict() for f in two.findings]
     drop = ("elapsed_s", "examples_per_s", "run_dir", "workers")
-    assert {k: v for k, v in one.summary.items() if k not in drop} == {k: v for k, v in two.summary.items() if k not in drop}
-    assert pq.read_table(tmp_path / "one/audit/examples.parquet").equals(pq.read_table(tmp_path / "two/audit/examples.parquet"))
+    assert {k: v for k, v in one.summary.items() if k not in drop} == {
+        k: v for k, v in two.summary.items() if k not in drop
+    }
+    assert pq.read_table(tmp_path / "one/audit/examples.parquet").equals(
+        pq.read_table(tmp_path / "two/audit/examples.parquet")
+    )
     assert (tmp_path / "one/audit/findings.jsonl").read_bytes() == (tmp_path / "two/audit/findings.jsonl").read_bytes()
 
 
@@ -225,7 +256,12 @@ audit.run_audit([{DEFECTS!r}, {CLEAN!r}], load_tokenizer(DEMO_MODEL), workers=2)
     alive = kids
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in (Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0])]
+        alive = [
+            k
+            for k in kids
+            if Path(f"/proc/{k}").exists()
+            and "Z" not in (Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0])
+        ]
     assert not alive, f"workers {alive} outlived their parent"
 
 
@@ -257,13 +293,18 @@ def test_pipelined_single_process_matches_serial(tmp_path, sft_tokenizer, monkey
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
     from sftdata import parallel
 
-    monkeypatch.setattr(parallel, "pipelined", lambda items, prepare, finish, ahead=2: (
-        finish(item, prepare(item)) for item in items))
+    monkeypatch.setattr(
+        parallel, "pipelined", lambda items, prepare, finish, ahead=2: (finish(item, prepare(item)) for item in items)
+    )
     serial = run_audit([DEFECTS, CLEAN], sft_tokenizer, max_length=128, run_dir=str(tmp_path / "serial"), workers=1)
     assert [f.to_dict() for f in piped.findings] == [f.to_dict() for f in serial.findings]
     drop = ("elapsed_s", "examples_per_s", "run_dir")
-    assert {k: v for k, v in piped.summary.items() if k not in drop} == {k: v for k, v in serial.summary.items() if k not in drop}
-    assert pq.read_table(tmp_path / "piped/audit/examples.parquet").equals(pq.read_table(tmp_path / "serial/audit/examples.parquet"))
+    assert {k: v for k, v in piped.summary.items() if k not in drop} == {
+        k: v for k, v in serial.summary.items() if k not in drop
+    }
+    assert pq.read_table(tmp_path / "piped/audit/examples.parquet").equals(
+        pq.read_table(tmp_path / "serial/audit/examples.parquet")
+    )
 
 
 def test_findings_in_memory_are_bounded_but_errors_always_kept(tmp_path, sft_tokenizer, monkeypatch, capsys, model_dir):
@@ -386,7 +427,8 @@ def test_pyproject_config(tmp_path, capsys, model_dir, monkeypatch):
     (tmp_path / "pyproject.toml").write_text(
         "[project]\nname = 'x'\n\n[tool.sftdata]\n"
         f"model = {json.dumps(model_dir)}\nmax-length = 256\nrun-dir = 'audits/here'\n\n"
-        "[tool.sftdata.audit]\nselect = ['length', 'format.parse-error']\n\n[tool.sftdata.dedup]\nthreshold = 0.8\n")
+        "[tool.sftdata.audit]\nselect = ['length', 'format.parse-error']\n\n[tool.sftdata.dedup]\nthreshold = 0.8\n"
+    )
     sub = tmp_path / "pkg" / "data"
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)  # found by walking up
@@ -441,12 +483,14 @@ def test_fixture_in_a_users_test_suite(pytester, model_dir):
         """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines([
-        "*AssertionError: <AuditResult FAILED (fail-on error): 9 examples, 10 findings (3 error, 6 warning, 1 info)>",
-        "*error format.parse-error defects.jsonl:8: record 8 is unreadable*",
-        "*error tokens.special-in-content defects.jsonl:2: '<|im_end|>' in message 0 (user) at char 55*",
-        "*error format.no-assistant defects.jsonl:9: no assistant turn*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: <AuditResult FAILED (fail-on error): 9 examples, 10 findings (3 error, 6 warning, 1 info)>",
+            "*error format.parse-error defects.jsonl:8: record 8 is unreadable*",
+            "*error tokens.special-in-content defects.jsonl:2: '<|im_end|>' in message 0 (user) at char 55*",
+            "*error format.no-assistant defects.jsonl:9: no assistant turn*",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,11 +503,19 @@ def test_every_shared_data_file_audits_without_a_crash(tmp_path, sft_tokenizer):
     """What the audit finds in ../shared/data (with the demo tokenizer, --max-length 2048); the
     T0 file is audited on its first 3,000 records."""
     t0 = tmp_path / "t0_prefix.jsonl.gz"
-    with gzip.open(SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz", "rt") as src, \
-            gzip.open(t0, "wt") as dst:
+    with (
+        gzip.open(SHARED / "self_instruct" / "t0_train_50k_per_template.jsonl.gz", "rt") as src,
+        gzip.open(t0, "wt") as dst,
+    ):
         dst.writelines(itertools.islice(src, 3000))
-    files = sorted(p for p in SHARED.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".gz")
-                   and p.name != "dataset_info.json" and "t0_train" not in p.name) + [t0]
+    files = sorted(
+        p
+        for p in SHARED.rglob("*")
+        if p.is_file()
+        and p.suffix in (".json", ".jsonl", ".gz")
+        and p.name != "dataset_info.json"
+        and "t0_train" not in p.name
+    ) + [t0]
     seen = {}
     for path in files:
         r = run_audit([str(path)], sft_tokenizer, max_length=2048, run_dir=str(tmp_path / "runs" / path.name))

@@ -85,36 +85,101 @@ def _array(*rows):
 
 # name -> (file name, builder(path) -> path, 1-based line (or parquet row) of the bad record, expected check)
 RECORDS = {
-    "huge-int-jsonl": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [], "n": ' + HUGE + "}", G2)), 2, "format.parse-error"),
-    "huge-int-json-array": ("d.json", lambda p: write(p, _array(G, '{"n": ' + HUGE + "}", G2)), 3, "format.parse-error"),
-    "huge-int-json-lines-named-json": ("d.json", lambda p: write(p, _lines(G, '{"n": ' + HUGE + "}", G2)), 2, "format.parse-error"),
-    "huge-float-exponent": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": 1e999999}', G2)), 2, "format.wrong-type"),
+    "huge-int-jsonl": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": [], "n": ' + HUGE + "}", G2)),
+        2,
+        "format.parse-error",
+    ),
+    "huge-int-json-array": (
+        "d.json",
+        lambda p: write(p, _array(G, '{"n": ' + HUGE + "}", G2)),
+        3,
+        "format.parse-error",
+    ),
+    "huge-int-json-lines-named-json": (
+        "d.json",
+        lambda p: write(p, _lines(G, '{"n": ' + HUGE + "}", G2)),
+        2,
+        "format.parse-error",
+    ),
+    "huge-float-exponent": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": 1e999999}', G2)),
+        2,
+        "format.wrong-type",
+    ),
     "lone-surrogate-jsonl": ("d.jsonl", lambda p: write(p, _lines(G, SURROGATE, G2)), 2, "format.parse-error"),
     "lone-surrogate-json-array": ("d.json", lambda p: write(p, _array(G, SURROGATE, G2)), 3, "format.parse-error"),
-    "lone-low-surrogate-upper-case": ("d.jsonl", lambda p: write(p, _lines(G, SURROGATE.replace("\\ud83d", "\\uDC00"), G2)),
-                                      2, "format.parse-error"),
-    "invalid-utf8-line": ("d.jsonl", lambda p: write(p, (G + "\n").encode() + b'{"messages": "\xff\xfe"}\n' + (G2 + "\n").encode(),
-                                                      "wb"), 2, "format.parse-error"),
-    "nul-bytes": ("d.jsonl", lambda p: write(p, (G + "\n").encode() + b"\x00\x00\x00\n" + (G2 + "\n").encode(), "wb"),
-                  2, "format.parse-error"),
+    "lone-low-surrogate-upper-case": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, SURROGATE.replace("\\ud83d", "\\uDC00"), G2)),
+        2,
+        "format.parse-error",
+    ),
+    "invalid-utf8-line": (
+        "d.jsonl",
+        lambda p: write(p, (G + "\n").encode() + b'{"messages": "\xff\xfe"}\n' + (G2 + "\n").encode(), "wb"),
+        2,
+        "format.parse-error",
+    ),
+    "nul-bytes": (
+        "d.jsonl",
+        lambda p: write(p, (G + "\n").encode() + b"\x00\x00\x00\n" + (G2 + "\n").encode(), "wb"),
+        2,
+        "format.parse-error",
+    ),
     "broken-json-line": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [', G2)), 2, "format.parse-error"),
-    "deeply-nested": ("d.jsonl", lambda p: write(p, _lines(G, "[" * 200_000 + "]" * 200_000, G2)), 2, "format.parse-error"),
+    "deeply-nested": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, "[" * 200_000 + "]" * 200_000, G2)),
+        2,
+        "format.parse-error",
+    ),
     "array-not-object": ("d.jsonl", lambda p: write(p, _lines(G, "[1, 2]", G2)), 2, "format.parse-error"),
-    "missing-content-key": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [{"role": "user"}, {"role": "assistant", '
-                                                                   '"content": "x"}]}', G2)), 2, "format.missing-field"),
-    "missing-role": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [{"content": "x"}]}', G2)), 2, "format.missing-field"),
-    "content-wrong-type": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [{"role": "user", "content": {"a": 1}}]}', G2)),
-                           2, "format.wrong-type"),
+    "missing-content-key": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}', G2)),
+        2,
+        "format.missing-field",
+    ),
+    "missing-role": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": [{"content": "x"}]}', G2)),
+        2,
+        "format.missing-field",
+    ),
+    "content-wrong-type": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": [{"role": "user", "content": {"a": 1}}]}', G2)),
+        2,
+        "format.wrong-type",
+    ),
     "messages-null": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": null}', G2)), 2, "format.missing-field"),
-    "bad-role": ("d.jsonl", lambda p: write(p, _lines(G, '{"messages": [{"role": "wizard", "content": "x"}]}', G2)), 2, "format.bad-role"),
-    "bom-and-crlf": ("d.jsonl", lambda p: write(p, ("\ufeff" + G + "\r\n" + '{"messages": 5}\r\n' + G2 + "\r\n").encode(), "wb"),
-                     2, "format.wrong-type"),
-    "truncated-gzip": ("d.jsonl.gz", lambda p: write(p, gzip.compress(_lines(G, G2, G, G2).encode())[:-12], "wb"), None,
-                       "format.parse-error"),
+    "bad-role": (
+        "d.jsonl",
+        lambda p: write(p, _lines(G, '{"messages": [{"role": "wizard", "content": "x"}]}', G2)),
+        2,
+        "format.bad-role",
+    ),
+    "bom-and-crlf": (
+        "d.jsonl",
+        lambda p: write(p, ("\ufeff" + G + "\r\n" + '{"messages": 5}\r\n' + G2 + "\r\n").encode(), "wb"),
+        2,
+        "format.wrong-type",
+    ),
+    "truncated-gzip": (
+        "d.jsonl.gz",
+        lambda p: write(p, gzip.compress(_lines(G, G2, G, G2).encode())[:-12], "wb"),
+        None,
+        "format.parse-error",
+    ),
 }
-SHAREGPT_MISSING_VALUE = _lines(json.dumps({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}),
-                                json.dumps({"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}),
-                                json.dumps({"conversations": [{"from": "human", "value": "A"}, {"from": "gpt", "value": "B"}]}))
+SHAREGPT_MISSING_VALUE = _lines(
+    json.dumps({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]}),
+    json.dumps({"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}),
+    json.dumps({"conversations": [{"from": "human", "value": "A"}, {"from": "gpt", "value": "B"}]}),
+)
 
 
 def _record_findings(findings, expected_check, line):
@@ -145,13 +210,25 @@ def test_bad_record_among_good_ones_convert(case, tmp_path, capsys):
     assert not leftovers(tmp_path)
 
 
-@pytest.mark.parametrize("case", ["huge-int-jsonl", "huge-int-json-array", "lone-surrogate-jsonl", "missing-content-key",
-                                  "invalid-utf8-line", "deeply-nested"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "huge-int-jsonl",
+        "huge-int-json-array",
+        "lone-surrogate-jsonl",
+        "missing-content-key",
+        "invalid-utf8-line",
+        "deeply-nested",
+    ],
+)
 def test_bad_record_among_good_ones_audit(case, tmp_path, capsys):
     name, build, line, check = RECORDS[case]
     src = build(tmp_path / name)
-    _, stdout, _ = run(["audit", src, "--model", DEMO_MODEL, "--run-dir", tmp_path / "run", "--json", "--workers", "1"],
-                        capsys, expect=1)
+    _, stdout, _ = run(
+        ["audit", src, "--model", DEMO_MODEL, "--run-dir", tmp_path / "run", "--json", "--workers", "1"],
+        capsys,
+        expect=1,
+    )
     obj = json.loads(stdout)
     assert obj["summary"]["examples"] == 2 and obj["summary"]["records_unreadable"] == 1
     _record_findings(obj["findings"], check, line)
@@ -176,9 +253,11 @@ def test_lone_surrogate_is_never_written(tmp_path, capsys):
     from sftdata import formats
     from sftdata.pytest_plugin import new_conversation
 
-    convs = [new_conversation([("user", "a"), ("assistant", "b")], line=1),
-             new_conversation([("user", "cut \ud83d"), ("assistant", "b")], line=2),
-             new_conversation([("user", "c"), ("assistant", "d")], line=3)]
+    convs = [
+        new_conversation([("user", "a"), ("assistant", "b")], line=1),
+        new_conversation([("user", "cut \ud83d"), ("assistant", "b")], line=2),
+        new_conversation([("user", "c"), ("assistant", "d")], line=3),
+    ]
     for name in ("o.jsonl", "o.json", "o.parquet", "o.jsonl.gz"):
         result = formats.write(iter(convs), str(tmp_path / name))
         assert result.written == 2, name
@@ -191,14 +270,27 @@ def test_lone_surrogate_is_never_written(tmp_path, capsys):
 
 PARQUET = {
     "messages-as-numbers": (lambda p: parquet(p, {"messages": [1, 2]}), "format.wrong-type"),
-    "messages-not-json-text": (lambda p: parquet(p, {"messages": ["not json", json.dumps(GOOD["messages"])]}), "format.parse-error"),
-    "our-json-column-not-json": (lambda p: parquet(p, {"messages": ["{oops", json.dumps(GOOD["messages"])]},
-                                                   b'["messages"]'), "format.parse-error"),
+    "messages-not-json-text": (
+        lambda p: parquet(p, {"messages": ["not json", json.dumps(GOOD["messages"])]}),
+        "format.parse-error",
+    ),
+    "our-json-column-not-json": (
+        lambda p: parquet(p, {"messages": ["{oops", json.dumps(GOOD["messages"])]}, b'["messages"]'),
+        "format.parse-error",
+    ),
     "our-json-column-wrong-type": (lambda p: parquet(p, {"messages": [5, 6]}, b'["messages"]'), "format.parse-error"),
-    "our-json-column-huge-int": (lambda p: parquet(p, {"messages": ["[" + HUGE + "]", json.dumps(GOOD["messages"])]},
-                                                   b'["messages"]'), "format.parse-error"),
-    "our-metadata-not-json": (lambda p: parquet(p, {"messages": [json.dumps(GOOD["messages"])]}, b"not json"), "format.parse-error"),
-    "our-metadata-not-a-list": (lambda p: parquet(p, {"messages": [json.dumps(GOOD["messages"])]}, b'{"a": 1}'), "format.parse-error"),
+    "our-json-column-huge-int": (
+        lambda p: parquet(p, {"messages": ["[" + HUGE + "]", json.dumps(GOOD["messages"])]}, b'["messages"]'),
+        "format.parse-error",
+    ),
+    "our-metadata-not-json": (
+        lambda p: parquet(p, {"messages": [json.dumps(GOOD["messages"])]}, b"not json"),
+        "format.parse-error",
+    ),
+    "our-metadata-not-a-list": (
+        lambda p: parquet(p, {"messages": [json.dumps(GOOD["messages"])]}, b'{"a": 1}'),
+        "format.parse-error",
+    ),
     "not-parquet-at-all": (lambda p: write(p, b"PAR1 this is not parquet", "wb"), "format.parse-error"),
 }
 
@@ -256,19 +348,27 @@ def _under_a_file(tmp_path):
     return tmp_path / "f.jsonl" / "x.jsonl", "not a directory"
 
 
-PATHS = {"dangling-symlink": _dangling, "symlink-loop": _loop, "directory-not-a-dataset": _not_a_dataset_dir,
-         "name-too-long": _too_long, "missing": _missing, "unknown-extension": _unknown_extension,
-         "under-a-file": _under_a_file}
+PATHS = {
+    "dangling-symlink": _dangling,
+    "symlink-loop": _loop,
+    "directory-not-a-dataset": _not_a_dataset_dir,
+    "name-too-long": _too_long,
+    "missing": _missing,
+    "unknown-extension": _unknown_extension,
+    "under-a-file": _under_a_file,
+}
 
 
 @pytest.mark.parametrize("command", ["convert", "audit", "dedup", "show"])
 @pytest.mark.parametrize("case", list(PATHS))
 def test_unreadable_input_paths(case, command, tmp_path, capsys):
     path, why = PATHS[case](tmp_path)
-    argv = {"convert": ["convert", path, "-o", tmp_path / "o.jsonl"],
-            "audit": ["audit", path, "--model", DEMO_MODEL, "--run-dir", tmp_path / "run"],
-            "dedup": ["dedup", path],
-            "show": ["show", path, "--model", DEMO_MODEL]}[command]
+    argv = {
+        "convert": ["convert", path, "-o", tmp_path / "o.jsonl"],
+        "audit": ["audit", path, "--model", DEMO_MODEL, "--run-dir", tmp_path / "run"],
+        "dedup": ["dedup", path],
+        "show": ["show", path, "--model", DEMO_MODEL],
+    }[command]
     _, _, err = run(argv, capsys, expect=2)
     assert str(path) in err and why.lower() in err.lower(), err
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "run" / "audit").exists()
@@ -314,14 +414,29 @@ def test_named_pipe_is_read(tmp_path, capsys):
 
 def _sftdata(*args, stdin=None, cwd=None, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sftdata.cli", *map(str, args)], input=stdin, capture_output=True,
-                          env=env, cwd=cwd, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sftdata.cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_standard_input_through_a_real_pipe(tmp_path):
     """`zcat big.jsonl.gz | sftdata audit - --model ...`, and a gzipped and a JSON-array stream."""
-    r = _sftdata("audit", "-", "--model", DEMO_MODEL, "--run-dir", tmp_path / "run", "--json",
-                 stdin=_lines(G, "{broken", G2).encode())
+    r = _sftdata(
+        "audit",
+        "-",
+        "--model",
+        DEMO_MODEL,
+        "--run-dir",
+        tmp_path / "run",
+        "--json",
+        stdin=_lines(G, "{broken", G2).encode(),
+    )
     assert r.returncode == 1, r.stderr.decode()
     obj = json.loads(r.stdout)
     assert obj["summary"]["examples"] == 2
@@ -336,8 +451,11 @@ def test_standard_input_gzip_and_json_array(tmp_path, capsys, monkeypatch):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"messages": [json.dumps(GOOD["messages"])]}), tmp_path / "in.parquet")
-    streams = {"gz.jsonl": gzip.compress(_lines(G, G2).encode()), "array.jsonl": _array(G, G, G2).encode(),
-               "pq.jsonl": (tmp_path / "in.parquet").read_bytes()}
+    streams = {
+        "gz.jsonl": gzip.compress(_lines(G, G2).encode()),
+        "array.jsonl": _array(G, G, G2).encode(),
+        "pq.jsonl": (tmp_path / "in.parquet").read_bytes(),
+    }
     for out, data in streams.items():
         with open(write(tmp_path / "stream", data, "wb"), "rb") as stdin:
             monkeypatch.setattr(sys, "stdin", stdin)
@@ -369,10 +487,14 @@ OUTPUT_CASES = {
     "convert -o unwritable": (lambda s, d, f: ["convert", s, "-o", "/proc/sftdata-test.jsonl"], "cannot write"),
     "convert -o name too long": (lambda s, d, f: ["convert", s, "-o", d / ("y" * 250 + ".jsonl")], "too long"),
     "audit --run-dir is a file": (lambda s, d, f: ["audit", s, "--model", DEMO_MODEL, "--run-dir", f], "is a file"),
-    "audit --run-dir under a file": (lambda s, d, f: ["audit", s, "--model", DEMO_MODEL, "--run-dir", f / "run"],
-                                     "not a directory"),
-    "audit --run-dir unwritable": (lambda s, d, f: ["audit", s, "--model", DEMO_MODEL, "--run-dir", "/proc/sftdata-run"],
-                                   "cannot write"),
+    "audit --run-dir under a file": (
+        lambda s, d, f: ["audit", s, "--model", DEMO_MODEL, "--run-dir", f / "run"],
+        "not a directory",
+    ),
+    "audit --run-dir unwritable": (
+        lambda s, d, f: ["audit", s, "--model", DEMO_MODEL, "--run-dir", "/proc/sftdata-run"],
+        "cannot write",
+    ),
     "dedup -o directory": (lambda s, d, f: ["dedup", s, "-o", d], "is a directory"),
     "dedup -o under a file": (lambda s, d, f: ["dedup", s, "-o", f / "k.jsonl"], "not a directory"),
     "dedup --run-dir under a file": (lambda s, d, f: ["dedup", s, "--run-dir", f / "r"], "not a directory"),
@@ -402,10 +524,22 @@ FLAGS = {
     "dedup --threshold 1.5": (["dedup", "{src}", "--threshold", "1.5"], "threshold"),
     "dedup --num-perm 0": (["dedup", "{src}", "--num-perm", "0"], "num"),
     "dedup --shingle bogus": (["dedup", "{src}", "--shingle", "bogus"], "shingle"),
-    "audit --max-length 0": (["audit", "{src}", "--model", DEMO_MODEL, "--max-length", "0", "--run-dir", "{tmp}/r"], "--max-length"),
-    "audit --workers 0": (["audit", "{src}", "--model", DEMO_MODEL, "--workers", "0", "--run-dir", "{tmp}/r"], "--workers"),
-    "audit --select bogus": (["audit", "{src}", "--model", DEMO_MODEL, "--select", "bogus", "--run-dir", "{tmp}/r"], "--select"),
-    "audit --from bogus": (["audit", "{src}", "--model", DEMO_MODEL, "--from", "bogus", "--run-dir", "{tmp}/r"], "bogus"),
+    "audit --max-length 0": (
+        ["audit", "{src}", "--model", DEMO_MODEL, "--max-length", "0", "--run-dir", "{tmp}/r"],
+        "--max-length",
+    ),
+    "audit --workers 0": (
+        ["audit", "{src}", "--model", DEMO_MODEL, "--workers", "0", "--run-dir", "{tmp}/r"],
+        "--workers",
+    ),
+    "audit --select bogus": (
+        ["audit", "{src}", "--model", DEMO_MODEL, "--select", "bogus", "--run-dir", "{tmp}/r"],
+        "--select",
+    ),
+    "audit --from bogus": (
+        ["audit", "{src}", "--model", DEMO_MODEL, "--from", "bogus", "--run-dir", "{tmp}/r"],
+        "bogus",
+    ),
     "audit --model missing dir": (["audit", "{src}", "--model", "./no/such/model", "--run-dir", "{tmp}/r"], "--model"),
     "convert --to bogus": (["convert", "{src}", "-o", "{tmp}/o.jsonl", "--to", "bogus"], "--to"),
     "convert --from bogus": (["convert", "{src}", "-o", "{tmp}/o.jsonl", "--from", "bogus"], "--from"),
@@ -427,14 +561,27 @@ def test_bad_flags(case, tmp_path, capsys):
 PYPROJECTS = {
     "not utf-8": (b'[tool.sftdata]\nmodel = "\xff\xfe"\n', ["pyproject.toml:2", "UTF-8"]),
     "not toml": (b"[tool.sftdata\nmodel = 1\n", ["pyproject.toml", "TOML"]),
-    "unknown format": (b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nfrom = "bogus"\n', ["pyproject.toml", "from", "bogus"]),
-    "unknown check": (b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\n[tool.sftdata.audit]\nignore = ["tokens.bogus"]\n',
-                      ["pyproject.toml", "tokens.bogus"]),
+    "unknown format": (
+        b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nfrom = "bogus"\n',
+        ["pyproject.toml", "from", "bogus"],
+    ),
+    "unknown check": (
+        b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\n[tool.sftdata.audit]\nignore = ["tokens.bogus"]\n',
+        ["pyproject.toml", "tokens.bogus"],
+    ),
     "unknown key": (b'[tool.sftdata]\nmodle = "x"\n', ["pyproject.toml", "did you mean 'model'"]),
-    "wrong type": (b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nmax-length = "long"\n', ["pyproject.toml", "max-length"]),
-    "missing model dir": (b'[tool.sftdata]\nmodel = "./models/nope"\n', ["pyproject.toml", "[tool.sftdata]", "models/nope"]),
-    "run-dir under a file": (b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nrun-dir = "pyproject.toml/run"\n',
-                             ["run-dir", "pyproject.toml", "not a directory"]),
+    "wrong type": (
+        b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nmax-length = "long"\n',
+        ["pyproject.toml", "max-length"],
+    ),
+    "missing model dir": (
+        b'[tool.sftdata]\nmodel = "./models/nope"\n',
+        ["pyproject.toml", "[tool.sftdata]", "models/nope"],
+    ),
+    "run-dir under a file": (
+        b'[tool.sftdata]\nmodel = "smollm2-135m-instruct"\nrun-dir = "pyproject.toml/run"\n',
+        ["run-dir", "pyproject.toml", "not a directory"],
+    ),
 }
 
 
@@ -532,8 +679,10 @@ def test_template_that_renders_nothing_is_an_error(tmp_path, model_dir, capsys):
 
 
 def test_template_that_drops_the_assistant_turn_is_an_error(tmp_path, model_dir, capsys):
-    m = model_dir(template="{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n"
-                           "{% endif %}{% endfor %}")
+    m = model_dir(
+        template="{% for m in messages %}{% if m.role == 'user' %}<|im_start|>user\n{{ m.content }}<|im_end|>\n"
+        "{% endif %}{% endfor %}"
+    )
     _, out, _ = _audit_model(tmp_path, m, capsys, expect=1)
     assert {f["check"] for f in json.loads(out)["findings"] if f["severity"] == "error"} == {"mask.no-trained-tokens"}
 
@@ -545,8 +694,9 @@ def test_corrupt_safetensors_skips_the_embedding_check(weights, tmp_path, model_
     assert json.loads(out)["summary"]["embedding_check"].startswith("skipped: cannot read the embeddings")
 
 
-@pytest.mark.parametrize("files", [{"tokenizer.json": b"{not json"}, {"tokenizer_config.json": b"\xff\xfe"},
-                                   {"tokenizer.json": b""}])
+@pytest.mark.parametrize(
+    "files", [{"tokenizer.json": b"{not json"}, {"tokenizer_config.json": b"\xff\xfe"}, {"tokenizer.json": b""}]
+)
 def test_corrupt_tokenizer_files_are_input_errors(files, tmp_path, model_dir, capsys):
     m = model_dir(files=files)
     _, _, err = _audit_model(tmp_path, m, capsys, expect=2)
@@ -588,8 +738,17 @@ def test_empty_tools_list_renders_as_given(tmp_path, sft_tokenizer):
 
 
 def _big_jsonl(path, n):
-    rows = [json.dumps({"messages": [{"role": "user", "content": f"Question {i}: " + "lorem ipsum dolor " * 20},
-                                     {"role": "assistant", "content": f"Answer {i} " + "sit amet " * 30}]}) for i in range(n)]
+    rows = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}: " + "lorem ipsum dolor " * 20},
+                    {"role": "assistant", "content": f"Answer {i} " + "sit amet " * 30},
+                ]
+            }
+        )
+        for i in range(n)
+    ]
     return write(path, "\n".join(rows) + "\n")
 
 
@@ -610,12 +769,15 @@ def test_interrupt_leaves_no_temporary_or_complete_looking_files(command, sig, t
     src = _big_jsonl(tmp_path / "big.jsonl", {"convert": 30_000, "audit": 6_000, "dedup": 12_000}[command])
     out = tmp_path / "out"
     out.mkdir()
-    argv = {"convert": ["convert", src, "-o", out / "conv.parquet"],
-            "audit": ["audit", src, "--model", DEMO_MODEL, "--run-dir", out / "run", "--workers", "2"],
-            "dedup": ["dedup", src, "-o", out / "kept.jsonl", "--run-dir", out / "run"]}[command]
+    argv = {
+        "convert": ["convert", src, "-o", out / "conv.parquet"],
+        "audit": ["audit", src, "--model", DEMO_MODEL, "--run-dir", out / "run", "--workers", "2"],
+        "dedup": ["dedup", src, "-o", out / "kept.jsonl", "--run-dir", out / "run"],
+    }[command]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sftdata.cli", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftdata.cli", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     try:
         # signal while a temporary output file is open (what used to be left behind)
         sent = _interrupt_when(proc, lambda: bool(leftovers(out)), sig)
@@ -628,5 +790,9 @@ def test_interrupt_leaves_no_temporary_or_complete_looking_files(command, sig, t
     assert b"Traceback" not in err, err.decode()
     assert leftovers(out) == []
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert not any(p.endswith(("conv.parquet", "kept.jsonl", "summary.json", "clusters.parquet", "examples.parquet",
-                               "manifest.json")) for p in written), written
+    assert not any(
+        p.endswith(
+            ("conv.parquet", "kept.jsonl", "summary.json", "clusters.parquet", "examples.parquet", "manifest.json")
+        )
+        for p in written
+    ), written

@@ -24,8 +24,11 @@ def _modules() -> list[Path]:
 
 
 def _calls(tree: ast.AST, names: set[str]) -> list[ast.Call]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-            and (getattr(n.func, "id", None) in names or getattr(n.func, "attr", None) in names)]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and (getattr(n.func, "id", None) in names or getattr(n.func, "attr", None) in names)
+    ]
 
 
 def test_docs_checks_md_is_generated_from_the_catalogue():
@@ -64,17 +67,35 @@ def test_every_emitted_id_is_declared_by_its_module():
         declared: set[str] = set()
         for call in _calls(tree, {"emits"}):
             declared |= {a.value for a in call.args if isinstance(a, ast.Constant)}
-        declared |= {c.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and any(getattr(t, "id", "").endswith("EMITS") for t in n.targets)
-                     for c in ast.walk(n.value) if isinstance(c, ast.Constant)}
-        used = {c.args[0].value for c in _calls(tree, {"finding", "RecordError", "TemplateError"})
-                if c.args and isinstance(c.args[0], ast.Constant) and isinstance(c.args[0].value, str)}
+        declared |= {
+            c.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and any(getattr(t, "id", "").endswith("EMITS") for t in n.targets)
+            for c in ast.walk(n.value)
+            if isinstance(c, ast.Constant)
+        }
+        used = {
+            c.args[0].value
+            for c in _calls(tree, {"finding", "RecordError", "TemplateError"})
+            if c.args and isinstance(c.args[0], ast.Constant) and isinstance(c.args[0].value, str)
+        }
         assert used <= set(CHECKS), (path.name, used - set(CHECKS))
         assert used <= declared, (path.name, used - declared)
-    for fn in (checks.check_roles, checks.check_special_strings, checks.check_double_bos, checks.check_mask,
-               checks.check_length, checks.check_pad_token, checks.check_template, checks.check_embeddings):
-        used = {c.args[0].value for c in _calls(ast.parse(_source_with_helpers(fn)), {"finding"})
-                if isinstance(c.args[0], ast.Constant)}
+    for fn in (
+        checks.check_roles,
+        checks.check_special_strings,
+        checks.check_double_bos,
+        checks.check_mask,
+        checks.check_length,
+        checks.check_pad_token,
+        checks.check_template,
+        checks.check_embeddings,
+    ):
+        used = {
+            c.args[0].value
+            for c in _calls(ast.parse(_source_with_helpers(fn)), {"finding"})
+            if isinstance(c.args[0], ast.Constant)
+        }
         assert used and used <= set(fn.emits), (fn.__name__, used - set(fn.emits))
     assert set(formats.read.emits) | set(formats.write.emits) | set(masks.tokenize.emits) <= set(CHECKS)
 
@@ -85,7 +106,7 @@ def _source_with_helpers(fn) -> str:
 
     src = inspect.getsource(fn)
     if src.startswith("@"):
-        src = src[src.index("\ndef ") + 1:]
+        src = src[src.index("\ndef ") + 1 :]
     for name in set(re.findall(r"\b(_[a-z_]+)\(", src)):
         helper = getattr(checks, name, None)
         if callable(helper) and getattr(helper, "__module__", "") == "sftdata.checks":
@@ -96,7 +117,12 @@ def _source_with_helpers(fn) -> str:
 def test_finding_takes_severity_and_hint_from_the_catalogue():
     conv = Conversation("x/1", (Message("user", "hi"),), Source("x.jsonl", 1))
     f = finding("format.no-assistant", "no assistant", conv)
-    assert (f.severity, f.hint, f.example_id, f.source) == ("error", CHECKS["format.no-assistant"].fix, "x/1", conv.source)
+    assert (f.severity, f.hint, f.example_id, f.source) == (
+        "error",
+        CHECKS["format.no-assistant"].fix,
+        "x/1",
+        conv.source,
+    )
     assert finding("tokens.pad-is-eos", "m", hint="specific").hint == "specific"
     with pytest.raises(KeyError):
         finding("tokens.no-such-check", "m")
@@ -107,8 +133,9 @@ def test_finding_takes_severity_and_hint_from_the_catalogue():
 def test_audit_findings_have_catalogue_severities(tmp_path, sft_tokenizer):
     from sftdata.audit import run_audit
 
-    result = run_audit([str(REPO / "examples" / "defects.jsonl")], sft_tokenizer, max_length=256,
-                       run_dir=str(tmp_path / "run"))
+    result = run_audit(
+        [str(REPO / "examples" / "defects.jsonl")], sft_tokenizer, max_length=256, run_dir=str(tmp_path / "run")
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "audit" / "findings.jsonl").read_text().splitlines()]
     assert len(rows) >= 10 and len({r["check"] for r in rows}) >= 8
     for r in rows:

@@ -48,8 +48,9 @@ def alpaca(n: int = 6) -> list[dict]:
 
 def write(tmp_path: Path, rows: list, name: str = "data.jsonl") -> str:
     path = tmp_path / name
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows), encoding="utf-8"
+    )
     return str(path)
 
 
@@ -86,14 +87,23 @@ def test_parse_error_missing_field_wrong_type_bad_role_unsupported(tmp_path, sft
         {"messages": [{"content": "hi"}, {"role": "assistant", "content": "hello"}]},  # no role
         {"messages": {"role": "user", "content": "hi"}},  # an object, not a list
         with_message(rows[2], 0, role="bot"),
-        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-                      {"role": "assistant", "content": "a cat"}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                {"role": "assistant", "content": "a cat"},
+            ]
+        },
     ]
     path = write(tmp_path, planted)
     r = audit(path, sft_tokenizer)
     by = {f.check: f for f in r.findings}
-    for check, line in [("format.parse-error", 2), ("format.missing-field", 3), ("format.wrong-type", 4),
-                        ("format.bad-role", 5), ("format.unsupported-content", 6)]:
+    for check, line in [
+        ("format.parse-error", 2),
+        ("format.missing-field", 3),
+        ("format.wrong-type", 4),
+        ("format.bad-role", 5),
+        ("format.unsupported-content", 6),
+    ]:
         assert by[check].severity == "error"
         assert by[check].source.line == line, check
     assert r.summary["records_unreadable"] == 5 and r.summary["examples"] == 1
@@ -133,7 +143,7 @@ def test_role_order(tmp_path, sft_tokenizer):
         {"messages": list(reversed(first))},  # assistant first
         {"messages": [first[0], second[0], second[1]]},  # two user turns in a row
         {"messages": first + [second[0]]},  # trailing user turn
-        {"messages": [first[0], {"role": "tool", "content": "{\"ok\": true}"}, first[1]]},  # tool without a call
+        {"messages": [first[0], {"role": "tool", "content": '{"ok": true}'}, first[1]]},  # tool without a call
         {"messages": [first[0], {"role": "system", "content": "Be brief."}, first[1]]},  # system not first
     ]
     r = audit(write(tmp_path, planted + rows[2:]), sft_tokenizer)
@@ -164,7 +174,11 @@ def test_template_missing_reported_once_with_a_count(tmp_path, sft_tokenizer):
     r = audit(path, base)
     (f,) = found(r, "template.missing")
     assert f.severity == "error" and "[5 of 5 examples" in f.message
-    assert r.summary["checks"]["template.missing"] == {**r.summary["checks"]["template.missing"], "findings": 1, "examples": 5}
+    assert r.summary["checks"]["template.missing"] == {
+        **r.summary["checks"]["template.missing"],
+        "findings": 1,
+        "examples": 5,
+    }
     # plain text rows need no template
     text = write(tmp_path, real_rows("c4_demo.jsonl", 3), "text.jsonl")
     text_rows = [{"text": json.loads(line)["text"]} for line in itertools.islice(open(LF / "c4_demo.jsonl"), 3)]
@@ -188,7 +202,10 @@ def test_render_error(tmp_path, fam):
 @needs_shared
 def test_not_prefix_preserving_once_per_template(tmp_path, fam, sft_tokenizer):
     rows = alpaca(4)
-    multi = [{"messages": rows[0]["messages"] + rows[1]["messages"]}, {"messages": rows[2]["messages"] + rows[3]["messages"]}]
+    multi = [
+        {"messages": rows[0]["messages"] + rows[1]["messages"]},
+        {"messages": rows[2]["messages"] + rows[3]["messages"]},
+    ]
     path = write(tmp_path, multi)
     r = audit(path, fam("qwen3"))  # Qwen3 renders an empty think block only in the last turn
     (f,) = found(r, "template.not-prefix-preserving")
@@ -200,8 +217,12 @@ def test_not_prefix_preserving_once_per_template(tmp_path, fam, sft_tokenizer):
 def test_generation_prompt_ignored(tmp_path, sft_tokenizer):
     """A template without an add_generation_prompt branch: the header is not in the inference
     prompt, and masks train it as part of the answer."""
-    broken = with_template(sft_tokenizer, sft_tokenizer.chat_template.replace(
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}", ""))
+    broken = with_template(
+        sft_tokenizer,
+        sft_tokenizer.chat_template.replace(
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}", ""
+        ),
+    )
     assert broken.chat_template != sft_tokenizer.chat_template
     path = write(tmp_path, alpaca(3))
     r = audit(path, broken)
@@ -215,8 +236,10 @@ def test_generation_prompt_ignored(tmp_path, sft_tokenizer):
 
 @needs_shared
 def test_generation_prompt_differs_from_training_header(tmp_path, sft_tokenizer, fam):
-    skewed = with_template(sft_tokenizer, sft_tokenizer.chat_template.replace(
-        "{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>Assistant:\n' }}"))
+    skewed = with_template(
+        sft_tokenizer,
+        sft_tokenizer.chat_template.replace("{{ '<|im_start|>assistant\n' }}", "{{ '<|im_start|>Assistant:\n' }}"),
+    )
     path = write(tmp_path, alpaca(3))
     (f,) = found(audit(path, skewed), "template.generation-prompt-mismatch")
     assert "'<|im_start|>Assistant:\\n'" in f.message and "[3 of 3 examples" in f.message
@@ -270,7 +293,8 @@ def test_double_bos(tmp_path, fam):
     llama = copy.deepcopy(fam("llama3"))
     bos = llama.bos_token_id
     llama.backend_tokenizer.post_processor = TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)])
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
     texts = [json.loads(line)["text"] for line in itertools.islice(open(LF / "c4_demo.jsonl"), 3)]
     r = audit(write(tmp_path, [{"text": "<|begin_of_text|>" + t} for t in texts]), llama)
     assert [f.source.line for f in found(r, "tokens.double-bos")] == [1, 2, 3]
@@ -299,8 +323,10 @@ def test_special_in_content_real_t0_completions(tmp_path, sft_tokenizer):
     r = audit(write(tmp_path, lines, "t0.jsonl"), sft_tokenizer)
     fs = found(r, "tokens.special-in-content")
     assert len(fs) == 5 and all("'<|endoftext|>' in message 1 (assistant)" in f.message for f in fs)
-    stripped = [json.dumps({**json.loads(x), "completion": json.loads(x)["completion"].replace("<|endoftext|>", "")})
-                for x in lines]
+    stripped = [
+        json.dumps({**json.loads(x), "completion": json.loads(x)["completion"].replace("<|endoftext|>", "")})
+        for x in lines
+    ]
     assert not found(audit(write(tmp_path, stripped, "t0-clean.jsonl"), sft_tokenizer), "tokens.special-in-content")
 
 
@@ -308,8 +334,10 @@ def test_special_in_content_real_t0_completions(tmp_path, sft_tokenizer):
 def test_unknown_special(tmp_path, sft_tokenizer):
     rows = alpaca(3)
     answer = rows[0]["messages"][1]["content"]
-    planted = [with_message(rows[0], 1, content=answer + "<special_token_1>"),
-               with_message(rows[1], 0, content="<|foo|> " + rows[1]["messages"][0]["content"])]
+    planted = [
+        with_message(rows[0], 1, content=answer + "<special_token_1>"),
+        with_message(rows[1], 0, content="<|foo|> " + rows[1]["messages"][0]["content"]),
+    ]
     r = audit(write(tmp_path, planted + rows[2:]), sft_tokenizer)
     fs = found(r, "tokens.unknown-special")
     assert [f.source.line for f in fs] == [1, 2]
@@ -317,7 +345,9 @@ def test_unknown_special(tmp_path, sft_tokenizer):
     assert "'<|foo|>'" in fs[1].message
     # known special tokens are special-in-content, not unknown; placeholders and <mask> are text
     text_like = [with_message(rows[0], 0, content="Dear <your_name>, fill in the <mask> and <b>bold</b> parts.")]
-    assert not found(audit(write(tmp_path, text_like + rows[1:], "clean.jsonl"), sft_tokenizer), "tokens.unknown-special")
+    assert not found(
+        audit(write(tmp_path, text_like + rows[1:], "clean.jsonl"), sft_tokenizer), "tokens.unknown-special"
+    )
 
 
 def test_pad_is_eos(tmp_path, sft_tokenizer):
@@ -355,7 +385,11 @@ def test_untrained_embedding(tmp_path, sft_tokenizer):
     assert {f.data["token_id"] for f in fs} == {1, 2}
     assert any("'<|im_start|>'" in f.message and "equals the row" in f.message for f in fs)
     # ignoring the check does not read the weights
-    assert audit(path, str(bad_dir), ignore=["tokens.untrained-embedding"]).summary["embedding_check"].startswith("skipped")
+    assert (
+        audit(path, str(bad_dir), ignore=["tokens.untrained-embedding"])
+        .summary["embedding_check"]
+        .startswith("skipped")
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,9 +464,16 @@ def test_boundary_mismatch_template_drops_reasoning(tmp_path, sft_tokenizer):
     rows = real_rows("reason_tool_use_demo_50.jsonl", 3)
     fs = found(audit(write(tmp_path, rows), sft_tokenizer), "mask.boundary-mismatch")
     assert fs and any("its reasoning" in f.message for f in fs)
-    plain = [{"messages": [{k: v for k, v in m.items() if k not in ("reasoning_content", "tool_calls")}
-                           for m in r["messages"] if m["role"] in ("user", "assistant") and m.get("content")]}
-             for r in rows]
+    plain = [
+        {
+            "messages": [
+                {k: v for k, v in m.items() if k not in ("reasoning_content", "tool_calls")}
+                for m in r["messages"]
+                if m["role"] in ("user", "assistant") and m.get("content")
+            ]
+        }
+        for r in rows
+    ]
     assert not found(audit(write(tmp_path, plain, "plain.jsonl"), sft_tokenizer), "mask.boundary-mismatch")
 
 
@@ -447,11 +488,13 @@ def test_boundary_mismatch_on_a_broken_mask(sft_tokenizer):
     info = checks.tokenizer_info(sft_tokenizer)
     assert not list(checks.check_mask(conv, tok, info, "assistant"))
     first = tok.loss_mask.index(True)
-    broken = replace(tok, loss_mask=tok.loss_mask[:first] + (False,) * 3 + tok.loss_mask[first + 3:])
+    broken = replace(tok, loss_mask=tok.loss_mask[:first] + (False,) * 3 + tok.loss_mask[first + 3 :])
     (f,) = checks.check_mask(conv, broken, info, "assistant")
     assert f.check == "mask.boundary-mismatch" and "differs from the content at char 0" in f.message
     shifted = replace(tok, loss_mask=tok.loss_mask[1:] + (False,))  # one token early: header in, EOT out
-    assert {"mask.eot-not-trained", "mask.prompt-trained"} <= {f.check for f in checks.check_mask(conv, shifted, info, "assistant")}
+    assert {"mask.eot-not-trained", "mask.prompt-trained"} <= {
+        f.check for f in checks.check_mask(conv, shifted, info, "assistant")
+    }
     glue = replace(tok, loss_mask=tuple(True if mi == -1 else m for m, mi in zip(tok.loss_mask, tok.message_index)))
     assert "mask.prompt-trained" in {f.check for f in checks.check_mask(conv, glue, info, "assistant")}
 
@@ -482,8 +525,15 @@ def test_bundled_defects_example(sft_tokenizer):
     """examples/defects.jsonl carries one planted defect per line; each is found where planted."""
     r = audit(str(EXAMPLES / "defects.jsonl"), sft_tokenizer, max_length=256)
     where = {(f.check, f.source.line) for f in r.findings if f.source is not None}
-    assert {("tokens.special-in-content", 2), ("format.role-order", 3), ("format.empty-content", 4),
-            ("format.role-order", 5), ("length.truncated-answer", 6), ("tokens.unknown-special", 7),
-            ("format.parse-error", 8), ("format.no-assistant", 9)} <= where
+    assert {
+        ("tokens.special-in-content", 2),
+        ("format.role-order", 3),
+        ("format.empty-content", 4),
+        ("format.role-order", 5),
+        ("length.truncated-answer", 6),
+        ("tokens.unknown-special", 7),
+        ("format.parse-error", 8),
+        ("format.no-assistant", 9),
+    } <= where
     assert not {line for _, line in where} & {1, 10}  # the clean lines
     assert not r.passed

@@ -12,9 +12,15 @@ from sftdata.cli import show as cmd_show
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."}]},
-    {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"},
-                  {"role": "assistant", "content": "6"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3+3?"},
+            {"role": "assistant", "content": "6"},
+        ]
+    },
 ]
 
 
@@ -52,7 +58,10 @@ def test_show_json_lists_every_token(data, capsys, sft_tokenizer):
 
 
 def test_show_policy_last_and_id(data, capsys):
-    assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--id", "chat/2", "--policy", "last", "--json"]) == 0
+    assert (
+        cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--id", "chat/2", "--policy", "last", "--json"])
+        == 0
+    )
     toks = json.loads(capsys.readouterr().out)["tokens"]
     assert "".join(t["text"] for t in toks if t["trained"]) == "6<|im_end|>"
 
@@ -104,7 +113,9 @@ def test_show_token_text_is_never_markup(tmp_path, sft_tokenizer, capsys):
 
 def test_show_a_record_with_only_a_warning(tmp_path, capsys):
     data = tmp_path / "w.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}) + "\n")
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}) + "\n"
+    )
     assert cmd_show.main([str(data), "--model", "smollm2-135m-instruct", "--line", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["source"]["line"] == 1
 

@@ -115,8 +115,10 @@ def test_signatures_equal_datasketch_on_real_data_batched_threaded():
 
     from datasketch import MinHash
 
-    texts = [normalize(r["instruction"] + "\n" + r["input"] + "\n" + r["output"])
-             for r in alpaca_rows()[:150] + alpaca_rows(ALPACA_ZH)[:150]]
+    texts = [
+        normalize(r["instruction"] + "\n" + r["input"] + "\n" + r["output"])
+        for r in alpaca_rows()[:150] + alpaca_rows(ALPACA_ZH)[:150]
+    ]
     plain = minhash_signatures(texts, WORDS5, threads=1)
     batched = minhash_signatures(texts, WORDS5, threads=2, batch_bytes=4000)
     assert np.array_equal(plain.hashvalues, batched.hashvalues)
@@ -140,8 +142,14 @@ def test_shared_passages_short_texts_and_cjk_equal_datasketch():
     rng = random.Random(0)
     vocab = [f"w{k}" for k in range(400)] + ["a", "of", "the", "and"]
     passage = " ".join(rng.choice(vocab) for _ in range(600))
-    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30))) + " " + passage + " "
-             + " ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30))) for _ in range(12)]
+    texts = [
+        " ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30)))
+        + " "
+        + passage
+        + " "
+        + " ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 30)))
+        for _ in range(12)
+    ]
     texts += [passage[: rng.randrange(1, 200)] for _ in range(10)]  # cut anywhere, even mid-word
     texts += ["了" * 50 + "我们今天去公园散步天气非常好" * 3, "the " * 40, "a b", "x"]
     texts = [normalize(t) for t in texts]
@@ -172,8 +180,19 @@ def _sha1_edge_messages() -> list[bytes]:
         out.append(bytes(rng.randrange(256) for _ in range(n)))
         out.append(bytes(rng.randrange(32, 127) for _ in range(n)))
     out += [b"\x00" * 70, b"\xff" * 64, b"\x80" * 55]
-    out += [s.encode("utf-8") for s in ("é", "é" * 28, "é" * 60, "我们今天去公园散步" * 3, "日本語のテキスト", "😀" * 14,
-                                        "😀" * 16, "mixed ascii and 中文 and émojis 😀 here")]
+    out += [
+        s.encode("utf-8")
+        for s in (
+            "é",
+            "é" * 28,
+            "é" * 60,
+            "我们今天去公园散步" * 3,
+            "日本語のテキスト",
+            "😀" * 14,
+            "😀" * 16,
+            "mixed ascii and 中文 and émojis 😀 here",
+        )
+    ]
     out += [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(500)]
     return out
 
@@ -200,8 +219,13 @@ def test_long_shingles_equal_datasketch():
     import random
 
     rng = random.Random(2)
-    texts = [" ".join("".join(rng.choice("abcdé中") for _ in range(rng.choice([1, 5, 11, 12, 13, 14, 30, 60])))
-                      for _ in range(rng.randrange(1, 40))) for _ in range(60)]
+    texts = [
+        " ".join(
+            "".join(rng.choice("abcdé中") for _ in range(rng.choice([1, 5, 11, 12, 13, 14, 30, 60])))
+            for _ in range(rng.randrange(1, 40))
+        )
+        for _ in range(60)
+    ]
     for spec in (WORDS5, ShingleSpec("chars", 20)):
         sig = minhash_signatures(texts, spec, batch_bytes=2000)
         bulk = np.stack([datasketch_hashvalues(t, spec) for t in texts])
@@ -260,7 +284,7 @@ def test_candidate_pairs_banding_matches_brute_force():
     want = set()
     for i in range(150):
         for j in range(i + 1, 150):
-            if any((hv[i, k * 2:(k + 1) * 2] == hv[j, k * 2:(k + 1) * 2]).all() for k in range(16)):
+            if any((hv[i, k * 2 : (k + 1) * 2] == hv[j, k * 2 : (k + 1) * 2]).all() for k in range(16)):
                 want.add((i, j))
     assert got == want
 
@@ -290,8 +314,14 @@ def planted(tmp_path_factory):
     other = other[:20]
     d = tmp_path_factory.mktemp("planted")
     return {
-        "train": write_jsonl(d / "train.jsonl", train), "eval": write_jsonl(d / "eval.jsonl", other + [contaminated]),
-        "a": a, "b": b, "c": c, "n": len(train), "rows": train, "dir": d,
+        "train": write_jsonl(d / "train.jsonl", train),
+        "eval": write_jsonl(d / "eval.jsonl", other + [contaminated]),
+        "a": a,
+        "b": b,
+        "c": c,
+        "n": len(train),
+        "rows": train,
+        "dir": d,
     }
 
 
@@ -373,7 +403,7 @@ def test_cjk_rows_use_char_shingles_and_near_duplicates_are_found():
     assert r.summary["char_shingled_texts"] >= 180
     # word shingles (spaces only between clauses) would have missed the pair
     a, b = (normalize(rows[k]["instruction"] + rows[k]["input"] + "\n" + t).split(" ") for t in (text, changed))
-    wa, wb = ({" ".join(w[i:i + 5]) for i in range(max(1, len(w) - 4))} for w in (a, b))
+    wa, wb = ({" ".join(w[i : i + 5]) for i in range(max(1, len(w) - 4))} for w in (a, b))
     assert len(wa & wb) / len(wa | wb) < 0.8
 
 
@@ -425,8 +455,15 @@ def test_cli_writes_kept_in_input_format_and_run_dir(tmp_path, capsys):
     kept = json.loads(out.read_text(encoding="utf-8"))
     assert len(kept) == 120 and set(kept[0]) >= {"instruction", "input", "output"}  # alpaca, like the input
     table = pq.read_table(run / "dedup" / "clusters.parquet")
-    assert {"cluster_id", "example_id", "source_file", "source_line", "representative",
-            "estimated_jaccard", "verified_jaccard"} <= set(table.column_names)
+    assert {
+        "cluster_id",
+        "example_id",
+        "source_file",
+        "source_line",
+        "representative",
+        "estimated_jaccard",
+        "verified_jaccard",
+    } <= set(table.column_names)
     assert table.num_rows == 2 and sum(table.column("representative").to_pylist()) == 1
     manifest = json.loads((run / "manifest.json").read_text())
     assert "dedup" in manifest["stages_present"] and manifest["stages"]["dedup"]["config"]["threshold"] == 0.8
@@ -434,9 +471,15 @@ def test_cli_writes_kept_in_input_format_and_run_dir(tmp_path, capsys):
 
 
 def test_cli_clean_input_exits_0_and_bad_records_pass_through(tmp_path, capsys):
-    rows = [{"messages": [{"role": "user", "content": f"question number {i} about topic {i * 7}"},
-                          {"role": "assistant", "content": f"answer {i}: " + " ".join(f"w{i}_{k}" for k in range(30))}]}
-            for i in range(20)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"question number {i} about topic {i * 7}"},
+                {"role": "assistant", "content": f"answer {i}: " + " ".join(f"w{i}_{k}" for k in range(30))},
+            ]
+        }
+        for i in range(20)
+    ]
     clean = write_jsonl(tmp_path / "clean.jsonl", rows)
     assert cmd_dedup.main([str(clean)]) == 0
     assert "no duplicates found" in capsys.readouterr().out
@@ -448,16 +491,21 @@ def test_cli_clean_input_exits_0_and_bad_records_pass_through(tmp_path, capsys):
     assert obj["summary"]["unreadable_records"] == 1 and obj["summary"]["examples"] == 20
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--threshold", "1.5"], "--threshold"),
-    (["--shingle", "tokens:5"], "--shingle"),
-    (["--fields", "body"], "--fields"),
-    (["--lsh-storage", "http://x"], "redis://"),
-    (["--num-perm", "1"], "--num-perm"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--threshold", "1.5"], "--threshold"),
+        (["--shingle", "tokens:5"], "--shingle"),
+        (["--fields", "body"], "--fields"),
+        (["--lsh-storage", "http://x"], "redis://"),
+        (["--num-perm", "1"], "--num-perm"),
+    ],
+)
 def test_cli_usage_errors_exit_2(tmp_path, capsys, argv, needle):
-    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"},
-                                                            {"role": "assistant", "content": "hello"}]}])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}],
+    )
     assert cmd_dedup.main([str(data), *argv]) == 2
     assert needle in capsys.readouterr().err
 
@@ -483,8 +531,11 @@ def redis_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
         for _ in range(100):
@@ -533,8 +584,12 @@ def test_redis_candidates_equal_datasketch_query(redis_url):
     pairs, remote = dedup.redis_candidate_pairs(sig.hashvalues, keys, params, redis_url + "?basename=t2")
     assert remote == 0
     cfg, _ = dedup.parse_redis_url(redis_url)
-    lsh = MinHashLSH(num_perm=128, params=(params.bands, params.rows), prepickle=False,
-                     storage_config={"type": "redis", "basename": b"t2", "redis": cfg})
+    lsh = MinHashLSH(
+        num_perm=128,
+        params=(params.bands, params.rows),
+        prepickle=False,
+        storage_config={"type": "redis", "basename": b"t2", "redis": cfg},
+    )
     want = set()
     for i, hv in enumerate(sig.hashvalues):
         for key in lsh.query(LeanMinHash(seed=1, hashvalues=hv, scheme="affine32")):
@@ -554,8 +609,10 @@ def test_redis_two_workers_share_one_index(redis_url, tmp_path, capsys):
     two = dedup.dedup(convs[half:], config=DedupConfig(lsh_storage=url))
     assert one.summary["lsh_unverified_remote_candidates"] == 0  # it ran first
     assert two.summary["lsh_unverified_remote_candidates"] > 0  # sees worker 1's examples
-    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"},
-                                                            {"role": "assistant", "content": "hello"}]}])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}],
+    )
     assert cmd_dedup.main([str(data), "--lsh-storage", redis_url.rsplit(":", 1)[0] + ":1/0"]) == 2
     assert "--lsh-storage" in capsys.readouterr().err
 
@@ -590,8 +647,11 @@ def test_t0_slice_verified_jaccard_is_exact_for_every_candidate():
     candidate (similar and dissimilar) of 3,000 T0 documents."""
     from sftdata import formats
 
-    texts = list(dict.fromkeys(normalize(dedup.text_of(c)) for c in formats.read(str(T0), limit=3000)
-                               if isinstance(c, Conversation)))
+    texts = list(
+        dict.fromkeys(
+            normalize(dedup.text_of(c)) for c in formats.read(str(T0), limit=3000) if isinstance(c, Conversation)
+        )
+    )
     sig = minhash_signatures(texts, WORDS5)
     cand = dedup.candidate_pairs(sig.hashvalues, dedup.lsh_params(0.8))
     got = dedup.verified_jaccard(dedup.shingle_sets(sig), cand, threads=2, chunk=1 << 14)
@@ -624,13 +684,18 @@ def planted_cluster(tmp_path_factory):
     ev = json.loads(json.dumps(rows[c]))
     ev["messages"][1]["content"] = change_words(ev["messages"][1]["content"], 80, start=7)
     d = tmp_path_factory.mktemp("cluster")
-    return {"train": write_jsonl(d / "train.jsonl", train), "eval": write_jsonl(d / "eval.jsonl", [ev]),
-            "a": a, "c": c, "n": len(rows), "rows": train}
+    return {
+        "train": write_jsonl(d / "train.jsonl", train),
+        "eval": write_jsonl(d / "eval.jsonl", [ev]),
+        "a": a,
+        "c": c,
+        "n": len(rows),
+        "rows": train,
+    }
 
 
 @needs_shared
-def test_one_finding_per_dropped_example_names_kept_representative_and_cluster_size(planted_cluster, capsys,
-                                                                                    tmp_path):
+def test_one_finding_per_dropped_example_names_kept_representative_and_cluster_size(planted_cluster, capsys, tmp_path):
     p = planted_cluster
     code = cmd_dedup.main([str(p["train"]), "--against", str(p["eval"]), "--json", "--run-dir", str(tmp_path)])
     obj = json.loads(capsys.readouterr().out)
@@ -707,8 +772,18 @@ def test_kept_sets_identical_to_before_the_speed_work_whole_t0():
     assert len(r.findings) == r.summary["removed"] == 23598  # one finding per dropped example
 
 
-EDGE_TEXTS = ["Straße ＦＵＬＬ ﬁne 😀 x_y", "", "  ,, ", "İstanbul ΣΑΣ ς", "a\x1cb\u00a0c\u2028d", "日本語のテキストです。",
-              "Ⱥ ⱥ ǅ ǈ Ω K Å", "tab\tand\nnewline -- dash—em", "١٢٣ ٤٥ arabic digits", "\u00e9 vs e\u0301"]
+EDGE_TEXTS = [
+    "Straße ＦＵＬＬ ﬁne 😀 x_y",
+    "",
+    "  ,, ",
+    "İstanbul ΣΑΣ ς",
+    "a\x1cb\u00a0c\u2028d",
+    "日本語のテキストです。",
+    "Ⱥ ⱥ ǅ ǈ Ω K Å",
+    "tab\tand\nnewline -- dash—em",
+    "١٢٣ ٤٥ arabic digits",
+    "\u00e9 vs e\u0301",
+]
 
 
 @needs_shared
@@ -770,10 +845,13 @@ def _sftdata() -> str:
     return str(Path(sys.executable).parent / "sftdata")
 
 
-@pytest.mark.parametrize("argv", [
-    ["convert", "examples/sharegpt.jsonl", "-o", "{tmp}/out.jsonl"],
-    ["dedup", "examples/messages.jsonl", "examples/sharegpt.jsonl"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["convert", "examples/sharegpt.jsonl", "-o", "{tmp}/out.jsonl"],
+        ["dedup", "examples/messages.jsonl", "examples/sharegpt.jsonl"],
+    ],
+)
 def test_progress_bar_on_a_terminal_and_absent_otherwise(argv, tmp_path):
     argv = [_sftdata()] + [a.format(tmp=tmp_path) for a in argv]
     code, out, tty = _run_with_tty_stderr(argv, REPO)
@@ -789,8 +867,15 @@ def test_progress_bar_on_a_terminal_and_absent_otherwise(argv, tmp_path):
 
 @pytest.mark.slow
 def test_audit_progress_bar_on_a_terminal_only(tmp_path):
-    argv = [_sftdata(), "audit", "examples/messages.jsonl", "--model", "smollm2-135m-instruct", "--run-dir",
-            str(tmp_path / "run")]
+    argv = [
+        _sftdata(),
+        "audit",
+        "examples/messages.jsonl",
+        "--model",
+        "smollm2-135m-instruct",
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     code, _, tty = _run_with_tty_stderr(argv, REPO)
     assert code in (0, 1), tty
     assert "audit" in tty and "\r" in tty and "ex" in tty, tty

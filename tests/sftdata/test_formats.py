@@ -1007,7 +1007,9 @@ def test_shape_is_a_field_not_meta_and_round_trips_through_messages(tmp_path):
     assert json.loads(out.read_text().splitlines()[0])["_meta"] == {"kind": "text"}
     again = [c for c in formats.read(str(out)) if isinstance(c, Conversation)]
     assert again[0].shape == "text" and again[0].meta == {} and again[0].messages == first[0].messages
-    hand = write_lines(tmp_path / "h.jsonl", [json.dumps({"messages": [{"role": "user", "content": "x"}],
-                                                          "_meta": {"kind": "something-else"}})])
+    hand = write_lines(
+        tmp_path / "h.jsonl",
+        [json.dumps({"messages": [{"role": "user", "content": "x"}], "_meta": {"kind": "something-else"}})],
+    )
     (odd,) = [c for c in formats.read(str(hand)) if isinstance(c, Conversation)]
     assert odd.shape == "chat" and odd.meta == {"kind": "something-else"}  # unknown: kept, not obeyed

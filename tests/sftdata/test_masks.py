@@ -18,8 +18,10 @@ SHARED = REPO.parent / "shared" / "data"
 
 SINGLE = [("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris.")]
 MULTI = [
-    ("user", "Give me a synonym for happy."), ("assistant", "Joyful."),
-    ("user", "And one for sad?"), ("assistant", "Melancholy, or simply: down."),
+    ("user", "Give me a synonym for happy."),
+    ("assistant", "Joyful."),
+    ("user", "And one for sad?"),
+    ("assistant", "Melancholy, or simply: down."),
 ]
 SYSTEM = [("system", "You answer in one short sentence.")] + MULTI
 # Families whose templates are prefix-preserving and keep assistant content verbatim.
@@ -54,7 +56,9 @@ def test_trained_tokens_are_exactly_answers_plus_eot(fam, name, turns):
     assert len(t.input_ids) == len(t.loss_mask) == len(t.message_index)
     assert t.n_trained == sum(t.loss_mask)
     # the full token sequence is exactly what apply_chat_template produces for inference/training
-    assert list(t.input_ids) == list(tok.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=True, return_dict=False))
+    assert list(t.input_ids) == list(
+        tok.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=True, return_dict=False)
+    )
 
 
 def test_not_prefix_preserving_template_is_reported_and_headers_stay_glue(fam):
@@ -64,7 +68,10 @@ def test_not_prefix_preserving_template_is_reported_and_headers_stay_glue(fam):
     assert "template.not-prefix-preserving" in {f.check for f in t.findings}
     # the last turn trains what the model must generate after the generation prompt: the empty
     # think block too, exactly as in a single-turn conversation
-    assert masks.trained_text(t, tok) == ["Joyful.<|im_end|>", "<think>\n\n</think>\n\nMelancholy, or simply: down.<|im_end|>"]
+    assert masks.trained_text(t, tok) == [
+        "Joyful.<|im_end|>",
+        "<think>\n\n</think>\n\nMelancholy, or simply: down.<|im_end|>",
+    ]
 
 
 def test_phi3_final_eos_tail_is_not_a_prefix_violation(fam):
@@ -91,13 +98,26 @@ def test_render_error_is_a_finding(fam, name):
     assert t.input_ids == () and t.n_trained == 0
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 TOOL_TURNS = [
     {"role": "system", "content": "You can call tools."},
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
-                                                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ],
+    },
     {"role": "tool", "content": '{"temp_c": 21}', "tool_call_id": "call_1", "name": "get_weather"},
     {"role": "assistant", "content": "It is 21 degrees in Paris."},
 ]
@@ -119,11 +139,19 @@ def test_tool_turns(fam, name):
 def test_policies_and_overrides(fam):
     tok = fam("llama3")
     conv = new_conversation(MULTI)
-    assert masks.trained_text(masks.tokenize(conv, tok, policy="last"), tok) == ["Melancholy, or simply: down.<|eot_id|>"]
+    assert masks.trained_text(masks.tokenize(conv, tok, policy="last"), tok) == [
+        "Melancholy, or simply: down.<|eot_id|>"
+    ]
     t_all = masks.tokenize(conv, tok, policy="all")
     assert all(t_all.loss_mask)
-    over = new_conversation([("user", "Q1"), {"role": "assistant", "content": "A1", "train": False},
-                             {"role": "user", "content": "Q2", "train": True}, ("assistant", "A2")])
+    over = new_conversation(
+        [
+            ("user", "Q1"),
+            {"role": "assistant", "content": "A1", "train": False},
+            {"role": "user", "content": "Q2", "train": True},
+            ("assistant", "A2"),
+        ]
+    )
     assert masks.trained_text(masks.tokenize(over, tok), tok) == ["Q2", "A2<|eot_id|>"]
 
 
@@ -195,14 +223,25 @@ def test_fast_layout_path_equals_exact_path_on_real_data(sft_tokenizer):
     prepared = masks.prepare(sft_tokenizer)
     slow = []
     for c in convs:
-        r = masks._regions_incremental(sft_tokenizer, prepared.template, masks._template_messages(c), None,
-                                       "assistant", [None] * len(c.messages), prepared.eot_extra, c.id, c.source)
+        r = masks._regions_incremental(
+            sft_tokenizer,
+            prepared.template,
+            masks._template_messages(c),
+            None,
+            "assistant",
+            [None] * len(c.messages),
+            prepared.eot_extra,
+            c.id,
+            c.source,
+        )
         enc = sft_tokenizer.backend_tokenizer.encode(r.text, add_special_tokens=False)
         slow.append(by_offsets(c, r, enc, sft_tokenizer))
     assert fast == slow
     for c, t in zip(convs, fast):
-        assert masks.trained_text(t, sft_tokenizer) == [c.messages[1].content.strip() + "<|im_end|>"] or \
-            c.messages[1].content != c.messages[1].content.strip()
+        assert (
+            masks.trained_text(t, sft_tokenizer) == [c.messages[1].content.strip() + "<|im_end|>"]
+            or c.messages[1].content != c.messages[1].content.strip()
+        )
 
 
 def test_import_sftdata_does_not_import_torch():
@@ -214,15 +253,20 @@ def test_string_tool_arguments_render_as_objects(fam):
     # OpenAI-format data stores arguments as a JSON string; rendering must not double-encode it.
     tok = fam("qwen2_5")
     turns = [dict(t) for t in TOOL_TURNS]
-    turns[2] = {**turns[2], "tool_calls": [{"id": "call_1", "type": "function",
-                                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+    turns[2] = {
+        **turns[2],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
     runs = masks.trained_text(masks.tokenize(new_conversation(turns, tools=TOOLS), tok), tok)
     assert '"arguments": {"city": "Paris"}' in runs[0]
 
 
 def test_plain_prompt_completion_rows_train_the_completion_raw(sft_tokenizer):
-    conv = new_conversation([("user", "Translate to French: cat =>"), ("assistant", " chat")],
-                            shape="prompt-completion")
+    conv = new_conversation(
+        [("user", "Translate to French: cat =>"), ("assistant", " chat")], shape="prompt-completion"
+    )
     t = masks.tokenize(conv, sft_tokenizer)
     assert "<|im_start|>" not in sft_tokenizer.decode(t.input_ids)  # no chat template
     assert masks.trained_text(t, sft_tokenizer) == [" chat<|im_end|>"]
@@ -232,8 +276,17 @@ def test_plain_prompt_completion_rows_train_the_completion_raw(sft_tokenizer):
 def exact(conv, tok, policy="assistant"):
     """The exact per-conversation path, bypassing the layout fast path."""
     p = masks.prepare(tok)
-    r = masks._regions_incremental(tok, p.template, masks._template_messages(conv), list(conv.tools) if conv.tools else None,
-                                   policy, [m.train for m in conv.messages], p.eot_extra, conv.id, conv.source)
+    r = masks._regions_incremental(
+        tok,
+        p.template,
+        masks._template_messages(conv),
+        list(conv.tools) if conv.tools else None,
+        policy,
+        [m.train for m in conv.messages],
+        p.eot_extra,
+        conv.id,
+        conv.source,
+    )
     enc = tok.backend_tokenizer.encode(r.text, add_special_tokens=False)
     return by_offsets(conv, r, enc, tok)
 
@@ -244,13 +297,22 @@ def test_exact_path_never_matches_content_inside_headers(fam, name):
     # "user", "system", "assistant") must be located where the template put them.
     tok = fam(name)
     from sftdata.records import Message
+
     for content in ["a", "user", "system", "assistant", "You", "s", " b "]:
-        conv = new_conversation([Message("user", content, name="u"), ("assistant", content),
-                                 {"role": "user", "content": content, "train": True}, ("assistant", "ok")])
+        conv = new_conversation(
+            [
+                Message("user", content, name="u"),
+                ("assistant", content),
+                {"role": "user", "content": content, "train": True},
+                ("assistant", "ok"),
+            ]
+        )
         t = exact(conv, tok)
         runs = masks.trained_text(t, tok)
         want = content.strip() if name in ("llama3", "gemma") else content  # these templates trim content
-        assert runs[0].startswith(want) and runs[0].endswith(eot(name)) and len(runs[0]) == len(want) + len(eot(name)), (content, runs)
+        assert (
+            runs[0].startswith(want) and runs[0].endswith(eot(name)) and len(runs[0]) == len(want) + len(eot(name))
+        ), (content, runs)
         assert want in runs[1] and len(runs[1]) <= len(want) + 1, (content, runs)
         # and the fast path, where it applies, agrees token for token
         plain = new_conversation([("user", content), ("assistant", content), ("user", content), ("assistant", "ok")])
@@ -259,6 +321,7 @@ def test_exact_path_never_matches_content_inside_headers(fam, name):
 
 def test_assistant_first_conversation_does_not_train_the_system_prompt(sft_tokenizer):
     from sftdata.records import Message
+
     conv = new_conversation([Message("assistant", "a", name="bot"), ("user", "x"), ("assistant", "y")])
     assert masks.trained_text(masks.tokenize(conv, sft_tokenizer), sft_tokenizer) == ["a<|im_end|>", "y<|im_end|>"]
 
@@ -309,8 +372,28 @@ def test_byte_length_mapping_equals_offsets_mapping(fam, name):
     tok = fam(name)
     assert masks.prepare(tok).byte_lengths is not None  # the demo tokenizer is lossless byte-level BPE
     rng = random.Random(1)
-    alphabet = ["a", " b", "user", " ", "  ", "\n", "\n\n", "é", "字", "漢字", "🙂", "👍🏽", "\u200b", "<|im_end|>",
-                "<|im_start|>", "x y", "\t", "'s", "123", "ü\n"]
+    alphabet = [
+        "a",
+        " b",
+        "user",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "é",
+        "字",
+        "漢字",
+        "🙂",
+        "👍🏽",
+        "\u200b",
+        "<|im_end|>",
+        "<|im_start|>",
+        "x y",
+        "\t",
+        "'s",
+        "123",
+        "ü\n",
+    ]
     convs = _random_conversations(rng, 120, alphabet)
     batched = masks.tokenize_batch(convs, tok)
     assert batched == [masks.tokenize(c, tok) for c in convs]
@@ -378,8 +461,10 @@ def test_truncation_or_padding_saved_in_the_tokenizer_do_not_reach_the_mask(sft_
     raw = Conversation("t", (Message("assistant", "plain text row"),), Source("f.jsonl", 1), shape="text")
     want = masks.tokenize(long_chat, sft_tokenizer)
     assert len(want.input_ids) > 48
-    assert list(want.input_ids) == sft_tokenizer.apply_chat_template(long_chat.message_dicts(), tokenize=True,
-                                                                      return_dict=True)["input_ids"]
+    assert (
+        list(want.input_ids)
+        == sft_tokenizer.apply_chat_template(long_chat.message_dicts(), tokenize=True, return_dict=True)["input_ids"]
+    )
     for batch in ([long_chat] * 20, [raw] + [long_chat] * 20, [long_chat] * 20 + [raw]):
         out = [t for t in masks.tokenize_batch(batch, saved) if t.example_id == long_chat.id]
         assert all(t == want for t in out)
@@ -401,8 +486,12 @@ def test_raw_prompt_completion_rows_report_a_straddling_token(sft_tokenizer, tri
     tok = copy.deepcopy(sft_tokenizer)
     if trim:
         tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
-    row = Conversation("pc", (Message("user", "Question: hi "), Message("assistant", "there friend")),
-                       Source("f.jsonl", 1), shape="prompt-completion")
+    row = Conversation(
+        "pc",
+        (Message("user", "Question: hi "), Message("assistant", "there friend")),
+        Source("f.jsonl", 1),
+        shape="prompt-completion",
+    )
     for t in (masks.tokenize(row, tok), masks.tokenize_batch([row] * 20, tok)[7]):
         assert masks.trained_text(t, tok) == [" friend<|im_end|>"]
         assert [f.check for f in t.findings] == ["mask.boundary-mismatch"]
@@ -420,7 +509,8 @@ def test_raw_rows_keep_the_special_tokens_the_tokenizer_adds(sft_tokenizer):
 
     tok = copy.deepcopy(sft_tokenizer)
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)])  # EOS: <|im_end|>
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", 1), ("<|im_end|>", 2)]
+    )  # EOS: <|im_end|>
     text = Conversation("t", (Message("assistant", "Some plain text."),), Source("f.jsonl", 1), shape="text")
     for t in (masks.tokenize(text, tok), masks.tokenize_batch([text] * 20, tok)[3]):
         assert list(t.input_ids) == tok.backend_tokenizer.encode("Some plain text.").ids

@@ -12,8 +12,13 @@ from sftdata.errors import DataError
 
 
 def test_container_of(tmp_path):
-    for name, container in (("a.jsonl", "jsonl"), ("a.ndjson", "jsonl"), ("a.json", "json"), ("a.csv", "csv"),
-                            ("a.parquet", "parquet")):
+    for name, container in (
+        ("a.jsonl", "jsonl"),
+        ("a.ndjson", "jsonl"),
+        ("a.json", "json"),
+        ("a.csv", "csv"),
+        ("a.parquet", "parquet"),
+    ):
         (tmp_path / name).write_text("")
         assert readers.container_of(str(tmp_path / name)) == (container, False)
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b""))
@@ -31,7 +36,10 @@ def test_jsonl_records_carry_numbers_lines_and_errors(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"a": 1}\n\n{broken\n{"a": 3}\n')
     records = list(readers.iter_records(str(path)))
-    assert [(r.number, r.source.line, r.row) for r in records if r.error is None] == [(1, 1, {"a": 1}), (3, 4, {"a": 3})]
+    assert [(r.number, r.source.line, r.row) for r in records if r.error is None] == [
+        (1, 1, {"a": 1}),
+        (3, 4, {"a": 3}),
+    ]
     (bad,) = [r for r in records if r.error is not None]
     assert (bad.number, bad.source.line, bad.row) == (2, 3, None)
     kept = list(readers.iter_records(str(path), keep=lambda n: n == 3))

@@ -14,8 +14,13 @@ from sftdata.records import SHAPES, Conversation, Finding, Message, Source, Toke
 def test_message_dict_has_our_extras_only_when_set():
     assert Message("user", "hi").to_dict() == {"role": "user", "content": "hi"}
     m = Message("assistant", "", tool_calls=({"function": {"name": "f"}},), reasoning="think", train=False)
-    assert m.to_dict() == {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}}],
-                           "reasoning_content": "think", "train": False}
+    assert m.to_dict() == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "f"}}],
+        "reasoning_content": "think",
+        "train": False,
+    }
 
 
 def test_source_names_the_place():
@@ -40,9 +45,15 @@ def test_records_are_frozen_and_meta_does_not_count_for_equality():
 
 def test_finding_dict_and_location():
     f = Finding("tokens.double-bos", "warning", "two BOS", "strip one", "x/1", Source("x.jsonl", 1), {"n": 2})
-    assert f.to_dict() == {"check": "tokens.double-bos", "severity": "warning", "example_id": "x/1",
-                           "source": {"file": "x.jsonl", "line": 1}, "message": "two BOS", "hint": "strip one",
-                           "data": {"n": 2}}
+    assert f.to_dict() == {
+        "check": "tokens.double-bos",
+        "severity": "warning",
+        "example_id": "x/1",
+        "source": {"file": "x.jsonl", "line": 1},
+        "message": "two BOS",
+        "hint": "strip one",
+        "data": {"n": 2},
+    }
     assert f.location() == "x.jsonl:1" and Finding("a.b", "info", "m", "h", "x/1").location() == "x/1"
     t = Tokenized("x/1", (1, 2), (False, True), (-1, 0), False, 1)
     assert t.findings == () and t.n_tokens_full == 0

@@ -27,8 +27,9 @@ def test_atomic_open_leaves_nothing_half_written(tmp_path):
 def test_manifest_records_stages_and_input_hashes(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "hi"}\n')
-    rundir.update_manifest(tmp_path / "run", "audit", command=["sftdata", "audit"], config={"policy": "last"},
-                           inputs=[str(data)])
+    rundir.update_manifest(
+        tmp_path / "run", "audit", command=["sftdata", "audit"], config={"policy": "last"}, inputs=[str(data)]
+    )
     m = rundir.update_manifest(tmp_path / "run", "dedup", command=["sftdata", "dedup"])
     assert m["stages_present"] == ["audit", "dedup"]
     assert m["stages"]["audit"]["inputs"][0]["sha256"] == rundir.sha256_file(data)
@@ -59,9 +60,22 @@ def test_examples_writer_writes_the_run_directory_schema(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "EXAMPLES_ROW_GROUP_ROWS", 2)
     warn = Finding("format.role-order", "warning", "m", "h")
     err = Finding("mask.eot-not-trained", "error", "m", "h")
-    examples = [_Ex(f"d/{i}", "d.jsonl", i, None, (warn, err)[: i % 3], array("i", [5, 6, 7][: i + 1]).tobytes(),
-                    bytes([0, 1, 1][: i + 1]), array("i", [-1, 0, 0][: i + 1]).tobytes(), i + 1, min(i, 2), False)
-                for i in range(3)]
+    examples = [
+        _Ex(
+            f"d/{i}",
+            "d.jsonl",
+            i,
+            None,
+            (warn, err)[: i % 3],
+            array("i", [5, 6, 7][: i + 1]).tobytes(),
+            bytes([0, 1, 1][: i + 1]),
+            array("i", [-1, 0, 0][: i + 1]).tobytes(),
+            i + 1,
+            min(i, 2),
+            False,
+        )
+        for i in range(3)
+    ]
     with rundir.atomic_open(tmp_path / "examples.parquet", "wb") as f, rundir.ExamplesWriter(f) as w:
         w.add(examples[:2])
         w.add([])

@@ -31,8 +31,12 @@ def conversations(n: int = 24) -> list[dict]:
         q, a = QA[i % len(QA)]
         msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a + " More detail." * (i % 5)}]
         if i % 3 == 0:
-            msgs = [{"role": "system", "content": "Be brief."}, *msgs,
-                    {"role": "user", "content": "And again?"}, {"role": "assistant", "content": a}]
+            msgs = [
+                {"role": "system", "content": "Be brief."},
+                *msgs,
+                {"role": "user", "content": "And again?"},
+                {"role": "assistant", "content": a},
+            ]
         rows.append({"messages": msgs})
     return rows
 

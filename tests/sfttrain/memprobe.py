@@ -55,11 +55,21 @@ def main(spec: dict) -> dict:
     else:
         torch.manual_seed(0)
         h = spec["hidden"]
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=h, intermediate_size=spec.get("intermediate", 2 * h),
-            num_hidden_layers=spec["layers"], num_attention_heads=spec.get("heads", 4), num_key_value_heads=2,
-            max_position_embeddings=4096, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=h,
+                intermediate_size=spec.get("intermediate", 2 * h),
+                num_hidden_layers=spec["layers"],
+                num_attention_heads=spec.get("heads", 4),
+                num_key_value_heads=2,
+                max_position_embeddings=4096,
+                tie_word_embeddings=True,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        )
     if spec.get("attn"):
         model.set_attn_implementation(spec["attn"])
     rows, length = spec["rows"], spec["length"]
@@ -70,13 +80,33 @@ def main(spec: dict) -> dict:
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "theta", "kappa"]
     with data.open("w") as f:
         for i in range(n):
+
             def text(k: int) -> str:
                 return " ".join(words[j] for j in torch.randint(0, len(words), (k,), generator=g).tolist())
-            f.write(json.dumps({"messages": [{"role": "user", "content": text(length // 5)},
-                                             {"role": "assistant", "content": text(length // 5)}]}) + "\n")
-    cfg = Config(model="probe", data=(str(data),), output_dir=str(Path(spec["dir"]) / "run"),
-                 max_length=length, batch_size=rows, max_steps=1, save_steps=0, lora=spec.get("lora", True),
-                 gradient_checkpointing=spec.get("gc", False), memory_gb=1000.0)
+
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": text(length // 5)},
+                            {"role": "assistant", "content": text(length // 5)},
+                        ]
+                    }
+                )
+                + "\n"
+            )
+    cfg = Config(
+        model="probe",
+        data=(str(data),),
+        output_dir=str(Path(spec["dir"]) / "run"),
+        max_length=length,
+        batch_size=rows,
+        max_steps=1,
+        save_steps=0,
+        lora=spec.get("lora", True),
+        gradient_checkpointing=spec.get("gc", False),
+        memory_gb=1000.0,
+    )
     estimates = {}
 
     original = train_mod.fit_memory
@@ -85,10 +115,15 @@ def main(spec: dict) -> dict:
         from sfttrain import memory
 
         n_tokens = sum(len(e.input_ids) for e in examples)
-        est = memory.estimate(model, length=cfg.max_length, lora=cfg.lora,
-                              gradient_checkpointing=cfg.gradient_checkpointing,
-                              attn_implementation=model.config._attn_implementation, activation_bytes=4,
-                              trained_fraction=sum(e.n_trained for e in examples) / n_tokens)
+        est = memory.estimate(
+            model,
+            length=cfg.max_length,
+            lora=cfg.lora,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            attn_implementation=model.config._attn_implementation,
+            activation_bytes=4,
+            trained_fraction=sum(e.n_trained for e in examples) / n_tokens,
+        )
         estimates["estimate"] = est.peak(cfg.batch_size)
         estimates["tokens_per_row"] = n_tokens / max(1, len(data_rows(examples, cfg)))
         return original(cfg, model, examples, autocast)

@@ -31,14 +31,39 @@ def _sdpa(q, k, v, causal, scale):  # [B, T, H, D] in, [B, T, H, D] out (grouped
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale).transpose(1, 2)
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
     return _sdpa(q, k, v, causal, softmax_scale)
 
 
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False):
+def flash_attn_varlen_func(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q,
+    max_seqlen_k,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
     out = torch.empty_like(q)
     bounds = cu_seqlens_q.tolist()
     for a, b in itertools.pairwise(bounds):
@@ -70,18 +95,25 @@ def torch_flash(monkeypatch):
 
 
 def _examples(tok, make_conversation):
-    convs = [make_conversation([("user", "Hi"), ("assistant", "Hello there, friend.")]),
-             make_conversation([("user", "What is 2+2?"), ("assistant", "4.")], line=2),
-             make_conversation([("user", "Name a color."), ("assistant", "Blue, like the sky.")], line=3)]
+    convs = [
+        make_conversation([("user", "Hi"), ("assistant", "Hello there, friend.")]),
+        make_conversation([("user", "What is 2+2?"), ("assistant", "4.")], line=2),
+        make_conversation([("user", "Name a color."), ("assistant", "Blue, like the sky.")], line=3),
+    ]
     return [data.to_example(c, masks.tokenize(c, tok)) for c in convs]
 
 
 def _rows(ex):
     """Row 0 packs examples 0 and 1; row 1 holds example 2 (shorter: padded in [rows, T] layouts)."""
     a, b, c = ex
-    return [{"input_ids": [*a.input_ids, *b.input_ids], "labels": [*a.labels, *b.labels],
-             "seq_lengths": [len(a.input_ids), len(b.input_ids)]},
-            {"input_ids": list(c.input_ids), "labels": list(c.labels), "seq_lengths": [len(c.input_ids)]}]
+    return [
+        {
+            "input_ids": [*a.input_ids, *b.input_ids],
+            "labels": [*a.labels, *b.labels],
+            "seq_lengths": [len(a.input_ids), len(b.input_ids)],
+        },
+        {"input_ids": list(c.input_ids), "labels": list(c.labels), "seq_lengths": [len(c.input_ids)]},
+    ]
 
 
 def _per_example_logits(model, batch, ex):
@@ -91,11 +123,13 @@ def _per_example_logits(model, batch, ex):
     na, nb, nc = (len(e.input_ids) for e in ex)
     if logits.shape[0] == 1:  # flattened: one sequence, examples back to back
         flat = logits[0]
-        return [flat[:na], flat[na:na + nb], flat[na + nb:na + nb + nc]]
-    return [logits[0, :na], logits[0, na:na + nb], logits[1, :nc]]
+        return [flat[:na], flat[na : na + nb], flat[na + nb : na + nb + nc]]
+    return [logits[0, :na], logits[0, na : na + nb], logits[1, :nc]]
 
 
-@pytest.mark.parametrize("kernel", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow), "torch_flash"])
+@pytest.mark.parametrize(
+    "kernel", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow), "torch_flash"]
+)
 def test_a_packed_example_sees_only_itself(kernel, sft_tokenizer, make_conversation, request):
     name = request.getfixturevalue("torch_flash") if kernel == "torch_flash" else kernel
     model = build_tiny_causal_lm(sft_tokenizer).eval()
@@ -150,14 +184,23 @@ def test_training_under_a_flash_kernel_uses_the_flat_layout(torch_flash, small_d
             self.batches = []
 
         def on_train_begin(self, args, state, control, model=None, **kw):
-            model.register_forward_pre_hook(lambda m, a, kw: self.batches.append(kw) if m.training else None,
-                                            with_kwargs=True)
+            model.register_forward_pre_hook(
+                lambda m, a, kw: self.batches.append(kw) if m.training else None, with_kwargs=True
+            )
 
     model = build_tiny_causal_lm(sft_tokenizer)
     model.set_attn_implementation(torch_flash)
     cap = Capture()
-    cfg = Config(model="tiny", data=(str(small_data_file),), output_dir=str(tmp_path / "run"), max_length=64,
-                 batch_size=4, max_steps=1, save_steps=0, neftune_alpha=5.0)
+    cfg = Config(
+        model="tiny",
+        data=(str(small_data_file),),
+        output_dir=str(tmp_path / "run"),
+        max_length=64,
+        batch_size=4,
+        max_steps=1,
+        save_steps=0,
+        neftune_alpha=5.0,
+    )
     r = train_mod.train(cfg, model=model, tokenizer=copy.deepcopy(sft_tokenizer), callbacks=[cap], audit=False)
     assert r.global_step == 1 and len(r.losses) == 1
     first = cap.batches[0]

@@ -42,13 +42,16 @@ def test_unknown_flag_suggests_the_nearest(capsys):
     assert "did you mean --max-length" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("yaml_text, fragment", [
-    ("max_length: long\n", "max_length must be an integer"),
-    ("packing: 1\n", "packing must be true or false"),
-    ("policy: assistants\n", "did you mean 'assistant'"),
-    ("- a list\n", "expected a mapping"),
-    ("data: [1, 2]\n", "data must be a list of strings"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, fragment",
+    [
+        ("max_length: long\n", "max_length must be an integer"),
+        ("packing: 1\n", "packing must be true or false"),
+        ("policy: assistants\n", "did you mean 'assistant'"),
+        ("- a list\n", "expected a mapping"),
+        ("data: [1, 2]\n", "data must be a list of strings"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, capsys, yaml_text, fragment):
     y = tmp_path / "c.yaml"
     y.write_text(yaml_text)
@@ -94,8 +97,10 @@ def test_from_dict_rejects_unknown_keys():
         config.from_dict({"lora_alhpa": 3})
 
 
-@pytest.mark.parametrize("argv, rc", [([], 2), (["--help"], 0), (["run", "--help"], 0), (["merge", "--help"], 0),
-                                      (["rnu"], 2), (["merge"], 2)])
+@pytest.mark.parametrize(
+    "argv, rc",
+    [([], 2), (["--help"], 0), (["run", "--help"], 0), (["merge", "--help"], 0), (["rnu"], 2), (["merge"], 2)],
+)
 def test_help_and_exit_codes(argv, rc, capsys):
     assert cli.main(argv) == rc
     if argv == ["rnu"]:

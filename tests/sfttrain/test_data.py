@@ -45,6 +45,7 @@ class Capture(TrainerCallback):
         def hook(module, a, kwargs):
             if module.training:
                 self.batches.append({k: v.detach().cpu() for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+
         model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
@@ -73,18 +74,31 @@ def segments(batch: dict[str, torch.Tensor]):
                 yield ids[r, a:b].tolist(), labels[r, a:b].tolist()
 
 
-@pytest.mark.parametrize(("packing", "policy", "audit"), [(True, "assistant", False), (False, "assistant", False),
-                                                          (True, "all", True)],
-                         ids=["packed", "padded", "packed-all-from-audit"])
-def test_batches_the_model_sees_are_the_audited_tokens(packing, policy, audit, small_data_file, tiny_model,
-                                                       sft_tokenizer, tmp_path):
+@pytest.mark.parametrize(
+    ("packing", "policy", "audit"),
+    [(True, "assistant", False), (False, "assistant", False), (True, "all", True)],
+    ids=["packed", "padded", "packed-all-from-audit"],
+)
+def test_batches_the_model_sees_are_the_audited_tokens(
+    packing, policy, audit, small_data_file, tiny_model, sft_tokenizer, tmp_path
+):
     """Also under policy=all, where every token is trained: packed, the first token of every example
     but a row's first must still be no target (the test fails if the collator stops masking it)."""
     pytest.importorskip("sftdata.audit")
     data_file = small_data_file
     max_length = 50  # truncates some examples: truncation must match the audit's too
-    cfg = Config(model="tiny", data=(str(data_file),), output_dir=str(tmp_path / "run"), max_length=max_length,
-                 packing=packing, batch_size=4, epochs=1, save_steps=0, neftune_alpha=5.0, policy=policy)
+    cfg = Config(
+        model="tiny",
+        data=(str(data_file),),
+        output_dir=str(tmp_path / "run"),
+        max_length=max_length,
+        packing=packing,
+        batch_size=4,
+        epochs=1,
+        save_steps=0,
+        neftune_alpha=5.0,
+        policy=policy,
+    )
     cap = Capture()
     train(cfg, model=tiny_model, tokenizer=sft_tokenizer, callbacks=[cap], audit=audit)
 
@@ -117,8 +131,9 @@ def test_audit_examples_equal_trained_examples(data_file, sft_tokenizer, tmp_pat
     run = tmp_path / "run"
     audit.run_audit([str(data_file)], sft_tokenizer, max_length=96, policy="assistant", run_dir=str(run))
     audited = {r["id"]: r for r in pq.read_table(run / "audit" / "examples.parquet").to_pylist()}
-    examples, _ = data.load_examples(data.read_conversations([str(data_file)]), sft_tokenizer,
-                                     policy="assistant", max_length=96)
+    examples, _ = data.load_examples(
+        data.read_conversations([str(data_file)]), sft_tokenizer, policy="assistant", max_length=96
+    )
     assert len(examples) == len(audited)
     for e in examples:
         a = audited[e.example_id]
@@ -130,13 +145,20 @@ def test_packed_rows_do_not_attend_across_examples(tiny_model, sft_tokenizer, ma
     """Logits of packed rows (position ids, no attention mask) equal those of each example alone,
     padding included. (transformers derives the block-diagonal mask from position ids only without
     a KV cache: training passes use_cache=False, and so does this test.)"""
-    convs = [make_conversation([("user", "Hi"), ("assistant", "Hello there, friend.")]),
-             make_conversation([("user", "What is 2+2?"), ("assistant", "4.")], line=2)]
+    convs = [
+        make_conversation([("user", "Hi"), ("assistant", "Hello there, friend.")]),
+        make_conversation([("user", "What is 2+2?"), ("assistant", "4.")], line=2),
+    ]
     a, b = (data.to_example(c, masks.tokenize(c, sft_tokenizer)) for c in convs)
     # Row 0 packs both examples; row 1 holds the first alone and is padded to row 0's length.
-    rows = [{"input_ids": [*a.input_ids, *b.input_ids], "labels": [*a.labels, *b.labels],
-             "seq_lengths": [len(a.input_ids), len(b.input_ids)]},
-            {"input_ids": list(a.input_ids), "labels": list(a.labels), "seq_lengths": [len(a.input_ids)]}]
+    rows = [
+        {
+            "input_ids": [*a.input_ids, *b.input_ids],
+            "labels": [*a.labels, *b.labels],
+            "seq_lengths": [len(a.input_ids), len(b.input_ids)],
+        },
+        {"input_ids": list(a.input_ids), "labels": list(a.labels), "seq_lengths": [len(a.input_ids)]},
+    ]
     batch = data.PackedCollator(sft_tokenizer.pad_token_id)(rows)
     na, nb = len(a.input_ids), len(b.input_ids)
     assert batch["position_ids"][0].tolist() == [*range(na), *range(nb)]
@@ -159,8 +181,10 @@ def test_packed_rows_have_no_cross_example_targets_when_every_token_is_trained()
     (ours and, under flash kernels, TRL's padding-free one) drop it."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
-            {"input_ids": [10, 11], "labels": [10, 11], "seq_lengths": [2]}]
+    rows = [
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [3, 2]},
+        {"input_ids": [10, 11], "labels": [10, 11], "seq_lengths": [2]},
+    ]
     for collate in (data.PackedCollator(0), DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)):
         batch = collate([dict(r) for r in rows])
         starts = batch["position_ids"] == 0

@@ -55,37 +55,45 @@ def test_padded_batch_noise_uses_each_examples_true_length(tiny_model, sft_token
         check_bound(noise[r, :n], d)
         assert (noise[r, n:] == 0).all(), "padding must get no noise"
     # The short example gets more noise than a row-length (padded) scaling would allow.
-    assert noise[0, :LENGTHS[0]].abs().max() > 2 * ALPHA / math.sqrt(max(LENGTHS) * d)
+    assert noise[0, : LENGTHS[0]].abs().max() > 2 * ALPHA / math.sqrt(max(LENGTHS) * d)
 
 
 def test_packed_rows_noise_uses_each_segments_length(tiny_model, sft_tokenizer):
     """Two packed rows of different fill (the shorter one padded), as sfttrain.data collates them."""
     exs = examples(len(sft_tokenizer))
-    rows = [{"input_ids": exs[0]["input_ids"] + exs[2]["input_ids"], "labels": exs[0]["labels"] + exs[2]["labels"],
-             "seq_lengths": [LENGTHS[0], LENGTHS[2]]},
-            {"input_ids": exs[1]["input_ids"], "labels": exs[1]["labels"], "seq_lengths": [LENGTHS[1]]}]
+    rows = [
+        {
+            "input_ids": exs[0]["input_ids"] + exs[2]["input_ids"],
+            "labels": exs[0]["labels"] + exs[2]["labels"],
+            "seq_lengths": [LENGTHS[0], LENGTHS[2]],
+        },
+        {"input_ids": exs[1]["input_ids"], "labels": exs[1]["labels"], "seq_lengths": [LENGTHS[1]]},
+    ]
     batch = data.PackedCollator(sft_tokenizer.pad_token_id)(rows)
     assert "attention_mask" not in batch and batch["input_ids"].shape == (2, LENGTHS[0] + LENGTHS[2])
     noise = measured_noise(tiny_model, batch)
     d = noise.shape[-1]
-    check_bound(noise[0, :LENGTHS[0]], d)
-    check_bound(noise[0, LENGTHS[0]:], d)
-    check_bound(noise[1, :LENGTHS[1]], d)
-    assert (noise[1, LENGTHS[1]:] == 0).all(), "padding must get no noise"
+    check_bound(noise[0, : LENGTHS[0]], d)
+    check_bound(noise[0, LENGTHS[0] :], d)
+    check_bound(noise[1, : LENGTHS[1]], d)
+    assert (noise[1, LENGTHS[1] :] == 0).all(), "padding must get no noise"
     # The short example gets more noise than scaling by the packed row length would allow.
-    assert noise[0, :LENGTHS[0]].abs().max() > 2 * ALPHA / math.sqrt(batch["input_ids"].shape[1] * d)
+    assert noise[0, : LENGTHS[0]].abs().max() > 2 * ALPHA / math.sqrt(batch["input_ids"].shape[1] * d)
 
 
 def test_trl_padding_free_row_noise_uses_each_segments_length(tiny_model, sft_tokenizer):
     """TRL's own padding-free collator (one flattened row, position ids from seq_lengths) works too."""
     exs = examples(len(sft_tokenizer))
-    row = {"input_ids": [t for e in exs for t in e["input_ids"]], "labels": [t for e in exs for t in e["labels"]],
-           "seq_lengths": LENGTHS}
+    row = {
+        "input_ids": [t for e in exs for t in e["input_ids"]],
+        "labels": [t for e in exs for t in e["labels"]],
+        "seq_lengths": LENGTHS,
+    }
     batch = DataCollatorForLanguageModeling(pad_token_id=sft_tokenizer.pad_token_id, padding_free=True)([row])
     noise = measured_noise(tiny_model, batch)[0]
     start = 0
     for n in LENGTHS:
-        check_bound(noise[start:start + n], noise.shape[-1])
+        check_bound(noise[start : start + n], noise.shape[-1])
         start += n
 
 

@@ -15,22 +15,46 @@ from sfttrain.train import train
 
 
 def _cfg(data_file, out, **kw):
-    base = {"model": "tiny", "data": (str(data_file),), "output_dir": str(out), "max_length": 64, "batch_size": 4,
-            "max_steps": 2, "save_steps": 0, "seed": 42}
+    base = {
+        "model": "tiny",
+        "data": (str(data_file),),
+        "output_dir": str(out),
+        "max_length": 64,
+        "batch_size": 4,
+        "max_steps": 2,
+        "save_steps": 0,
+        "seed": 42,
+    }
     return Config(**{**base, **kw})
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_scheduler_offered_runs(scheduler, small_data_file, tiny_model, sft_tokenizer, tmp_path):
-    r = train(_cfg(small_data_file, tmp_path / "run", lr_scheduler=scheduler, max_steps=3),
-              model=tiny_model, tokenizer=sft_tokenizer, audit=False)
+    r = train(
+        _cfg(small_data_file, tmp_path / "run", lr_scheduler=scheduler, max_steps=3),
+        model=tiny_model,
+        tokenizer=sft_tokenizer,
+        audit=False,
+    )
     assert r.global_step == 3
 
 
 def test_a_finished_run_keeps_no_checkpoints_and_refuses_resume(small_data_file, tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--model", str(tiny_model_dir), "--data", str(small_data_file), "--max-length", "64",
-            "--max-steps", "2", "--save-steps", "1", "--output-dir", str(run)]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(small_data_file),
+        "--max-length",
+        "64",
+        "--max-steps",
+        "2",
+        "--save-steps",
+        "1",
+        "--output-dir",
+        str(run),
+    ]
     assert cli.main(["run", *args]) == 0
     assert (run / "train" / "adapter").is_dir() and not (run / "train" / "checkpoints").exists()
     capsys.readouterr()
@@ -45,14 +69,28 @@ def test_data_parallel_is_refused_naming_the_launchers(small_data_file, tiny_mod
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    rc = cli.main(["run", "--model", str(tiny_model_dir), "--data", str(small_data_file), "--max-steps", "1",
-                   "--neftune-alpha", "5", "--output-dir", str(tmp_path / "run")])
+    rc = cli.main(
+        [
+            "run",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(small_data_file),
+            "--max-steps",
+            "1",
+            "--neftune-alpha",
+            "5",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "torchrun --nproc_per_node 2" in err and "accelerate launch" in err and "Traceback" not in err
 
 
-def test_the_memory_plan_splits_the_micro_batch_keeping_rows_per_step(small_data_file, tiny_model, sft_tokenizer,
-                                                                     tmp_path, caplog, monkeypatch):
+def test_the_memory_plan_splits_the_micro_batch_keeping_rows_per_step(
+    small_data_file, tiny_model, sft_tokenizer, tmp_path, caplog, monkeypatch
+):
     import dataclasses
 
     from sftdata.pytest_plugin import build_tiny_causal_lm
@@ -63,8 +101,10 @@ def test_the_memory_plan_splits_the_micro_batch_keeping_rows_per_step(small_data
     real = memory.estimate
     monkeypatch.setattr(memory, "estimate", lambda *a, **k: ests.append(real(*a, **k)) or ests[-1])
     model = train_mod.prepare_model(tiny_model, sft_tokenizer, cfg, [])
-    examples, _ = data.load_examples(data.read_conversations(cfg.data), sft_tokenizer, policy="assistant", max_length=64)
-    assert train_mod.fit_memory(dataclasses.replace(cfg, memory_gb=1000.0), model, examples, None) .batch_size == 4
+    examples, _ = data.load_examples(
+        data.read_conversations(cfg.data), sft_tokenizer, policy="assistant", max_length=64
+    )
+    assert train_mod.fit_memory(dataclasses.replace(cfg, memory_gb=1000.0), model, examples, None).batch_size == 4
     budget = (ests[-1].peak(2) + ests[-1].peak(1)) / 2 / memory.GiB  # one row fits, two do not
     cfg = dataclasses.replace(cfg, memory_gb=budget)
     planned = train_mod.fit_memory(cfg, model, examples, None)
@@ -80,8 +120,21 @@ def test_the_memory_plan_splits_the_micro_batch_keeping_rows_per_step(small_data
 
 
 def test_no_row_fits_is_exit_2_naming_the_flags(small_data_file, tiny_model_dir, tmp_path, capsys):
-    rc = cli.main(["run", "--model", str(tiny_model_dir), "--data", str(small_data_file), "--max-steps", "1",
-                   "--memory-gb", "0.001", "--output-dir", str(tmp_path / "run")])
+    rc = cli.main(
+        [
+            "run",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(small_data_file),
+            "--max-steps",
+            "1",
+            "--memory-gb",
+            "0.001",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "--max-length" in err and "--gradient-checkpointing" in err and "--memory-gb" in err
 
@@ -104,7 +157,8 @@ def test_the_lm_head_scores_only_trained_positions(small_data_file, tiny_model, 
         def on_train_begin(self, args, state, control, model=None, **kw):
             model.register_forward_pre_hook(
                 lambda m, a, k: counted.append(int((k["labels"][:, 1:] != -100).sum())) if m.training else None,
-                with_kwargs=True)
+                with_kwargs=True,
+            )
 
     train(cfg, model=tiny_model, tokenizer=sft_tokenizer, callbacks=[Count()], audit=False)
     assert counted and seen[0] == counted[0]  # the first training forward: trained positions only

@@ -30,8 +30,16 @@ PINNED_LOSSES = (10.810018539428711, 10.80124282836914)
 
 
 def smoke_config(data_file, out, **kw) -> Config:
-    base = dict(model="tiny", data=(str(data_file),), output_dir=str(out), max_length=64, batch_size=4,
-                max_steps=2, save_steps=0, seed=42)
+    base = dict(
+        model="tiny",
+        data=(str(data_file),),
+        output_dir=str(out),
+        max_length=64,
+        batch_size=4,
+        max_steps=2,
+        save_steps=0,
+        seed=42,
+    )
     return Config(**{**base, **kw})
 
 
@@ -64,11 +72,28 @@ def _sigint_at_step_2(self, args, state, control, **kw):
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_trajectory(small_data_file, tiny_model_dir, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_the_same_trajectory(
+    small_data_file, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     """Also the reproducibility test: two runs with NEFTune noise and LoRA dropout on agree exactly."""
-    args = ["--model", str(tiny_model_dir), "--data", str(small_data_file), "--max-length", "64", "--batch-size", "2",
-            "--max-steps", "4", "--save-steps", "0", "--neftune-alpha", "5", "--lora-dropout", "0.1"]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(small_data_file),
+        "--max-length",
+        "64",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "0",
+        "--neftune-alpha",
+        "5",
+        "--lora-dropout",
+        "0.1",
+    ]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli.main(["run", *args, "--output-dir", str(straight)]) == 0
 
@@ -94,8 +119,28 @@ def test_merge_folds_the_adapter_into_the_base_model(small_data_file, tiny_model
     from transformers import AutoModelForCausalLM
 
     run, out = tmp_path / "run", tmp_path / "merged"
-    assert cli.main(["run", "--model", str(tiny_model_dir), "--data", str(small_data_file), "--output-dir", str(run),
-                     "--max-length", "64", "--max-steps", "1", "--save-steps", "0", "--learning-rate", "0.01"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(small_data_file),
+                "--output-dir",
+                str(run),
+                "--max-length",
+                "64",
+                "--max-steps",
+                "1",
+                "--save-steps",
+                "0",
+                "--learning-rate",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["merge", str(run), "-o", str(out)]) == 0
     assert cli.main(["merge", str(run), "-o", str(out)]) == 2  # not empty
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -109,8 +154,9 @@ def test_merge_folds_the_adapter_into_the_base_model(small_data_file, tiny_model
 
 
 def test_full_finetune_with_gradient_checkpointing(data_file, tiny_model, sft_tokenizer, tmp_path):
-    cfg = smoke_config(data_file, tmp_path / "run", lora=False, gradient_checkpointing=True, max_steps=1,
-                       learning_rate=1e-3)
+    cfg = smoke_config(
+        data_file, tmp_path / "run", lora=False, gradient_checkpointing=True, max_steps=1, learning_rate=1e-3
+    )
     before = tiny_model.model.layers[0].mlp.up_proj.weight.detach().clone()
     r = train(cfg, model=tiny_model, tokenizer=sft_tokenizer, audit=False)
     assert r.global_step == 1
@@ -146,11 +192,21 @@ def test_new_special_token_rows_are_trained_on_both_sides(tied, sft_tokenizer):
 
 def test_new_special_tokens_end_to_end(tmp_path, sft_tokenizer, jsonl):
     tok = copy.deepcopy(sft_tokenizer)
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i} <|tool|>"}]}
-            for i in range(8)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i} <|tool|>"}]}
+        for i in range(8)
+    ]
     f = jsonl(tmp_path / "tool.jsonl", rows)
-    cfg = Config(model="tiny", data=(str(f),), output_dir=str(tmp_path / "run"), max_length=64, max_steps=1,
-                 save_steps=0, new_special_tokens=("<|tool|>",), learning_rate=0.05)
+    cfg = Config(
+        model="tiny",
+        data=(str(f),),
+        output_dir=str(tmp_path / "run"),
+        max_length=64,
+        max_steps=1,
+        save_steps=0,
+        new_special_tokens=("<|tool|>",),
+        learning_rate=0.05,
+    )
     r = train(cfg, model=build_tiny_causal_lm(sft_tokenizer), tokenizer=tok, audit=False)
     assert r.global_step == 1 and "<|tool|>" in tok.get_vocab()
     from safetensors.torch import load_file
@@ -163,8 +219,21 @@ def test_the_gate_refuses_error_level_findings(tmp_path, tiny_model_dir, capsys,
     pytest.importorskip("sftdata.audit")
     no_answer = {"messages": [{"role": "user", "content": "no answer"}]}
     bad = jsonl(tmp_path / "bad.jsonl", [*chat_rows(6), "{not json", no_answer])
-    args = ["run", "--model", str(tiny_model_dir), "--data", str(bad), "--output-dir", str(tmp_path / "run"),
-            "--max-length", "64", "--max-steps", "1", "--save-steps", "0"]
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(bad),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--max-length",
+        "64",
+        "--max-steps",
+        "1",
+        "--save-steps",
+        "0",
+    ]
     assert cli.main([*args, "--json"]) == 1
     out, err = capsys.readouterr()
     assert "refusing to train" in err and f"{bad}:7" in err and "fix:" in err and "--force" in err
@@ -183,8 +252,12 @@ def test_no_trainable_examples_is_a_usage_error(tmp_path, tiny_model, sft_tokeni
     from sftdata.errors import UsageError
 
     with pytest.raises(UsageError, match="no trainable examples"):
-        train(Config(model="t", data=(str(f),), output_dir=str(tmp_path / "r"), policy="last", max_length=8),
-              model=tiny_model, tokenizer=sft_tokenizer, audit=False)
+        train(
+            Config(model="t", data=(str(f),), output_dir=str(tmp_path / "r"), policy="last", max_length=8),
+            model=tiny_model,
+            tokenizer=sft_tokenizer,
+            audit=False,
+        )
 
 
 @pytest.mark.slow
@@ -194,8 +267,22 @@ def test_demo_model_trains_two_steps(tmp_path):
     if not data.is_file():
         pytest.skip("examples/messages.jsonl is not there yet")
     run = tmp_path / "run"
-    rc = cli.main(["run", str(REPO / "configs" / "demo.yaml"), "--output-dir", str(run), "--max-steps", "2",
-                   "--max-length", "128", "--batch-size", "1", "--save-steps", "0"])
+    rc = cli.main(
+        [
+            "run",
+            str(REPO / "configs" / "demo.yaml"),
+            "--output-dir",
+            str(run),
+            "--max-steps",
+            "2",
+            "--max-length",
+            "128",
+            "--batch-size",
+            "1",
+            "--save-steps",
+            "0",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(0 < r["loss"] < 10 for r in rows)
@@ -209,10 +296,36 @@ def test_torchrun_two_cpu_processes(tmp_path, data_file, tiny_model_dir):
     run = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "sfttrain.cli", "run",
-         "--model", str(tiny_model_dir), "--data", str(data_file), "--output-dir", str(run),
-         "--max-length", "64", "--batch-size", "2", "--max-steps", "2", "--save-steps", "0"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "sfttrain.cli",
+            "run",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data_file),
+            "--output-dir",
+            str(run),
+            "--max-length",
+            "64",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--save-steps",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (run / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-PARAGRAPH = ("Photosynthesis is the process by which green plants and some other organisms use sunlight "
-             "to synthesize foods from carbon dioxide and water. It generally involves the green pigment "
-             "chlorophyll and generates oxygen as a byproduct, which is released into the air we breathe.")
+PARAGRAPH = (
+    "Photosynthesis is the process by which green plants and some other organisms use sunlight "
+    "to synthesize foods from carbon dioxide and water. It generally involves the green pigment "
+    "chlorophyll and generates oxygen as a byproduct, which is released into the air we breathe."
+)
 
 
 def _msgs(q: str, a: str, system: str | None = None) -> dict:
@@ -34,16 +36,26 @@ TRAIN = [
     _msgs("Explain photosynthesis briefly.", PARAGRAPH.replace("green plants", "plants")),
     _msgs("What is the capital of Canada?", "The capital of Canada is Ottawa."),
     _msgs("Name three primary colours.", "Red, yellow and blue.", system="Answer in one line."),
-    _msgs("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600, and it remains one of his most performed plays."),
+    _msgs(
+        "Who wrote Hamlet?",
+        "William Shakespeare wrote Hamlet around 1600, and it remains one of his most performed plays.",
+    ),
     _msgs("Translate 'cat' to French.", "Chat."),
-    {"messages": [{"role": "user", "content": "Give me a recipe."},
-                  {"role": "assistant", "content": "Whisk two eggs, season them and cook them gently in butter."},
-                  {"role": "user", "content": "How long does it take?"},
-                  {"role": "assistant", "content": "About five minutes."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Give me a recipe."},
+            {"role": "assistant", "content": "Whisk two eggs, season them and cook them gently in butter."},
+            {"role": "user", "content": "How long does it take?"},
+            {"role": "assistant", "content": "About five minutes."},
+        ]
+    },
     _msgs("What is the boiling point of water at sea level?", "100 degrees Celsius, or 212 degrees Fahrenheit."),
 ]
 EVAL = [
-    _msgs("Who wrote Hamlet?", "William Shakespeare wrote Hamlet around 1600, and it remains one of his most performed plays."),
+    _msgs(
+        "Who wrote Hamlet?",
+        "William Shakespeare wrote Hamlet around 1600, and it remains one of his most performed plays.",
+    ),
     _msgs("What is the largest planet?", "Jupiter is the largest planet in the solar system."),
 ]
 REPO = Path(__file__).resolve().parents[2]
@@ -71,21 +83,71 @@ def _build(base: Path) -> None:
     _write(data / "train.jsonl", TRAIN)
     _write(data / "eval.jsonl", EVAL)
     shutil.copy(REPO / "examples" / "defects.jsonl", data / "defects.jsonl")
-    _cmd([_bin("sftdata"), "audit", "data/defects.jsonl", "data/train.jsonl", "--model", "smollm2-135m-instruct",
-          "--max-length", "256", "--run-dir", "runs/audit"], base, ok=(0, 1))
-    _cmd([_bin("sftdata"), "dedup", "data/train.jsonl", "--against", "data/eval.jsonl", "--threshold", "0.7",
-          "--run-dir", "runs/audit"], base, ok=(0, 1))
+    _cmd(
+        [
+            _bin("sftdata"),
+            "audit",
+            "data/defects.jsonl",
+            "data/train.jsonl",
+            "--model",
+            "smollm2-135m-instruct",
+            "--max-length",
+            "256",
+            "--run-dir",
+            "runs/audit",
+        ],
+        base,
+        ok=(0, 1),
+    )
+    _cmd(
+        [
+            _bin("sftdata"),
+            "dedup",
+            "data/train.jsonl",
+            "--against",
+            "data/eval.jsonl",
+            "--threshold",
+            "0.7",
+            "--run-dir",
+            "runs/audit",
+        ],
+        base,
+        ok=(0, 1),
+    )
 
 
 def _build_train(base: Path) -> None:
-    code = ("from sftdata.models import load_tokenizer\n"
-            "from sftdata.pytest_plugin import build_tiny_causal_lm\n"
-            "t = load_tokenizer('smollm2-135m-instruct')\n"
-            "build_tiny_causal_lm(t).save_pretrained('tiny-model'); t.save_pretrained('tiny-model')\n")
+    code = (
+        "from sftdata.models import load_tokenizer\n"
+        "from sftdata.pytest_plugin import build_tiny_causal_lm\n"
+        "t = load_tokenizer('smollm2-135m-instruct')\n"
+        "build_tiny_causal_lm(t).save_pretrained('tiny-model'); t.save_pretrained('tiny-model')\n"
+    )
     _cmd([sys.executable, "-c", code], base)
-    _cmd([_bin("sfttrain"), "run", "--model", "tiny-model", "--data", "data/train.jsonl", "--output-dir", "runs/train",
-          "--max-steps", "2", "--max-length", "256", "--batch-size", "2", "--logging-steps", "1", "--no-lora",
-          "--save-steps", "100"], base)
+    _cmd(
+        [
+            _bin("sfttrain"),
+            "run",
+            "--model",
+            "tiny-model",
+            "--data",
+            "data/train.jsonl",
+            "--output-dir",
+            "runs/train",
+            "--max-steps",
+            "2",
+            "--max-length",
+            "256",
+            "--batch-size",
+            "2",
+            "--logging-steps",
+            "1",
+            "--no-lora",
+            "--save-steps",
+            "100",
+        ],
+        base,
+    )
 
 
 def _shared(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
@@ -125,10 +187,48 @@ def _build_probes(base: Path) -> None:
     """runs/train gets probes/: `probes hallucination` (one item per relation) and `probes overfit`
     between the tiny base model and its 2-step fine-tune."""
     sft = "runs/train/train/model"
-    _cmd([sys.executable, "-m", "probes", "hallucination", "--base", "tiny-model", "--sft", sft,
-          "--run-dir", "runs/train", "--limit", "1"], base, ok=(0, 1))
-    _cmd([sys.executable, "-m", "probes", "overfit", "--base", "tiny-model", "--sft", sft, "--train", "data/train.jsonl",
-          "--heldout", "data/eval.jsonl", "--run-dir", "runs/train", "--limit", "6", "--generate", "1"], base, ok=(0, 1))
+    _cmd(
+        [
+            sys.executable,
+            "-m",
+            "probes",
+            "hallucination",
+            "--base",
+            "tiny-model",
+            "--sft",
+            sft,
+            "--run-dir",
+            "runs/train",
+            "--limit",
+            "1",
+        ],
+        base,
+        ok=(0, 1),
+    )
+    _cmd(
+        [
+            sys.executable,
+            "-m",
+            "probes",
+            "overfit",
+            "--base",
+            "tiny-model",
+            "--sft",
+            sft,
+            "--train",
+            "data/train.jsonl",
+            "--heldout",
+            "data/eval.jsonl",
+            "--run-dir",
+            "runs/train",
+            "--limit",
+            "6",
+            "--generate",
+            "1",
+        ],
+        base,
+        ok=(0, 1),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,7 @@ def test_example_styles_trained_tokens_exactly(in_base: Path) -> None:
     assert vocab is not None and examples is not None
     ex = examples.get(examples.find("data/train.jsonl:1"))
     text = tk.render_example(ex, vocab)
-    trained = "".join(text.plain[s.start:s.end] for s in text.spans if s.style in (tk.TRAINED, tk.SPECIAL_TRAINED))
+    trained = "".join(text.plain[s.start : s.end] for s in text.spans if s.style in (tk.TRAINED, tk.SPECIAL_TRAINED))
     assert trained == "The capital of Canada is Ottawa.<|im_end|>"
     assert tk.message_texts(ex, vocab).endswith("[assistant] The capital of Canada is Ottawa.<|im_end|>")
 
@@ -205,7 +205,7 @@ def test_duplicates_side_by_side_and_contamination(in_base: Path) -> None:
         await pilot.pause()
         a, b = screen.pair
         assert "representative train/2" in a.plain and "train/4" in b.plain
-        changed = {b.plain[s.start:s.end] for s in b.spans if s.style == "bold black on yellow"}
+        changed = {b.plain[s.start : s.end] for s in b.spans if s.style == "bold black on yellow"}
         assert "briefly." in changed and not any("Photosynthesis" in c for c in changed)
         table.move_to(2)
         await pilot.pause()
@@ -326,11 +326,24 @@ def test_reader_tolerates_other_columns_and_old_cluster_schema(tmp_path: Path) -
 
     run = tmp_path / "r"
     (run / "dedup").mkdir(parents=True)
-    pq.write_table(pa.table({"cluster_id": [0, 0], "example_id": ["a", "b"], "representative": ["a", "a"],
-                             "estimated": [1.0, 0.9], "extra": [1, 2]}), run / "dedup" / "clusters.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "cluster_id": [0, 0],
+                "example_id": ["a", "b"],
+                "representative": ["a", "a"],
+                "estimated": [1.0, 0.9],
+                "extra": [1, 2],
+            }
+        ),
+        run / "dedup" / "clusters.parquet",
+    )
     (run / "manifest.json").write_text(json.dumps({"stages": {}}))
     clusters = rd.read_clusters(rd.open_run(run))
-    assert [(m.example_id, m.representative, m.representative_id) for m in clusters[0]] == [("a", True, "a"), ("b", False, "a")]
+    assert [(m.example_id, m.representative, m.representative_id) for m in clusters[0]] == [
+        ("a", True, "a"),
+        ("b", False, "a"),
+    ]
 
 
 @pytest.mark.slow

@@ -58,13 +58,15 @@ def test_findings(snap_compare, snap_run: str) -> None:
 
 
 def test_findings_80x24_filtered(snap_compare, snap_run: str) -> None:
-    assert snap_compare(SftTui(rd.open_run(snap_run)), terminal_size=(80, 24),
-                        run_before=loaded("2", "slash", *"dedup"))
+    assert snap_compare(
+        SftTui(rd.open_run(snap_run)), terminal_size=(80, 24), run_before=loaded("2", "slash", *"dedup")
+    )
 
 
 def test_example(snap_compare, snap_run: str) -> None:
-    assert snap_compare(SftTui(rd.open_run(snap_run)), terminal_size=(100, 30),
-                        run_before=loaded("g", *"defects.jsonl:2", "enter"))
+    assert snap_compare(
+        SftTui(rd.open_run(snap_run)), terminal_size=(100, 30), run_before=loaded("g", *"defects.jsonl:2", "enter")
+    )
 
 
 def test_duplicates(snap_compare, snap_run: str) -> None:

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
-                                reason="tmux is not installed (scripts/setup.sh installs it with apt-get)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup.sh installs it with apt-get)"
+)
 
 
 def wait_for(tmux: list[str], *texts: str, timeout: float = 60.0) -> str:
     screen = ""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "sfttui"], capture_output=True, text=True,
-                                check=False).stdout
+        screen = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "sfttui"], capture_output=True, text=True, check=False
+        ).stdout
         if all(t in screen for t in texts):
             return screen
         time.sleep(0.3)
