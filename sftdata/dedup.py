@@ -389,8 +389,7 @@ def _jit() -> None:
     with _JIT_LOCK:
         if _jitted:
             return
-        import numba
-
+        numba = minhash.import_numba()
         g = globals()
         g["_sets_kernel"] = numba.njit(
             "Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])", nogil=True, cache=True

@@ -693,6 +693,20 @@ _JIT_LOCK = threading.Lock()
 _jitted = False
 
 
+def import_numba() -> Any:
+    """`import numba`, with its error-message colouring off. Numba colours the messages it formats
+    while compiling through colorama's `init()`/`deinit()`, which replace `sys.stdout` and
+    `sys.stderr` and then restore the streams of the moment colorama was imported: in a program
+    (or a test) that redirected them since, output silently goes to the wrong place, from whatever
+    thread compiles. The switch is read once, when numba is first imported."""
+    os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
+    try:
+        import numba
+    except ImportError as e:  # a dependency of sftlab; no slow fallback
+        raise ImportError("sftdata dedup computes MinHash signatures with numba: pip install 'numba>=0.60'") from e
+    return numba
+
+
 def _jit() -> None:
     """Compile the kernels (or load them from numba's cache: `__pycache__` next to this file, or
     NUMBA_CACHE_DIR) and put them in place of the Python functions. Idempotent, thread-safe."""
@@ -700,11 +714,7 @@ def _jit() -> None:
     with _JIT_LOCK:
         if _jitted:
             return
-        try:
-            import numba
-        except ImportError as e:  # a dependency of sftlab; no slow fallback
-            raise ImportError("sftdata dedup computes MinHash signatures with numba: pip install 'numba>=0.60'") from e
-
+        numba = import_numba()
         g = globals()
         for name in ("_rotl", "_load_be", "_round", "_fmix32", "_is_cjk"):
             g[name] = numba.njit(inline="always")(g[name])

@@ -239,6 +239,30 @@ def test_import_does_not_import_numba():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_compiling_never_swaps_the_callers_stdout_and_stderr():
+    """Numba colours its messages through colorama, whose init()/deinit() replace sys.stdout and
+    sys.stderr and put back the streams they saw. The CLI compiles on a thread while the caller
+    goes on; a caller that redirects its streams meanwhile (pytest's capsys, a notebook, the pytest
+    fixture) had its output sent to a stale stream. So numba must format without colorama."""
+    code = (
+        "import colorama.initialise as ci\n"
+        "calls = []\n"
+        "ci.init = lambda *a, **k: calls.append('init')\n"
+        "ci.reinit = lambda: calls.append('reinit')\n"
+        "ci.deinit = lambda: calls.append('deinit')\n"
+        "import colorama\n"
+        "colorama.init, colorama.reinit, colorama.deinit = ci.init, ci.reinit, ci.deinit\n"
+        "from sftdata import dedup\n"
+        "dedup.load_kernels()\n"
+        "import numba.core.errors as errors\n"
+        "errors.TypingError('a message numba formats')\n"
+        "print(len(calls))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
 def test_empty_text_gets_empty_signature_and_is_never_paired():
     sig = minhash_signatures(["", "hello world"], WORDS5)
     assert (sig.hashvalues[0] == 0xFFFFFFFF).all() and len(sig.shingle_set(0)) == 0
