@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sftdata.errors import SftlabError
+from sftdata.models import quiet_peft
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def load_pair(base: str | None, sft: str) -> Pair:
     base_model, base_tok = _load(run.base, "--sft (the run's base model)", dtype, device)
     if len(sft_tok) > base_model.get_input_embeddings().weight.shape[0]:
         base_model.resize_token_embeddings(len(sft_tok))
-    sft_model = PeftModel.from_pretrained(base_model, str(run.weights)).eval()
+    with quiet_peft():
+        sft_model = PeftModel.from_pretrained(base_model, str(run.weights)).eval()
     if same_model(base, run.base):
         return Pair(sft_model, sft_tok, sft_model, base_tok, True, base, str(run.path))
     log.warning("--base %s is not the run's base model %s: loading it as a second model", base, run.base)

@@ -9,12 +9,15 @@ inside `load_model`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,3 +270,12 @@ def context_length(config_directory: str | None) -> int | None:
         return None
     value = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
     return value if isinstance(value, int) and value > 0 else None
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Around peft's wrapping of a model: peft reads transformers' deprecated
+    `is_gradient_checkpointing`, which prints a FutureWarning on every load that the user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -21,7 +21,7 @@ def merge(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, d
     import torch
     from transformers import AutoTokenizer
 
-    from sftdata.models import load_model
+    from sftdata.models import load_model, quiet_peft
 
     p = paths(run_dir)
     if not p.config.is_file():
@@ -44,7 +44,8 @@ def merge(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, d
         base = load_model(cfg.model, dtype=torch_dtype)
         if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
             base.resize_token_embeddings(len(tokenizer))
-        model: Any = PeftModel.from_pretrained(base, str(weights)).merge_and_unload()
+        with quiet_peft():
+            model: Any = PeftModel.from_pretrained(base, str(weights)).merge_and_unload()
     else:
         model = load_model(str(weights), dtype=torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from transformers import TrainerCallback
 
 from sftdata import rundir
 from sftdata.errors import UsageError
+from sftdata.models import quiet_peft
 from sftdata.records import Finding
 from sfttrain import config as config_mod
 from sfttrain import data, memory, neftune
@@ -193,7 +194,8 @@ def prepare_model(model: torch.nn.Module, tokenizer: Any, cfg: Config, new_ids: 
         return model
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(cfg, model, new_ids))
+    with quiet_peft():
+        model = get_peft_model(model, lora_config(cfg, model, new_ids))
     head = model.get_base_model().get_output_embeddings()
     if new_ids and head is not None and not hasattr(head, "bias"):
         # peft's trainable-tokens wrapper exposes `.weight` (with the new rows merged in) but not
