@@ -5,73 +5,35 @@
   suite          make a suite from sftdata `knowledge` records
   overfit        memorization, stopping, special-token facts and drift (exit 1 when flagged)
 
-Exit codes: 0 clean, 1 flagged, 2 usage/input error, 3 crash (a bug: traceback printed), 130 Ctrl-C.
+Exit codes: 0 clean, 1 flagged, 2 usage/input error, 3 crash (a bug: traceback printed), 130 Ctrl-C,
+143 SIGTERM.
 docs/probes.md documents the output files and the rules.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import traceback
-from collections.abc import Callable
 from typing import Any
 
-EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from sftdata.cli import kit
+from sftdata.cli.kit import EXIT_OK, EXIT_USAGE, UsageError
+
+EXIT_FLAGGED = kit.EXIT_FINDINGS  # exit 1: the probe flagged the SFT model (a CI gate)
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
-
-class UsageError(Exception):
-    """Usage or input error: one message, exit 2."""
-
-
-def _is_usage_error(e: BaseException) -> bool:
-    # Our own input errors, plus sftdata's (a bad argument, an unreadable input).
-    from probes.pair import PairError
-    from probes.suite import SuiteError
-    from sftdata.errors import SftlabError
-
-    return isinstance(e, (UsageError, PairError, SuiteError, SftlabError))
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.print_usage(sys.stderr)
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def _run(body: Callable[[], int]) -> int:
-    try:
-        return body()
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return EXIT_INTERRUPTED
-    except SystemExit as e:  # argparse --help
-        return int(e.code or 0)
-    except BrokenPipeError:
-        return EXIT_OK
-    except Exception as e:  # noqa: BLE001 - usage errors exit 2, anything else is our bug: traceback, exit 3
-        if _is_usage_error(e):
-            from sftdata.cli.kit import flag
-            from sftdata.errors import SftlabError
-
-            sys.stderr.write(f"error: {e.describe(flag(e.param)) if isinstance(e, SftlabError) else e}\n")
-            return EXIT_USAGE
-        traceback.print_exc()
-        sys.stderr.write("probes crashed: this is a bug, please report it with the traceback above\n")
-        return EXIT_CRASH
+# The command plumbing is sftdata's (DESIGN.md §5): one-line errors naming the flag, exit 2 for
+# sftdata's and probes' own SftlabErrors (PairError, SuiteError are UsageErrors), 3 for bugs,
+# 130 on Ctrl-C, 143 on SIGTERM.
+_parser = kit.parser
+_run = kit.run
+_positive = kit.positive_int
 
 
 def _print_json(command: str, summary: dict[str, Any], findings: list[Any]) -> None:
-    obj = {"schema_version": 1, "command": command, "summary": summary, "findings": [f.to_dict() for f in findings]}
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    kit.print_json(command, summary, [f.to_dict() for f in findings])
 
 
 def _setup_logging() -> None:
@@ -97,16 +59,6 @@ def _nonneg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
     return v
 
 

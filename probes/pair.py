@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftdata.errors import SftlabError
+from sftdata.errors import SftlabError, UsageError
 from sftdata.models import quiet_peft
 
 log = logging.getLogger(__name__)
 
 
-class PairError(Exception):
+class PairError(UsageError):
     """A model argument that cannot be used (exit 2); the message names the flag and what to try."""
 
 

@@ -16,13 +16,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftdata.errors import UsageError
 from sftdata.records import Finding, Source
 
 BUILTIN = Path(__file__).resolve().parent / "data" / "builtin.jsonl"
 SHOTS = 3  # few-shot examples in a built completion prompt
 
 
-class SuiteError(Exception):
+class SuiteError(UsageError):
     """The suite as a whole cannot be used (missing file, no usable row): exit 2."""
 
 
