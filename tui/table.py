@@ -51,7 +51,7 @@ class Table(ScrollView, can_focus=True):
     ]
     cursor: reactive[int] = reactive(0)
 
-    class Highlighted(Message):
+    class _RowMessage(Message):
         def __init__(self, table: Table, index: int) -> None:
             super().__init__()
             self.table, self.index = table, index
@@ -60,14 +60,11 @@ class Table(ScrollView, can_focus=True):
         def control(self) -> Table:
             return self.table
 
-    class Selected(Message):
-        def __init__(self, table: Table, index: int) -> None:
-            super().__init__()
-            self.table, self.index = table, index
+    class Highlighted(_RowMessage):
+        """The cursor moved to row `index`."""
 
-        @property
-        def control(self) -> Table:
-            return self.table
+    class Selected(_RowMessage):
+        """Enter on row `index`."""
 
     def __init__(
         self,
