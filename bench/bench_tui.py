@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sftdata import rundir
+
 CHECKS = [
     ("mask.boundary-mismatch", "warning"),
     ("length.truncated-answer", "warning"),
@@ -40,23 +42,7 @@ def make_run(root: Path, n: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     run = root / f"run-{n}"
     (run / "audit").mkdir(parents=True, exist_ok=True)
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("file", pa.string()),
-            ("line", pa.int32()),
-            ("row", pa.int32()),
-            ("n_tokens", pa.int32()),
-            ("n_tokens_full", pa.int32()),
-            ("n_trained", pa.int32()),
-            ("truncated", pa.bool_()),
-            ("n_findings", pa.int32()),
-            ("severity", pa.string()),
-            ("input_ids", pa.list_(pa.int32())),
-            ("loss_mask", pa.list_(pa.bool_())),
-            ("message_index", pa.list_(pa.int32())),
-        ]
-    )
+    schema = rundir.examples_schema()  # the audit's own columns
     with pq.ParquetWriter(run / "audit" / "examples.parquet", schema) as w:
         for start in range(0, n, 4096):
             k = min(4096, n - start)
