@@ -1504,6 +1504,23 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
     and is what read(..., columns=) takes. A relative file_name is resolved against the
     dataset_info.json directory."""
     path, name = os.fspath(dataset_info), dataset
+    entry = _dataset_info_entry(path, name)
+    if entry.get("file_name"):
+        source = os.path.join(os.path.dirname(path), entry["file_name"])
+    elif entry.get("hf_hub_url"):
+        source = entry["hf_hub_url"]
+    else:
+        raise UsageError(
+            f"the entry has neither file_name nor hf_hub_url "
+            f"(keys: {sorted(entry)}); download the data and add a file_name",
+            param="dataset",
+            value=name,
+        )
+    return (source, *_dataset_info_format(entry, name))
+
+
+def _dataset_info_entry(path: str, name: str) -> dict[str, Any]:
+    """Entry `name` of the dataset_info.json at `path`, its value types checked."""
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
@@ -1549,17 +1566,12 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
                     param="dataset_info",
                     value=path,
                 )
-    if entry.get("file_name"):
-        source = os.path.join(os.path.dirname(path), entry["file_name"])
-    elif entry.get("hf_hub_url"):
-        source = entry["hf_hub_url"]
-    else:
-        raise UsageError(
-            f"the entry has neither file_name nor hf_hub_url "
-            f"(keys: {sorted(entry)}); download the data and add a file_name",
-            param="dataset",
-            value=name,
-        )
+    return entry
+
+
+def _dataset_info_format(entry: dict[str, Any], name: str) -> tuple[str, dict[str, str]]:
+    """(sftdata format, columns) of a dataset_info.json entry: LLaMA-Factory's `formatting`
+    and `ranking` mapped to ours; `columns` merges the entry's columns and tags."""
     columns = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
     formatting, ranking = entry.get("formatting", "alpaca"), bool(entry.get("ranking"))
     if formatting in ("sharegpt", "openai"):
@@ -1585,7 +1597,7 @@ def read_dataset_info(dataset_info: str, dataset: str) -> tuple[str, str, dict]:
         raise UsageError(
             f"unknown formatting {formatting!r}; expected alpaca, sharegpt or openai", param="dataset", value=name
         )
-    return source, fmt, columns
+    return fmt, columns
 
 
 def _did_you_mean(value: str, choices: Iterable[str]) -> str:
