@@ -113,7 +113,27 @@ def _parts(model: Any) -> tuple[Any, Any]:
     """(decoder, output head) of a causal LM or a PeftModel around one: the head is applied only to
     the positions that predict a candidate token (a full logits tensor is most of the memory)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_decoder(), inner.get_output_embeddings()
+    head = inner.get_output_embeddings()
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    # What some families' forward() does after the output layer (transformers' modeling code):
+    # Cohere multiplies by logit_scale, Granite divides by logits_scaling, Gemma 2/3 soft-cap.
+    scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if not (scale or divide or cap):
+        return inner.get_decoder(), head
+
+    def scaled_head(hidden: Any) -> Any:
+        logits = head(hidden)
+        if scale:
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return inner.get_decoder(), scaled_head
 
 
 def _prefix_cache(model: Any, prefix: Sequence[int], rows: int, device: str) -> Any:

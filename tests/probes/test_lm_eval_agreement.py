@@ -54,3 +54,49 @@ def test_greedy_matches_transformers_generate(model_and_tok):
     for p, o in zip(prompts, ours):
         ref = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
         assert o == ref[0, len(p) :].tolist()
+
+
+def _family(name, tok):
+    """A tiny random model of a family whose forward() changes the logits after the output layer."""
+    import transformers
+
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    cls, extra = {
+        "gemma2": ("Gemma2", {"final_logit_softcapping": 0.5, "head_dim": 16}),  # tanh soft-cap
+        "cohere": ("Cohere", {"logit_scale": 8.0}),  # logits * logit_scale
+        "granite": ("Granite", {"logits_scaling": 0.125}),  # logits / logits_scaling
+    }[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, cls + "Config")(**common, **extra)
+    return getattr(transformers, cls + "ForCausalLM")(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gemma2", "cohere", "granite"])
+def test_families_that_rescale_logits_score_like_their_forward(family, sft_tokenizer):
+    """Scoring applies the output layer itself (only where a candidate token is predicted), so it
+    must also apply what the family's forward() does after it; the reference is forward()'s logits."""
+    tok = sft_tokenizer
+    model = _family(family, tok)
+    requests = REQUESTS[:5]
+    reference = []
+    with torch.inference_mode():
+        for context, continuation in requests:
+            ctx, cont = scoring.encode_pair(tok, context, continuation)
+            logits = model(torch.tensor([ctx + cont])).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            reference.append(sum(logp[len(ctx) - 1 + k, t].item() for k, t in enumerate(cont)))
+    assert scoring.loglikelihood(model, tok, requests) == pytest.approx(reference, abs=1e-4)
+    prompt = scoring.encode(tok, "The sky is")
+    ref = model.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert (
+        scoring.greedy(model, [prompt], max_new_tokens=4, stop_ids=set(), max_rows=2)[0]
+        == ref[0, len(prompt) :].tolist()
+    )
