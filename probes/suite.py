@@ -120,7 +120,7 @@ def _item(row: object, path: str, line: int) -> tuple[Item | None, tuple[str, st
             )
     lists = {}
     for key in ("aliases", "distractors"):
-        value = row.get(key, [])
+        value = row.get(key) or []  # optional: absent, null or []
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             return None, (f"'{key}' must be a list of non-empty strings, got {value!r}", f'write "{key}": ["..."]')
         lists[key] = tuple(v.strip() for v in value)
@@ -137,6 +137,8 @@ def _item(row: object, path: str, line: int) -> tuple[Item | None, tuple[str, st
             f"'completion_prompt' must be a string, got {type(prompt).__name__}",
             "drop it to get a few-shot prompt",
         )
+    if prompt is not None and not prompt.strip():
+        return None, ("'completion_prompt' is empty", "write the prompt the base model continues, or drop it")
     rid = row.get("id")
     if rid is not None and not isinstance(rid, (str, int)):
         return None, (f"'id' must be a string, got {type(rid).__name__}", "use a string id or leave it out")
@@ -212,13 +214,16 @@ def from_knowledge(path: str, *, n_distractors: int = 3, seed: int = 0) -> tuple
         for fact in item.meta.get("facts", []):
             facts.append((str(entity), str(fact["fact"]), str(fact["value"]), item.source))
     values: dict[str, list[str]] = {}
-    for _, name, value, _ in facts:
+    own: dict[tuple[str, str], set[str]] = {}  # (entity, fact) -> its values: true answers, never distractors
+    for entity, name, value, _ in facts:
         if value not in values.setdefault(name, []):
             values[name].append(value)
+        own.setdefault((entity, name), set()).add(value)
     rng = random.Random(seed)
     rows = []
+    seen: dict[str, int] = {}
     for entity, name, value, source in facts:
-        pool = [v for v in values[name] if v != value]
+        pool = [v for v in values[name] if v not in own[(entity, name)]]
         if not pool:
             findings.append(
                 Finding(
@@ -231,9 +236,11 @@ def from_knowledge(path: str, *, n_distractors: int = 3, seed: int = 0) -> tuple
                 )
             )
             continue
+        rid = f"{entity}/{name}"
+        seen[rid] = seen.get(rid, 0) + 1
         rows.append(
             {
-                "id": f"{entity}/{name}",
+                "id": rid if seen[rid] == 1 else f"{rid}/{seen[rid]}",  # a fact with several values
                 "relation": name,
                 "question": f"What is the {name} of {entity}?",
                 "gold": value,
