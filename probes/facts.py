@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probes import stats
-from probes.pair import Pair
+from probes.pair import Pair, require_chat_template
 from probes.suite import Item, chat_prompts, completion_candidates, completion_prompts
 from sftdata.records import Finding
 
@@ -84,13 +84,15 @@ def _side(item: Item, scores: list[float], tie: float) -> dict[str, Any]:
         "predicted": item.gold if margin > 0 else item.distractors[best],
         "scores": {c: round(s, 4) for c, s in zip(item.candidates, scores)},
         "known": rank == 1 and margin >= tie,
+        "lost": margin <= 0,  # decided on the unrounded margin, like `predicted` and `known`
         "generated": None,
         "generated_correct": None,
     }
 
 
 def _lost(side: dict[str, Any]) -> bool:
-    return side["margin"] <= 0
+    """Gold is not ranked above every distractor (the SFT side of a flip)."""
+    return side["lost"]
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -237,6 +239,7 @@ def run(
     timings: dict[str, float] = {}
     comp = completion_prompts(items, SHOTS if shots is None else shots, pool=shot_pool)
     comp_cands = completion_candidates(items)
+    require_chat_template(pair.sft_tokenizer)
     chat = chat_prompts(items, pair.sft_tokenizer)
     chat_cands = [list(it.candidates) for it in items]
     t = time.perf_counter()

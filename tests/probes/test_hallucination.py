@@ -81,3 +81,17 @@ def test_normalized_matching():
     assert facts.is_correct("The capital is New Delhi.", it)
     assert facts.is_correct("delhi", it)
     assert not facts.is_correct("Delhiite food", it)
+
+
+def test_a_margin_that_rounds_to_zero_is_decided_on_its_sign():
+    """Margins are written rounded to 4 decimals; the decisions (predicted, known, lost) use the
+    unrounded value, so a side that predicts gold is never counted as having lost it."""
+    from probes.facts import _lost, _side
+    from probes.suite import Item
+    from sftdata.records import Source
+
+    item = Item("r/1", "r", "Q?", "gold", (), ("other",), Source("s.jsonl", 1), None)
+    ahead = _side(item, [-1.00002, -1.00005], tie=0.1)
+    assert ahead["margin"] == 0.0 and ahead["predicted"] == "gold" and not _lost(ahead)
+    behind = _side(item, [-1.00005, -1.00002], tie=0.1)
+    assert behind["margin"] == 0.0 and behind["predicted"] == "other" and _lost(behind)
