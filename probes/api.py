@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,10 @@ def hallucination(
     floor: float = hallucination_mod.FLOOR,
     limit: int | None = None,
     pair: Pair | None = None,
+    command: list[str] | None = None,
 ) -> Report:
-    """Run the narrow-hallucination probe (probes.hallucination module docstring)."""
+    """Run the narrow-hallucination probe (probes.hallucination module docstring). `command` is
+    what the run directory's manifest records as the command (default: this process's argv)."""
     if isinstance(suite, str):
         items, bad = read_suite(suite)
     else:
@@ -64,7 +65,7 @@ def hallucination(
     )
     if run_dir is not None:
         inputs = [str(suite_path(suite))] if isinstance(suite, str) else []
-        write_report(run_dir, report, "hallucination.jsonl", inputs=inputs)
+        write_report(run_dir, report, "hallucination.jsonl", inputs=inputs, command=command)
     return report
 
 
@@ -78,7 +79,14 @@ def per_relation_subset(items: list[Item], per_relation: int) -> list[Item]:
     return [it for it in items if it.id in keep]
 
 
-def write_report(run_dir: str | os.PathLike[str], report: Report, records_name: str, *, inputs: list[str] = ()) -> None:
+def write_report(
+    run_dir: str | os.PathLike[str],
+    report: Report,
+    records_name: str,
+    *,
+    inputs: list[str] = (),
+    command: list[str] | None = None,
+) -> None:
     """RUN/probes/<records_name>, this command's key of RUN/probes/summary.json, the manifest stage."""
     out = Path(run_dir) / "probes"
     rundir.write_jsonl(out / records_name, report.records)
@@ -94,7 +102,7 @@ def write_report(run_dir: str | os.PathLike[str], report: Report, records_name: 
     rundir.update_manifest(
         run_dir,
         f"probes.{report.command}",
-        command=["probes", *sys.argv[1:]],
+        command=command,  # None: this process's argv (rundir.update_manifest)
         config={k: v for k, v in report.summary.items() if isinstance(v, (str, int, float, bool))},
         inputs=inputs,
     )

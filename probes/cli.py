@@ -134,6 +134,7 @@ def hallucination_main(argv: list[str] | None = None) -> int:
             alpha=args.alpha,
             floor=args.floor,
             limit=args.limit,
+            command=["probes", "hallucination", *(sys.argv[2:] if argv is None else argv)],
         )
         if args.json:
             _print_json("hallucination", report.summary, report.findings)

@@ -136,7 +136,9 @@ def run(
     neutral: Sequence[str] | None = None,
 ) -> Report:
     from probes.facts import _eot_ids
+    from probes.pair import with_sft_template
 
+    pair = with_sft_template(pair)
     rows: list[dict[str, Any]] = []
     findings: list[Finding] = []
     eot_sft, eot_base = _eot_ids(pair.sft_tokenizer), _eot_ids(pair.base_tokenizer)
@@ -409,8 +411,10 @@ def api(
     limit: int = LIMIT,
     generate: int = GENERATE,
     neutral: Sequence[str] | None = None,
+    command: list[str] | None = None,
 ) -> Report:
-    """probes.overfit(base, sft, train="train.jsonl", heldout="heldout.jsonl", run_dir=None)."""
+    """probes.overfit(base, sft, train="train.jsonl", heldout="heldout.jsonl", run_dir=None).
+    `command`: what the manifest records (default: this process's argv)."""
     from probes.api import make_pair, write_report
 
     if not train:
@@ -426,7 +430,7 @@ def api(
         [*bad, *bad_h, *report.findings],
     )
     if run_dir is not None:
-        write_report(run_dir, report, "overfit.jsonl", inputs=[train] + ([heldout] if heldout else []))
+        write_report(run_dir, report, "overfit.jsonl", inputs=[train] + ([heldout] if heldout else []), command=command)
     return report
 
 
@@ -477,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=run_dir,
             limit=args.limit,
             generate=max(0, args.generate),
+            command=["probes", "overfit", *(sys.argv[2:] if argv is None else argv)],
         )
         if args.json:
             cli._print_json("overfit", report.summary, report.findings)

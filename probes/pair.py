@@ -47,6 +47,32 @@ class Pair:
             yield self.base_model
 
 
+def require_chat_template(tokenizer: Any, flag: str = "--sft") -> None:
+    """The SFT side is asked in its chat template: without one there is no prompt to ask it in."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PairError(
+            f"{flag}: its tokenizer has no chat template, so there is no chat prompt to ask it in; point "
+            f"{flag} at the SFT model's own directory or run directory (tokenizer_config.json or "
+            "chat_template.jinja holds the template)"
+        )
+
+
+def with_sft_template(pair: Pair) -> Pair:
+    """`pair`, its base tokenizer carrying the SFT tokenizer's chat template when it has none of its
+    own (a pretrained base): where both models are asked the same conversation, the base is asked
+    in the SFT model's format."""
+    require_chat_template(pair.sft_tokenizer)
+    if getattr(pair.base_tokenizer, "chat_template", None):
+        return pair
+    import copy
+    import dataclasses
+
+    base_tokenizer = copy.copy(pair.base_tokenizer)  # shallow: the vocabulary is shared, not changed
+    base_tokenizer.chat_template = pair.sft_tokenizer.chat_template
+    log.info("the base tokenizer has no chat template: the base model is asked in the SFT model's")
+    return dataclasses.replace(pair, base_tokenizer=base_tokenizer)
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path

@@ -108,3 +108,23 @@ def test_overfit_cli_usage(tmp_path):
     assert main(["overfit", "--help"]) == 0
     assert main(["overfit", "--sft", "x"]) == 2  # --train is required
     assert main(["overfit", "--sft", "x", "--base", "y", "--train", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_chat_templates_a_pretrained_base_lacks_and_an_sft_model_must_have(overfit_models, suite_file, tmp_path):
+    """A pretrained base has no chat template: overfit asks it in the SFT model's. An SFT tokenizer
+    without one is a usage error naming --sft, not a crash."""
+    import copy
+
+    from probes.pair import PairError
+
+    base, memorized, _, _, tok = overfit_models
+    plain = copy.copy(tok)
+    plain.chat_template = None
+    train = _write(tmp_path / "train.jsonl", TRAIN)
+    with_plain_base = probes.overfit(base, memorized, str(train), tokenizer=plain, sft_tokenizer=tok, generate=1)
+    reference = probes.overfit(base, memorized, str(train), tokenizer=tok, generate=1)
+    assert with_plain_base.records == reference.records
+    with pytest.raises(PairError, match="--sft: its tokenizer has no chat template"):
+        probes.overfit(base, memorized, str(train), tokenizer=tok, sft_tokenizer=plain, generate=0)
+    with pytest.raises(PairError, match="--sft: its tokenizer has no chat template"):
+        probes.hallucination(base, memorized, str(suite_file), tokenizer=tok, sft_tokenizer=plain)

@@ -116,7 +116,8 @@ def test_sfttrain_run_dir_toggles_the_adapter(fact_models, model_dirs, suite_fil
     assert s["adapter_toggled"] is True and s["base"] == str(base_dir)
     assert s["flips"] == 0 and s["base_known"] == 22
     assert (run / "probes/hallucination.jsonl").is_file()  # the run directory is the default --run-dir
-    assert "probes.hallucination" in json.loads((run / "manifest.json").read_text())["stages"]
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["probes.hallucination"]
+    assert stage["command"] == ["probes", "hallucination", "--sft", str(run), "--suite", str(suite_file), "--json"]
     # an unfinished run is a usage error naming the fix
     (run / "train/adapter/adapter_config.json").unlink()
     import shutil
