@@ -1,4 +1,4 @@
-"""pytest fixture `sft_probe` (loaded by sftdata's pytest11 plugin): gate your CI on what SFT did.
+"""pytest fixture `sft_probe` (entry point `pytest11: sftlab-probes`): gate your CI on what SFT did.
 
     def test_sft_kept_facts(sft_probe):
         report = sft_probe(base="smollm2-135m-instruct", sft="runs/demo", suite="builtin")

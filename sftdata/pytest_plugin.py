@@ -23,18 +23,7 @@ __all__ = [
     "build_tiny_causal_lm",
     "make_conversation",
     "new_conversation",
-    "pytest_configure",
     "sft_tokenizer",
     "sftdata_audit",
     "tiny_causal_lm",
 ]
-
-
-def pytest_configure(config: object) -> None:
-    """Also load the probes' fixtures (`sft_probe`) when the probes package is installed; sftdata
-    itself never imports it."""
-    import importlib.util
-
-    pm = config.pluginmanager  # type: ignore[attr-defined]
-    if importlib.util.find_spec("probes") is not None and not pm.has_plugin("probes.pytest_plugin"):
-        pm.import_plugin("probes.pytest_plugin")
