@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout, or two levels up from a git worktree (/work/wt/NAME)
+SHARED = next(
+    (p for p in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data") if p.is_dir()),
+    REPO.parent / "shared" / "data",
+)
 ALPACA = SHARED / "llamafactory" / "alpaca_en_demo.json"
 
 

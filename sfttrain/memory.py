@@ -7,7 +7,7 @@
     plan(estimate, cfg, available) -> Plan    the largest micro-batch that fits, with the gradient
                                               accumulation that keeps the tokens per optimizer step
 
-The per-token constants are measured (bench/train_memory.py, BENCHMARKS.md): on CPU, a Llama layer
+The per-token constants are measured (tests/sfttrain/memprobe.py, BENCHMARKS.md): on CPU, a Llama layer
 saves about 12 x (hidden + intermediate) values per token for backward under LoRA (inputs of each
 norm, projection, activation, the fp32 upcasts, LoRA's dropout copies); full fine-tuning saves a
 little less per token but adds the weight gradients and AdamW's two states. Attention adds

@@ -1,9 +1,15 @@
-"""Measure one training step's peak memory in a fresh process (run as a script by test_memory.py and
-bench/train_memory.py): `python memprobe.py '{"hidden": 64, "layers": 2, "rows": 2, "length": 128, ...}'`.
+"""Measure one training step's peak memory in a fresh process, run as a script by test_memory.py (and
+for the estimator-vs-measured table in BENCHMARKS.md):
+
+    python tests/sfttrain/memprobe.py '{"hidden": 64, "layers": 2, "rows": 2, "length": 128, "dir": "/tmp/x"}'
+
+`dir` must be a new directory per run (the probe trains into dir/run).
 
 Prints one JSON line: the estimate (sfttrain.memory, with the same inputs the trainer gives it) and
 the measured peak RSS the first optimizer step added to the process (Linux: /proc/self/clear_refs
-resets VmHWM just before the step; VmHWM after it is the step's peak)."""
+resets VmHWM just before the step; VmHWM after it is the step's peak). glibc's mmap threshold is
+fixed and the heap trimmed before the step, so the number is the step's live memory, the same from
+run to run, not what the allocator happened to keep from building the model."""
 
 from __future__ import annotations
 
@@ -22,6 +28,32 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
+def _glibc() -> object | None:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None  # not glibc: the measurement then includes whatever the allocator keeps
+
+
+def _fix_mmap_threshold() -> None:
+    """Allocations over 128 KiB come from mmap and go back to the OS when freed (glibc's default
+    threshold, made fixed: by default it grows after frees and big tensors then reuse heap pages).
+    Without it the same small step measured anywhere from 58 to 102 MB; with it, the same to the MB."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _malloc_trim() -> None:
+    """Hand the heap's free pages back to the OS, so the pre-step RSS is live memory only."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 class PeakOfFirstStep(TrainerCallback):
     def __init__(self) -> None:
         self.base = self.peak = 0
@@ -30,6 +62,7 @@ class PeakOfFirstStep(TrainerCallback):
         import gc
 
         gc.collect()
+        _malloc_trim()
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         self.base = _status("VmRSS")
 
@@ -46,6 +79,7 @@ def main(spec: dict) -> dict:
     from sfttrain import train as train_mod
     from sfttrain.config import Config
 
+    _fix_mmap_threshold()
     torch.set_num_threads(int(spec.get("threads", 1)))
     tok = AutoTokenizer.from_pretrained(resolve_tokenizer_path("smollm2-135m-instruct"))
     if spec.get("model") == "demo":
