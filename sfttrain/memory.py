@@ -16,8 +16,10 @@ about 1.5 x heads x T values per token and layer under sdpa with the block mask 
 The LM head runs in tiles (TRL's fused head) over the trained positions only, so it costs a
 bounded buffer, not batch x length x vocabulary logits.
 
-The estimate is checked against measured peaks (tests/sfttrain/test_memory.py): within -25% and
-+100% of them on small models, about 20% high on SmolLM2-135M at 512-1024 tokens (BENCHMARKS.md).
+The estimate is checked against measured peaks (tests/sfttrain/test_memory.py): never below the
+measured step peak (an estimate that is low is an out-of-memory kill) and at most 2x it on small
+models (1.4-1.9x measured; the fixed overheads dominate there), about 20% high on SmolLM2-135M at
+512-1024 tokens (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ mark is only meaningful once per process): it builds a random Llama on the demo 
 optimizer step through `sfttrain.train.train` (packed rows, fp32, sdpa, one thread) and prints the
 estimate the trainer's `fit_memory` would have made and the step's measured peak RSS.
 
-The promise checked is the one sfttrain/memory.py's docstring makes: the estimate is within -25% and
-+100% of the measured peak on small models. Settings: a small (hidden 64 x 2 layers, 2 rows x 128
+The promise checked is the one sfttrain/memory.py's docstring makes: the estimate is never below the
+measured peak (a low estimate is an out-of-memory kill) and at most twice it on small models. Settings: a small (hidden 64 x 2 layers, 2 rows x 128
 tokens) and a medium (hidden 256 x 4 layers, 4 rows x 512 tokens) model, gradient checkpointing off
 and on, LoRA and (medium) full fine-tuning. About 60 s of CPU in all (five
 fresh processes of 9-16 s).
@@ -24,7 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MEMPROBE = Path(__file__).with_name("memprobe.py")
-LOW, HIGH = 0.75, 2.0  # memory.py: "within -25% and +100% of them on small models"
+LOW, HIGH = 1.0, 2.0  # memory.py: "never below the measured step peak and at most 2x it on small models"
 
 SMALL = {"hidden": 64, "layers": 2, "rows": 2, "length": 128}
 MEDIUM = {"hidden": 256, "layers": 4, "rows": 4, "length": 512}

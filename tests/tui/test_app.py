@@ -13,8 +13,9 @@ import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, Select, Static
 
+from sftdata.catalogue import CHECKS
 from tui import run as rd
-from tui.app import HelpScreen, PickerScreen, RunScreen, SftTui, TextScreen, main
+from tui.app import HelpScreen, PickerScreen, RunScreen, SftTui, TextScreen, explain, main
 from tui.table import Table
 
 
@@ -173,7 +174,9 @@ def test_explain_help_and_palette(in_base: Path) -> None:
         await pilot.pause()
         assert isinstance(screen.app.screen, TextScreen)
         check = screen.shown[0].check
-        assert check in str(screen.app.screen.query_one("#text-body", Static).render())
+        body = str(screen.app.screen.query_one("#text-body", Static).render())
+        # the catalogue's own explanation (`sftdata audit --explain`), not a fragment of docs/checks.md
+        assert body.startswith(f"{check} (") and "Fix:" in body and CHECKS[check].fix in body
         await pilot.press("escape")
         await pilot.press("question_mark")
         assert isinstance(screen.app.screen, HelpScreen)
@@ -193,6 +196,12 @@ def test_explain_help_and_palette(in_base: Path) -> None:
         assert len(screen.shown) == 2 and {f.check for f in screen.shown} == {"format.role-order"}
 
     drive(SftTui(rd.open_run("runs/audit")), scenario)
+
+
+def test_explain_unknown_check_says_so() -> None:
+    text = explain("nope.not-a-check")
+    assert "unknown check" in text and "nope.not-a-check" in text
+    assert explain("format.role-order").startswith("format.role-order (warning)")
 
 
 def test_duplicates_side_by_side_and_contamination(in_base: Path) -> None:
@@ -367,6 +376,9 @@ def test_probes_side_by_side_flips_and_relations(probes_base: Path, monkeypatch:
         rel = screen.relation
         assert rel and all(i["relation"] == rel for i in table.rows)
         assert "memorization" in plain(screen.overfit_tables())
+        # the Overview shows both probes commands (manifest stages probes.hallucination, probes.overfit)
+        body = plain(screen.overview())
+        assert "probes hallucination --base tiny-model" in body and "probes overfit --base tiny-model" in body
 
     drive(SftTui(rd.open_run("runs/train")), scenario)
 
@@ -377,3 +389,58 @@ def test_screen_flag_opens_that_screen(in_base: Path) -> None:
         assert screen.active_tab() == "duplicates"
 
     drive(SftTui(rd.open_run("runs/audit"), screen="duplicates"), scenario)
+
+
+# -- every key on every screen of runs that have one stage only ----------------------------------
+
+STAGES = ("audit", "dedup", "train", "probes")
+
+
+def one_stage_run(base: Path, src: str, stage: str, dest: Path) -> Path:
+    """A copy of the real run `base/src` holding only `stage`/ (and the manifest's entries for it)."""
+    dest.mkdir(parents=True)
+    shutil.copytree(base / src / stage, dest / stage, ignore=shutil.ignore_patterns("model", "checkpoints", "adapter"))
+    m = json.loads((base / src / "manifest.json").read_text(encoding="utf-8"))
+    m["stages"] = {k: v for k, v in m.get("stages", {}).items() if k == stage or k.startswith(f"{stage}.")}
+    (dest / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    for other in STAGES:
+        assert (dest / other).is_dir() == (other == stage)
+    return dest
+
+
+def every_key() -> list[str]:
+    keys = [k for b in (*RunScreen.BINDINGS, *SftTui.BINDINGS) for k in b.key.split(",")]  # type: ignore[union-attr]
+    return [k for k in dict.fromkeys([*keys, "enter", "down", "up", "escape", "ctrl+p"]) if k != "q"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_key_on_every_screen_of_a_one_stage_run(
+    stage: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs that lack the other stages: no key on any screen crashes (e.g. `m` on Duplicates without
+    dedup/, `s` on Findings without audit/ or dedup/), and `q` still quits with exit code 0."""
+    if stage in ("audit", "dedup"):
+        base, src = request.getfixturevalue("runs_base"), "runs/audit"
+    else:
+        base, src = request.getfixturevalue("probes_base"), "runs/train"
+    monkeypatch.chdir(base)  # the findings' relative source paths resolve from here
+    run = one_stage_run(base, src, stage, tmp_path / f"only-{stage}")
+    keys = every_key()
+    app = SftTui(rd.open_run(run))
+
+    async def scenario(pilot, screen: RunScreen) -> None:
+        for tab in "123456":
+            for key in keys:
+                await pilot.press(tab, key)
+                await pilot.pause()
+                for _ in range(3):  # a help, explain, go-to or palette screen: close it
+                    if pilot.app.screen is screen:
+                        break
+                    await pilot.press("escape")
+                    await pilot.pause()
+                assert pilot.app.screen is screen and pilot.app.return_code is None, (stage, tab, key)
+        await pilot.press("q")
+        await pilot.pause()
+
+    drive(app, scenario)
+    assert app.return_code == 0
