@@ -132,11 +132,16 @@ class Finding:
 
 def make_id(file: str, record_number: int) -> str:
     """Conversation id: `<file stem>/<1-based record number>`, unique within a read and readable."""
+    return f"{id_prefix(file)}{record_number}"
+
+
+def id_prefix(file: str) -> str:
+    """What make_id puts before the record number: `<file stem>/` (a reader computes it once per file)."""
     name = file.replace("\\", "/").rsplit("/", 1)[-1]
     for ext in (".gz", ".jsonl", ".json", ".parquet", ".csv", ".arrow"):
         if name.endswith(ext):
             name = name[: -len(ext)]
-    return f"{name}/{record_number}"
+    return f"{name}/"
 
 
 def replace(obj: Any, **changes: Any) -> Any:
