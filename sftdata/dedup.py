@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -842,14 +842,17 @@ def _findings(
                 float(pairs.verified_jaccard[e]),
             )
         )
-    for x in np.sort(dropped).tolist():
-        rep = int(rep_of[x])
+    xs = np.sort(dropped)
+    reps = rep_of[xs]
+    kept: dict[int, _Kept] = {}  # what the findings say about each representative, worked out once
+    for x, rep, same, size in zip(
+        xs.tolist(), reps.tolist(), (uid[xs] == uid[reps]).tolist(), cluster_size[xs].tolist(), strict=True
+    ):
         est, ver = to_rep[x]
-        findings.append(
-            _duplicate_finding(
-                examples, texts, x, rep, "exact" if uid[x] == uid[rep] else "near", est, ver, int(cluster_size[x])
-            )
-        )
+        k = kept.get(rep)
+        if k is None:
+            k = kept[rep] = _kept(examples[rep], texts[rep])
+        findings.append(_duplicate_finding(examples[x], texts[x], k, "exact" if same else "near", est, ver, size))
     return findings
 
 
@@ -883,41 +886,51 @@ def _side(conversation: Conversation) -> dict[str, Any]:
 EMITS = ("dedup.exact", "dedup.near", "dedup.contamination")
 
 
+class _Kept(NamedTuple):
+    """A representative as its cluster's findings name it."""
+
+    conversation: Conversation
+    where: str  # "{source} ({id})"
+    snippet: str  # repr of its text's snippet
+    hint: str
+
+
+def _kept(kept: Conversation, text: str) -> _Kept:
+    return _Kept(
+        kept,
+        f"{kept.source} ({kept.id})",
+        repr(snippet(text)),
+        f"drop it: `sftdata dedup ... -o KEPT` keeps {kept.source} for this cluster",
+    )
+
+
 def _duplicate_finding(
-    examples: tuple[Conversation, ...],
-    texts: list[str],
-    x: int,
-    rep: int,
-    kind: str,
-    estimate: float,
-    verified: float,
-    size: int,
+    ex: Conversation, text: str, kept: _Kept, kind: str, estimate: float, verified: float, size: int
 ) -> Finding:
-    ex, kept = examples[x], examples[rep]
-    mine = snippet(texts[x])
+    mine = snippet(text)
     if kind == "exact":
         message = (
-            f"{ex.source} is an exact duplicate (after normalisation) of {kept.source} ({kept.id}), which "
+            f"{ex.source} is an exact duplicate (after normalisation) of {kept.where}, which "
             f"-o keeps; cluster of {size} examples: {mine!r}"
         )
     else:
         message = (
-            f"{ex.source} near-duplicates {kept.source} ({kept.id}), which -o keeps: verified Jaccard "
+            f"{ex.source} near-duplicates {kept.where}, which -o keeps: verified Jaccard "
             f"{verified:.3f} (MinHash estimate {estimate:.3f}); cluster of {size} examples: {mine!r} vs "
-            f"{snippet(texts[rep])!r}"
+            f"{kept.snippet}"
         )
     return finding(
         "dedup.exact" if kind == "exact" else "dedup.near",
         message,
         ex,
-        hint=f"drop it: `sftdata dedup ... -o KEPT` keeps {kept.source} for this cluster"
+        hint=kept.hint
         + (
             ""
             if verified >= 1.0 or kind == "exact"
             else " (check the pair in dedup/clusters.parquet if the texts should both stay)"
         ),
         data={
-            "other": _side(kept),
+            "other": _side(kept.conversation),
             "cluster_size": size,
             "verified_jaccard": round(verified, 4),
             "estimated_jaccard": round(estimate, 4),

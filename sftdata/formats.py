@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from sftdata import readers
 from sftdata.catalogue import emits, finding
 from sftdata.errors import DataError, UsageError
-from sftdata.records import ROLES, SHAPES, Conversation, Finding, Message, Source, make_id
+from sftdata.records import ROLES, SHAPES, Conversation, Finding, Message, Source, id_prefix
 from sftdata.rundir import atomic_open
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,12 @@ def _read(
     limit: int | None,
     keep: Callable[[int], bool] | None,
 ) -> Iterator[tuple[int, Conversation | Finding]]:
+    prefix = id_prefix(path)  # make_id(path, n) without working out the file stem per record
     for rec in readers.iter_records(path, split, keep):
         n = rec.number
         if limit is not None and n > limit:
             return
-        example_id = make_id(path, n)
+        example_id = f"{prefix}{n}"
         if rec.error is not None:
             yield (
                 n,
@@ -197,8 +198,9 @@ def _read(
                 ),
             )
             continue
-        for f in _content_warnings(conv):
-            yield n, f
+        if _has_empty_content(conv):
+            for f in _content_warnings(conv):
+                yield n, f
         yield n, conv
 
 
@@ -295,13 +297,21 @@ def _parse_row(
     if not parsed.messages:
         raise RecordError("format.missing-field", "no messages", "a record needs at least one message")
     meta = parsed.meta
-    extra = {k: v for k, v in row.items() if k not in parsed.consumed}
+    extra = {} if parsed.consumed.issuperset(row) else {k: v for k, v in row.items() if k not in parsed.consumed}
     if meta.get("columns"):
         extra = {**meta["columns"], **extra}
     meta.pop("columns", None)
     if extra:
         meta["columns"] = extra
     return Conversation(example_id, tuple(parsed.messages), source, parsed.tools, meta, parsed.shape)
+
+
+def _has_empty_content(conv: Conversation) -> bool:
+    """Whether _content_warnings has anything to say (a fast test: most records have none)."""
+    for m in conv.messages:
+        if not m.content.strip() and not m.tool_calls:
+            return True
+    return False
 
 
 def _content_warnings(conv: Conversation) -> Iterator[Finding]:
@@ -337,13 +347,16 @@ def _keys(row: dict[str, Any]) -> list[str]:
 
 def _get(row: dict[str, Any], key: str, types: type | tuple[type, ...], what: str = "record") -> Any:
     """row[key], which must be present, not null, and of `types`."""
-    if row.get(key) is None:
+    value = row.get(key)
+    if value is None:
         raise RecordError(
             "format.missing-field",
             f"{what} has no {key!r} (keys: {_keys(row)})",
             f"add {key!r}, or name the right format with --from",
         )
-    return _typed(row[key], types, f"{what} field {key!r}")
+    if type(value) is types or (type(types) is tuple and type(value) in types):
+        return value  # exactly one of the types (the common case): what _typed accepts
+    return _typed(value, types, f"{what} field {key!r}")
 
 
 def _typed(value: Any, types: type | tuple[type, ...], what: str) -> Any:

@@ -37,7 +37,7 @@ _BATCH_ROWS = 1024
 Keep = Callable[[int], bool]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RawRecord:
     """One record as the container holds it. `row` is the parsed value (normally a dict);
     `error` says why it could not be parsed (then `row` is None)."""
@@ -46,6 +46,9 @@ class RawRecord:
     source: Source
     row: Any = None
     error: str | None = None
+
+    def __init__(self, number: int, source: Source, row: Any = None, error: str | None = None) -> None:
+        self.__dict__.update(number=number, source=source, row=row, error=error)  # see records.Message
 
 
 def container_of(path: str) -> tuple[str, bool]:
@@ -204,9 +207,45 @@ def _kept(records: Iterator[RawRecord], keep: Keep | None) -> Iterator[RawRecord
 
 
 def _iter_jsonl(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRecord]:
-    f = gzip.open(path, "rb") if gz else open(path, "rb")
-    with f:
-        yield from _jsonl_records(path, f, keep=keep)
+    lines = _chunked_lines(path, gz)
+    try:
+        yield from _jsonl_records(path, lines, keep=keep)
+    finally:
+        lines.close()
+
+
+_CHUNK = 1 << 16  # bytes of (decompressed) text read at a time (memory stays bounded)
+
+
+def _chunked_lines(path: str, gz: bool) -> Iterator[bytes]:
+    """The file's lines as `readline` gives them (each with its b"\\n", the last one maybe
+    without), read 64 KiB at a time: a gzip readline per line costs more than the decompression.
+    When a read fails (a truncated or corrupt gzip stream), the file is read again line by line
+    from the first line not yet given, so the error is raised after exactly the lines, and at
+    the place, that reading line by line gives."""
+    given = 0
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        rest = b""
+        try:
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    break
+                lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    yield line + b"\n"
+                given += len(lines)
+        except (OSError, EOFError, zlib.error):
+            pass  # read again below, line by line
+        else:
+            if rest:
+                yield rest
+            return
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        for _ in range(given):
+            f.readline()
+        yield from f
 
 
 def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None = None) -> Iterator[RawRecord]:
@@ -247,7 +286,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
             if keep is not None and not keep(number):
                 continue
         try:
-            row = json.loads(text)
+            row = _loads(text)
         except json.JSONDecodeError as e:
             yield RawRecord(number, Source(path, lineno), error=f"not valid JSON: {e.msg} at column {e.colno}")
             continue
@@ -265,6 +304,23 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
                 yield RawRecord(number, Source(path, lineno), error=why)
                 continue
         yield RawRecord(number, Source(path, lineno), row)
+
+
+_scan_once = json.decoder.JSONDecoder().scan_once  # the scanner json.loads runs (the C one where built)
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text): for a line that is one object plus whitespace (the common case) the
+    scanner json.loads runs, called directly; anything else, and any error, goes through
+    json.loads itself, so what it returns and raises is json.loads's."""
+    if text[:1] == "{":
+        try:
+            row, end = _scan_once(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            return json.loads(text)
+        if end == len(text) or not text[end:].strip(" \t\n\r"):
+            return row
+    return json.loads(text)
 
 
 # A surrogate escape (\ud800-\udfff), a valid high+low pair matched whole: a match of 6

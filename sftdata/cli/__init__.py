@@ -4,6 +4,7 @@ each with main(argv) -> int. The library (sftdata.audit, sftdata.formats, ...) n
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 
@@ -28,7 +29,16 @@ USAGE = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the process's own command line: it exits when the command returns
+        try:
+            return _main(sys.argv[1:])
+        finally:
+            gc.freeze()  # so exiting skips the collector's pass over all the command allocated (0.2 s on T0)
+    return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
+    argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if argv else 2
