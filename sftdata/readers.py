@@ -37,7 +37,7 @@ _BATCH_ROWS = 1024
 Keep = Callable[[int], bool]
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class RawRecord:
     """One record as the container holds it. `row` is the parsed value (normally a dict);
     `error` says why it could not be parsed (then `row` is None)."""
@@ -46,9 +46,6 @@ class RawRecord:
     source: Source
     row: Any = None
     error: str | None = None
-
-    def __init__(self, number: int, source: Source, row: Any = None, error: str | None = None) -> None:
-        self.__dict__.update(number=number, source=source, row=row, error=error)  # see records.Message
 
 
 def container_of(path: str) -> tuple[str, bool]:

@@ -18,12 +18,7 @@ POLICIES = ("assistant", "last", "all")
 SHAPES = ("chat", "text", "prompt-completion", "text-label", "knowledge", "self-instruct-seed")
 
 
-# Message and Source, made a few per record, write their own __init__ (the fields, in order, with
-# their defaults; a test checks it): a frozen dataclass's generated one sets each field through
-# object.__setattr__, which makes reading T0 (110,000 messages) a tenth slower.
-
-
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class Message:
     """One turn. `train` overrides the mask policy for this message (None = follow the policy)."""
 
@@ -34,26 +29,6 @@ class Message:
     tool_call_id: str | None = None
     reasoning: str | None = None
     train: bool | None = None
-
-    def __init__(
-        self,
-        role: str,
-        content: str,
-        tool_calls: tuple[dict[str, Any], ...] | None = None,
-        name: str | None = None,
-        tool_call_id: str | None = None,
-        reasoning: str | None = None,
-        train: bool | None = None,
-    ) -> None:
-        self.__dict__.update(
-            role=role,
-            content=content,
-            tool_calls=tool_calls,
-            name=name,
-            tool_call_id=tool_call_id,
-            reasoning=reasoning,
-            train=train,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """OpenAI-style dict, the shape chat templates expect; our extras only when set."""
@@ -71,16 +46,13 @@ class Message:
         return d
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class Source:
     """Where a record came from: file and 1-based line (JSONL, CSV) or 0-based row index."""
 
     file: str
     line: int | None = None
     row: int | None = None
-
-    def __init__(self, file: str, line: int | None = None, row: int | None = None) -> None:
-        self.__dict__.update(file=file, line=line, row=row)  # see Message
 
     def __str__(self) -> str:
         if self.line is not None:

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from sftdata.readers import RawRecord
 from sftdata.records import SHAPES, Conversation, Finding, Message, Source, Tokenized, make_id, replace
 
 
@@ -33,27 +32,6 @@ def test_source_names_the_place():
 def test_make_id_is_the_file_stem_and_record_number():
     assert make_id("data/train.jsonl.gz", 12) == "train/12"
     assert make_id("C:\\data\\x.parquet", 1) == "x/1"
-
-
-@pytest.mark.parametrize("cls", [Message, Source, RawRecord])
-def test_hand_written_inits_take_the_fields_in_order_with_their_defaults(cls):
-    """Message, Source and RawRecord write their own __init__ (faster than a frozen dataclass's):
-    it must stay what dataclasses would generate."""
-    import inspect
-
-    params = list(inspect.signature(cls).parameters.values())
-    fields = dataclasses.fields(cls)
-    assert [p.name for p in params] == [f.name for f in fields]
-    assert [p.default for p in params] == [
-        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
-    ]
-    assert all(f.default_factory is dataclasses.MISSING for f in fields)
-    required = [f"v{i}" for i, p in enumerate(params) if p.default is inspect.Parameter.empty]
-    obj = cls(*required)
-    assert dataclasses.astuple(obj)[: len(required)] == tuple(required)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        obj.__setattr__(fields[0].name, "other")
-    assert dataclasses.replace(obj, **{fields[-1].name: "z"}) == cls(*required, **{fields[-1].name: "z"})
 
 
 def test_records_are_frozen_and_meta_does_not_count_for_equality():
