@@ -540,7 +540,10 @@ def dedup(
     progress: Callable[[str], None] | None = None,
 ) -> DedupResult:
     """Find exact and near duplicates within `train` and contamination of `train` by `against`.
-    `progress(stage)` is called as each of STAGES begins (the CLI draws a bar with it)."""
+    `progress(stage)` is called as each of STAGES begins (the CLI draws a bar with it).
+
+    Longer than most functions here on purpose: it is the pipeline, read top to bottom, one block
+    per stage (each timed by `_Clock`), handing numpy arrays on; the helpers below hold the details."""
     clock = _Clock(progress)
     clock.start("normalize")
     spec = parse_shingle(config.shingle)
@@ -597,19 +600,69 @@ def dedup(
 
     clock.start("clusters")
     pairs = _example_pairs(uid, n_train, first_train, first_against, near, near_est, near_ver)
+    c = _cluster(pairs, n_train, length, config.keep)
+    # every member's similarity to its representative (a member can join through a chain of pairs)
+    to_rep = np.stack([uid[c.member_order], uid[c.rep_of[c.member_order]]], axis=1)
+    rep_est = estimated_jaccard(sigs.hashvalues, to_rep)
+    rep_ver = np.where(to_rep[:, 0] == to_rep[:, 1], 1.0, verified_jaccard(sets, to_rep, threads=config.threads))
+    del sets
+
+    clock.start("findings")
+    mo = c.member_order
+    dropped = mo[~c.representative[mo] & ~c.contaminated[c.rep_of[mo]]]
+    size_of = np.ones(n_train, dtype=np.int64)
+    size_of[c.members] = c.size[c.cluster[c.members]]
+    similarity = dict(zip(mo.tolist(), zip(rep_est.tolist(), rep_ver.tolist())))
+    findings = _findings(examples, raw, pairs, dropped, c.rep_of, uid, size_of, similarity)
+    clusters = _clusters_table(examples, c, rep_est, rep_ver)
+    clock.start(None)
+    counts = _counts(examples, n_train, uid, n_texts, pairs, c, dropped)
+    counts.update(lsh_candidates=len(cand), lsh_unverified_remote_candidates=remote)
+    counts["char_shingled_texts"] = int(sigs.char_shingled.sum())
+    summary = {**counts, **_settings(config, spec, params), "seconds": clock.laps}
+    log.info("dedup: seconds per stage %s", clock.laps)
+    return DedupResult(
+        examples,
+        n_train,
+        pairs,
+        c.cluster,
+        c.representative,
+        c.contaminated,
+        c.kept,
+        tuple(findings),
+        summary,
+        params,
+        clusters,
+    )
+
+
+@dataclass
+class _Clusters:
+    cluster: np.ndarray  # per training example: its cluster id, -1 when in none
+    members: np.ndarray  # training examples in a cluster, ascending
+    member_order: np.ndarray  # the same, by cluster then index
+    representative: np.ndarray  # bool per training example: it is its cluster's kept example
+    rep_of: np.ndarray  # per training example: its representative (itself when in no cluster)
+    contaminated: np.ndarray  # bool per training example: near-copies an --against example
+    size: np.ndarray  # per cluster id: its number of members
+    kept: tuple[int, ...]  # what -o writes
+
+
+def _cluster(pairs: Any, n_train: int, length: np.ndarray, keep: str) -> _Clusters:
+    """Clusters = connected components of the exact and near pairs among training examples; each
+    keeps one representative (`keep`: first, or longest normalised text), never a contaminated one
+    unless all its members are; contaminated examples are never kept."""
     contaminated = np.zeros(n_train, dtype=bool)
     is_cont = pairs.kind == 2
     contaminated[pairs.left[is_cont]] = True
-
-    # clusters: connected components of exact and near pairs among training examples
     dup = ~is_cont
     labels = _components(n_train, pairs.left[dup], pairs.right[dup])
     in_cluster = np.bincount(labels, minlength=n_train)[labels] > 1 if n_train else np.zeros(0, dtype=bool)
     cluster = np.full(n_train, -1, dtype=np.int64)
-    roots, inverse = np.unique(labels[in_cluster], return_inverse=True)
+    _, inverse = np.unique(labels[in_cluster], return_inverse=True)
     cluster[in_cluster] = inverse
     members = np.flatnonzero(in_cluster)
-    policy = -length[members] if config.keep == "longest" else np.zeros(len(members), dtype=np.int64)
+    policy = -length[members] if keep == "longest" else np.zeros(len(members), dtype=np.int64)
     order = members[np.lexsort((members, policy, contaminated[members], cluster[members]))]
     is_first = np.ones(len(order), dtype=bool)
     is_first[1:] = cluster[order[1:]] != cluster[order[:-1]]
@@ -619,46 +672,41 @@ def dedup(
     rep_of = np.arange(n_train)
     rep_of[members] = reps[cluster[members]]
     kept = tuple(int(i) for i in np.flatnonzero((~in_cluster | representative) & ~contaminated))
-    size = np.bincount(cluster[members], minlength=len(roots))
-    # every member's similarity to its representative (a member can join through a chain of pairs)
+    size = np.bincount(cluster[members], minlength=len(reps))
     member_order = members[np.lexsort((members, cluster[members]))]
-    to_rep = np.stack([uid[member_order], uid[rep_of[member_order]]], axis=1)
-    rep_est = estimated_jaccard(sigs.hashvalues, to_rep)
-    rep_ver = np.where(to_rep[:, 0] == to_rep[:, 1], 1.0, verified_jaccard(sets, to_rep, threads=config.threads))
-    del sets
+    return _Clusters(cluster, members, member_order, representative, rep_of, contaminated, size, kept)
 
-    clock.start("findings")
-    dropped = member_order[~representative[member_order] & ~contaminated[rep_of[member_order]]]
-    size_of = np.ones(n_train, dtype=np.int64)
-    size_of[members] = size[cluster[members]]
-    findings = _findings(
-        examples,
-        raw,
-        pairs,
-        dropped,
-        rep_of,
-        uid,
-        size_of,
-        dict(zip(member_order.tolist(), zip(rep_est.tolist(), rep_ver.tolist()))),
-    )
-    exact_drop = dropped[(uid[dropped] == uid[rep_of[dropped]]) & ~contaminated[dropped]]
-    near_drop = dropped[(uid[dropped] != uid[rep_of[dropped]]) & ~contaminated[dropped]]
 
-    # dedup/clusters.parquet: every member of a cluster, with its similarity to the representative
-    clusters = {
-        "cluster_id": cluster[member_order].tolist(),
-        "cluster_size": size[cluster[member_order]].tolist(),
-        "example_id": [examples[i].id for i in member_order],
-        "source_file": [examples[i].source.file for i in member_order],
-        "source_line": [_line(examples[i]) for i in member_order],
-        "representative": representative[member_order].tolist(),
-        "representative_id": [examples[rep_of[i]].id for i in member_order],
+def _clusters_table(examples: Sequence[Conversation], c: _Clusters, rep_est: Any, rep_ver: Any) -> dict[str, list]:
+    """dedup/clusters.parquet's columns: every member of a cluster, with its similarity to the
+    representative (`rep_est`, `rep_ver`: estimated and verified Jaccard, in member_order)."""
+    mo = c.member_order
+    return {
+        "cluster_id": c.cluster[mo].tolist(),
+        "cluster_size": c.size[c.cluster[mo]].tolist(),
+        "example_id": [examples[i].id for i in mo],
+        "source_file": [examples[i].source.file for i in mo],
+        "source_line": [_line(examples[i]) for i in mo],
+        "representative": c.representative[mo].tolist(),
+        "representative_id": [examples[c.rep_of[i]].id for i in mo],
         "estimated_jaccard": rep_est.tolist(),
         "verified_jaccard": rep_ver.tolist(),
-        "contaminated": contaminated[member_order].tolist(),
+        "contaminated": c.contaminated[mo].tolist(),
     }
-    clock.start(None)
-    summary = {
+
+
+def _counts(
+    examples: Sequence[Conversation],
+    n_train: int,
+    uid: np.ndarray,
+    n_texts: int,
+    pairs: Any,
+    c: _Clusters,
+    dropped: Any,
+) -> dict[str, Any]:
+    """The counts part of the summary (the LSH counts are added by the caller)."""
+    exact = uid[dropped] == uid[c.rep_of[dropped]]
+    return {
         "examples": n_train,
         "against_examples": len(examples) - n_train,
         "empty_texts": int((uid[:n_train] < 0).sum()),
@@ -666,21 +714,24 @@ def dedup(
         "exact_duplicates": pairs.count("exact"),
         "near_pairs": pairs.count("near"),
         "contamination_pairs": pairs.count("contamination"),
-        "clusters": len(roots),
-        "examples_in_clusters": len(members),
-        "largest_cluster": int(size.max()) if len(size) else 0,
-        "contaminated": int(contaminated.sum()),
-        "kept": len(kept),
-        "removed": n_train - len(kept),
+        "clusters": len(c.size),
+        "examples_in_clusters": len(c.members),
+        "largest_cluster": int(c.size.max()) if len(c.size) else 0,
+        "contaminated": int(c.contaminated.sum()),
+        "kept": len(c.kept),
+        "removed": n_train - len(c.kept),
         # each dropped example counted once: contamination first, then exact or near (vs the kept representative)
         "dropped_by": {
-            "dedup.exact": len(exact_drop),
-            "dedup.near": len(near_drop),
-            "dedup.contamination": int(contaminated.sum()),
+            "dedup.exact": int((exact & ~c.contaminated[dropped]).sum()),
+            "dedup.near": int((~exact & ~c.contaminated[dropped]).sum()),
+            "dedup.contamination": int(c.contaminated.sum()),
         },
-        "lsh_candidates": len(cand),
-        "lsh_unverified_remote_candidates": remote,
-        "char_shingled_texts": int(sigs.char_shingled.sum()),
+    }
+
+
+def _settings(config: DedupConfig, spec: ShingleSpec, params: LshParams) -> dict[str, Any]:
+    """The settings part of the summary."""
+    return {
         "threshold": config.threshold,
         "bands": params.bands,
         "rows": params.rows,
@@ -690,22 +741,7 @@ def dedup(
         "num_perm": config.num_perm,
         "seed": config.seed,
         "keep": config.keep,
-        "seconds": clock.laps,
     }
-    log.info("dedup: seconds per stage %s", clock.laps)
-    return DedupResult(
-        examples,
-        n_train,
-        pairs,
-        cluster,
-        representative,
-        contaminated,
-        kept,
-        tuple(findings),
-        summary,
-        params,
-        clusters,
-    )
 
 
 def _exact_groups(packed: minhash.Packed) -> tuple[np.ndarray, np.ndarray]:
