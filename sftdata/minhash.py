@@ -177,7 +177,8 @@ def _normalize_batch(
     """Kernel of `normalize_many` over texts of nchars[i] characters, UTF-8 in buf one after the
     other. Returns the output buffer, its (n + 1,) offsets, each output's length in characters,
     CJK-heavy flags and the texts left to Python (characters outside the BMP or without a
-    one-character fold). Casefolding never more than doubles a UTF-8 length."""
+    one-character fold). Casefolding never more than doubles a UTF-8 length. One long loop nest on
+    purpose: numba compiles it as one kernel, with no call or array hand-off per character."""
     n = len(nchars)
     out = np.empty(2 * len(buf) + 8, np.uint8)
     off = np.zeros(n + 1, np.int64)
@@ -610,7 +611,8 @@ def _sign_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Text i is buf[off[i]:off[i + 1]], shingled by characters if is_chars[i] else by words, size[i]
     units a shingle. Returns the (n, num_perm) uint32 signatures, every shingle's fingerprint (text
-    by text, in order) and the number of shingles of each text."""
+    by text, in order) and the number of shingles of each text. Long on purpose: one compiled
+    kernel, its three passes (count, fingerprint, permute) sharing their arrays without calls."""
     n = len(off) - 1
     counts = np.zeros(n, np.int64)
     longest = 0
