@@ -32,6 +32,7 @@ from textual.widgets import (
     Static,
     TabbedContent,
     TabPane,
+    Tabs,
 )
 
 from tui import run as rd
@@ -142,24 +143,17 @@ class AskScreen(ModalScreen[str | None]):
 
 
 def explain(check: str) -> str:
-    """`sftdata audit --explain CHECK` text (from sftdata.checks, which imports no torch), else the
-    check's section of docs/checks.md."""
-    try:
-        from sftdata import checks  # stdlib-only module: the check catalogue
+    """`sftdata audit --explain CHECK`: the check's entry in sftdata.catalogue (stdlib only, no torch)."""
+    from sftdata import catalogue
 
-        return checks.explain(check)
-    except (ImportError, AttributeError, KeyError, ValueError):
-        pass
-    for doc in ("checks.md", "checks-dedup.md"):
-        path = Path(__file__).resolve().parent.parent / "docs" / doc
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            start = text.find(f"`{check}`")
-            if start >= 0:
-                head = text.rfind("\n#", 0, start)
-                end = text.find("\n#", start)
-                return text[head + 1 if head >= 0 else start : end if end > 0 else None]
-    return f"{check}: no explanation found (see `sftdata audit --explain {check}` or docs/checks.md)"
+    try:
+        return catalogue.explain(check)
+    except KeyError:
+        return (
+            f"{check}: unknown check — it is not in this sftlab's check catalogue, so there is no explanation "
+            "to show. The run may come from another version of sftlab; `sftdata audit --explain ID` and "
+            "docs/checks.md list the checks this version knows."
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,10 +235,10 @@ class RunScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(initial="overview", id="tabs"):
-            with TabPane("1 Overview", id="overview"), VerticalScroll():
+            with TabPane("1 Overview", id="overview"), VerticalScroll(id="overview-scroll"):
                 yield Static(self.overview(), id="overview-body")
             with TabPane("2 Findings", id="findings"):
-                if self.run.has("audit") or self.run.has("dedup"):
+                if self.has_findings_table():
                     with Horizontal(classes="filters"):
                         yield Select([], prompt="check / area", id="f-check")
                         yield Select([(s, s) for s in rd.SEVERITIES], prompt="severity", id="f-sev")
@@ -378,7 +372,7 @@ class RunScreen(Screen[None]):
                 by_example.setdefault(f.example_id, []).append(f)
         self.by_example = by_example
         self.query_one("#overview-body", Static).update(self.overview())
-        if self.run.has("audit") or self.run.has("dedup"):
+        if self.has_findings_table():
             checks = sorted({f.check for f in findings})
             areas = sorted({c.split(".", 1)[0] for c in checks})
             self.check_values = [*areas, *checks]
@@ -457,9 +451,19 @@ class RunScreen(Screen[None]):
         mstages = m.get("stages") or {}
         for stage in ("audit", "dedup", "train", "probes"):
             present = run.has(stage)
-            cmd = (mstages.get(stage) or {}).get("command") if isinstance(mstages.get(stage), dict) else None
-            if cmd and isinstance(cmd, list):
-                cmd_text = Text(" ".join(Path(str(cmd[0])).name if k == 0 else str(c) for k, c in enumerate(cmd)))
+            # probes records one stage per probe: "probes.hallucination", "probes.overfit"
+            keys = [stage] + sorted(k for k in mstages if k.startswith(f"{stage}."))
+            cmds = [
+                " ".join(Path(str(c)).name if k == 0 else str(c) for k, c in enumerate(cmd))
+                for cmd in (
+                    (mstages[k] or {}).get("command") if isinstance(mstages[k], dict) else None
+                    for k in keys
+                    if k in mstages
+                )
+                if cmd and isinstance(cmd, list)
+            ]
+            if cmds:
+                cmd_text = Text("\n".join(cmds))
             else:
                 cmd_text = Text(f"produce it: {run.producer(stage)}", style="dim") if not present else Text("")
             stages.add_row(stage, Text("yes", style="green") if present else Text("no", style="dim"), cmd_text)
@@ -504,8 +508,11 @@ class RunScreen(Screen[None]):
     def finding_cells(f: rd.Finding) -> tuple[Any, ...]:
         return (sev_text(f.severity), f.check, f.where.rsplit("/", 1)[-1] or (f.example_id or "(run)"), f.message)
 
+    def has_findings_table(self) -> bool:
+        return self.run.has("audit") or self.run.has("dedup")
+
     def refilter(self, keep_cursor: bool = False) -> None:
-        if self.findings is None:
+        if self.findings is None or not self.has_findings_table():
             return
         check = self.query_one("#f-check", Select).value
         sev = self.query_one("#f-sev", Select).value
@@ -559,12 +566,12 @@ class RunScreen(Screen[None]):
         )
 
     def action_search(self) -> None:
-        if self.run.has("audit") or self.run.has("dedup"):
+        if self.has_findings_table():
             self.set_tab("findings")
             self.query_one("#f-text", Input).focus()
 
     def action_sort(self, reverse: bool) -> None:
-        if self.active_tab() != "findings" or self.findings is None:
+        if self.active_tab() != "findings" or self.findings is None or not self.has_findings_table():
             return
         if reverse:
             self.sort_reverse = not self.sort_reverse
@@ -673,7 +680,7 @@ class RunScreen(Screen[None]):
         self.query_one("#example-findings", Static).update(side)
 
     def action_step_finding(self, delta: int) -> None:
-        if self.active_tab() not in ("example", "findings") or not self.shown:
+        if self.active_tab() not in ("example", "findings") or not self.shown or not self.has_findings_table():
             return
         self.finding_pos = max(0, min(self.finding_pos + delta, len(self.shown) - 1)) if self.finding_pos >= 0 else 0
         self.query_one("#findings-table", Table).move_to(self.finding_pos)
@@ -809,7 +816,7 @@ class RunScreen(Screen[None]):
         right.update(self.pair[1])
 
     def action_next_member(self) -> None:
-        if self.active_tab() == "duplicates":
+        if self.active_tab() == "duplicates" and self.run.has("dedup"):
             self.member_pos += 1
             self.show_pair()
 
@@ -1045,24 +1052,23 @@ class RunScreen(Screen[None]):
         return self.query_one("#tabs", TabbedContent).active
 
     def set_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
-
-    def action_tab(self, tab: str) -> None:
-        self.set_tab(tab)
-        table_id = {
+        """Show `tab` and focus a widget in it: its table, else its scroll view, else the tab bar. Focus
+        must leave the old pane: a focused widget in a hidden pane makes TabbedContent switch back."""
+        tabs = self.query_one("#tabs", TabbedContent)
+        tabs.active = tab
+        target = {
+            "overview": "#overview-scroll",
             "findings": "#findings-table",
+            "example": "#example-tokens",
             "duplicates": "#dup-table",
             "training": "#loss-table",
             "probes": "#probe-table",
         }.get(tab)
-        if table_id:
-            tables = self.query(table_id)
-            if tables:
-                tables.first().focus()
-        elif tab in ("example", "overview"):
-            scroll = self.query(f"#{tab}-tokens" if tab == "example" else "#overview-scroll")
-            if scroll:
-                scroll.first().focus()
+        found = self.query_one(f"#{tab}", TabPane).query(target) if target else None
+        self.set_focus(found.first() if found else tabs.query_one(Tabs))
+
+    def action_tab(self, tab: str) -> None:
+        self.set_tab(tab)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # letters typed into an Input are text, not commands
@@ -1145,6 +1151,8 @@ class RunCommands(Provider):
     @staticmethod
     def filter(screen: RunScreen, check: str) -> None:
         screen.action_tab("findings")
+        if not screen.has_findings_table():
+            return
         select = screen.query_one("#f-check", Select)
         if check in screen.check_values:
             select.value = check
