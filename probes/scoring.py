@@ -85,7 +85,9 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
 def _batches(groups: Sequence[Group], order: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
     """Consecutive runs of `order` (sorted by context). A batch ends when it is full, or when adding
     a group would shorten the shared prefix by more tokens (times the rows already in) than the
-    group itself costs on its own."""
+    group itself costs on its own, or when it shares less than half of its context with the group
+    before it (sorted order puts a context with its own few-shot examples next to a relation's
+    common ones: the common run then starts a batch of its own, with its long prefix cached once)."""
     out: list[list[int]] = []
     cur: list[int] = []
     lcp = longest = 0
@@ -94,8 +96,14 @@ def _batches(groups: Sequence[Group], order: list[int], max_tokens: int, max_row
         n = len(ctx) + sum(len(c) for c in conts)
         if cur:
             new_lcp = min(lcp, _lcp([groups[cur[0]][0], ctx]))
+            prev = groups[cur[-1]][0]
             rows = len(cur) + 1
-            if rows > max_rows or rows * (max(longest, n) - new_lcp) > max_tokens or (lcp - new_lcp) * len(cur) > n:
+            if (
+                rows > max_rows
+                or rows * (max(longest, n) - new_lcp) > max_tokens
+                or (lcp - new_lcp) * len(cur) > n
+                or 2 * _lcp([prev, ctx]) < min(len(prev), len(ctx))
+            ):
                 out.append(cur)
                 cur = []
             else:
