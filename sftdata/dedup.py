@@ -616,10 +616,14 @@ def dedup(
     findings = _findings(examples, raw, pairs, dropped, c.rep_of, uid, size_of, similarity)
     clusters = _clusters_table(examples, c, rep_est, rep_ver)
     clock.start(None)
-    counts = _counts(examples, n_train, uid, n_texts, pairs, c, dropped)
-    counts.update(lsh_candidates=len(cand), lsh_unverified_remote_candidates=remote)
-    counts["char_shingled_texts"] = int(sigs.char_shingled.sum())
-    summary = {**counts, **_settings(config, spec, params), "seconds": clock.laps}
+    summary = {
+        **_counts(examples, n_train, uid, n_texts, pairs, c, dropped),
+        "lsh_candidates": len(cand),
+        "lsh_unverified_remote_candidates": remote,
+        "char_shingled_texts": int(sigs.char_shingled.sum()),
+        **_settings(config, spec, params),
+        "seconds": clock.laps,
+    }
     log.info("dedup: seconds per stage %s", clock.laps)
     return DedupResult(
         examples,
@@ -704,7 +708,7 @@ def _counts(
     c: _Clusters,
     dropped: Any,
 ) -> dict[str, Any]:
-    """The counts part of the summary (the LSH counts are added by the caller)."""
+    """The example and cluster counts of the summary."""
     exact = uid[dropped] == uid[c.rep_of[dropped]]
     return {
         "examples": n_train,
