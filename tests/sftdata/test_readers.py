@@ -60,3 +60,53 @@ def test_gzip_csv_and_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     got = list(readers.iter_records(str(tmp_path / "d.parquet")))
     assert [r.row for r in got] == rows and [r.source.row for r in got] == [0, 1]
+
+
+# Lines msgspec reads (the fast path) and lines it refuses (the json path reads them as before).
+FAST_LINES = [
+    b'{"a": 1, "a": 2}',  # duplicate keys: the last wins, as in json.loads
+    b'{"id": 18446744073709551616, "neg": -9223372036854775809}',  # past 64 bits: exact ints, no floats
+    b'{"x": 1.0, "y": -0.0, "z": 1E5, "w": 0.1e-400, "v": 123456789012345678901234567890.5}',
+    b'{"x": "\\ud83d\\ude00 \\u00e9 \\/ \\u0000", "\xc3\xa9": [true, null, {"q": false}]}',
+    b'  {"x": 1}  \r',
+    b'[1, 2]',
+    b'"a string"',
+]
+SLOW_LINES = [
+    b'{"x": NaN}',
+    b'{"x": Infinity}',
+    b'{"x": 1e400}',
+    b'{"x": "\\ud800"}',  # lone surrogate escapes: json reads them, the surrogate check reports them
+    b'{"x": "\\udc00\\ud800"}',
+    b'{"x": "\xed\xa0\x80"}',  # invalid UTF-8
+    b'{"x": "\xc0\x80"}',
+    b'{"x": 1,}',
+    b'{"x": 1} {"y": 2}',
+    b'{"x": ' + b"9" * 5000 + b"}",  # past Python's int-string limit
+    b"[" * 100_000 + b"]" * 100_000,
+]
+
+
+def test_fast_json_path_agrees_with_json_loads(tmp_path):
+    """JSONL lines go through msgspec first: each line it reads must give exactly json.loads's
+    value (types included), and each it refuses must read as it did before msgspec (same row or
+    same error), because it falls through to the json path."""
+    for line in FAST_LINES:
+        assert readers._fast_loads(line + b"\n") is not readers._SLOW, line
+    for line in SLOW_LINES:
+        assert readers._fast_loads(line + b"\n") is readers._SLOW, line[:40]
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(b"\n".join(FAST_LINES + SLOW_LINES) + b"\n")
+    records = list(readers.iter_records(str(path)))
+    assert len(records) == len(FAST_LINES) + len(SLOW_LINES)
+    for rec, line in zip(records, FAST_LINES):
+        want = json.loads(line.decode("utf-8"))
+        assert rec.error is None and repr(rec.row) == repr(want), line
+    slow = {r.source.line: (r.row, r.error) for r in records[len(FAST_LINES) :]}
+    assert slow[len(FAST_LINES) + 1][0]["x"] != slow[len(FAST_LINES) + 1][0]["x"]  # NaN read by json
+    assert slow[len(FAST_LINES) + 3] == ({"x": float("inf")}, None)
+    assert "surrogate" in slow[len(FAST_LINES) + 4][1]
+    assert "invalid UTF-8" in slow[len(FAST_LINES) + 6][1]
+    assert "not valid JSON" in slow[len(FAST_LINES) + 8][1]
+    assert "nested too deeply" in slow[len(FAST_LINES) + 11][1]
+    assert all(r.error for r in records[len(FAST_LINES) + 3 :] if r.source.line != len(FAST_LINES) + 3)
