@@ -3,11 +3,12 @@
 The pipeline, top to bottom (signatures and normalisation live in `sftdata.minhash`):
 
 1. `text_of` picks the text of a Conversation (`fields`: prompt = non-assistant messages, answer =
-   assistant messages, or all) and `minhash.normalize_many` folds every text at once (NFKC,
-   casefold, punctuation to spaces, whitespace collapsed; a compiled kernel). Identical normalised
-   texts are exact duplicates; one copy of each text goes on to step 2. Empty texts are skipped
-   (counted, never paired).
-2. `minhash.sign_packed` computes MinHash signatures bit-identical to datasketch's `MinHash`.
+   assistant messages, or all), as the examples arrive (the CLI passes its readers), and hands it
+   to a `minhash.SignStream`: worker threads fold each batch of texts (NFKC, casefold,
+   punctuation to spaces, whitespace collapsed; a compiled kernel) while the next ones are read.
+   Identical normalised texts are exact duplicates; one copy of each text goes on to step 2.
+   Empty texts are skipped (counted, never paired).
+2. The same workers compute MinHash signatures bit-identical to datasketch's `MinHash`.
 3. `lsh_params` turns the user's Jaccard threshold into bands x rows such that a pair at exactly
    the threshold becomes a candidate with probability >= 0.95, with the smallest false-positive
    area. Candidates come from in-memory banding, or from datasketch's `MinHashLSH` with Redis
@@ -32,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -67,7 +68,10 @@ __all__ = [
 FIELDS = ("prompt", "answer", "all")
 KEEP = ("first", "longest")
 MIN_RECALL = 0.95  # probability that a pair at exactly the threshold becomes an LSH candidate
-STAGES = ("normalize", "signatures", "candidates", "verify", "clusters", "findings")  # progress and summary["seconds"]
+# progress and summary["seconds"]: "read" takes the examples in (the CLI reads its files here) while
+# worker threads normalise and sign their texts; "signatures" is the signing left when the input
+# ends, then exact duplicates (summary["kernel_seconds"]: the workers' seconds in each kernel)
+STAGES = ("read", "signatures", "candidates", "verify", "clusters", "findings")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,45 +538,52 @@ class DedupResult:
 
 
 def dedup(
-    train: Sequence[Conversation],
-    against: Sequence[Conversation] = (),
+    train: Iterable[Conversation],
+    against: Iterable[Conversation] = (),
     config: DedupConfig = DedupConfig(),
     progress: Callable[[str], None] | None = None,
 ) -> DedupResult:
     """Find exact and near duplicates within `train` and contamination of `train` by `against`.
-    `progress(stage)` is called as each of STAGES begins (the CLI draws a bar with it).
+    Both may be iterators (the CLI passes its readers): each example's text is normalised and
+    signed on worker threads while the next ones are read. `progress(stage)` is called as each of
+    STAGES begins (the CLI draws a bar with it).
 
     Longer than most functions here on purpose: it is the pipeline, read top to bottom, one block
     per stage (each timed by `_Clock`), handing numpy arrays on; the helpers below hold the details."""
     clock = _Clock(progress)
-    clock.start("normalize")
+    clock.start("read")
     spec = parse_shingle(config.shingle)
     params = lsh_params(config.threshold, config.num_perm)
-    examples = tuple(train) + tuple(against)
-    n_train = len(train)
-    raw = [text_of(c, config.fields) for c in examples]  # kept for the findings' snippets
-    norm = minhash.normalize_many(raw, threads=config.threads)
+    examples: list[Conversation] = []
+    raw: list[str] = []  # kept for the findings' snippets
+    with minhash.SignStream(spec, num_perm=config.num_perm, seed=config.seed, threads=config.threads) as stream:
+        n_train = 0
+        for k, part in enumerate((train, against)):
+            for c in part:
+                examples.append(c)
+                raw.append(text_of(c, config.fields))
+                stream.add(raw[-1])
+            n_train = len(examples) if k == 0 else n_train
+        clock.start("signatures")
+        norm, signed, kernel_seconds = stream.result()
     uid, first = _exact_groups(norm.packed)  # exact duplicates share a text id
     length = norm.chars  # normalised length, for --keep longest
-    texts = minhash.pack([norm.packed.text(i) for i in first.tolist()])
-    cjk = norm.cjk[first]
     del norm
-    first_train = _first_member(uid[:n_train], len(texts), 0)
-    first_against = _first_member(uid[n_train:], len(texts), n_train)
+    sigs = signed.take(first)  # one signature per distinct non-empty text
+    del signed
+    n_texts = len(first)
+    first_train = _first_member(uid[:n_train], n_texts, 0)
+    first_against = _first_member(uid[n_train:], n_texts, n_train)
     log.info(
         "dedup: %d examples, %d distinct non-empty texts; %d bands x %d rows (P(candidate | J=%.2f) = %.3f)",
         len(examples),
-        len(texts),
+        n_texts,
         params.bands,
         params.rows,
         config.threshold,
         params.recall_at_threshold,
     )
 
-    clock.start("signatures")
-    sigs = minhash.sign_packed(texts, cjk, spec, num_perm=config.num_perm, seed=config.seed, threads=config.threads)
-    n_texts = len(texts)
-    del texts  # the signatures and fingerprints are all that is needed from here on
     clock.start("candidates")
     remote = 0
     if config.lsh_storage:
@@ -623,10 +634,11 @@ def dedup(
         "char_shingled_texts": int(sigs.char_shingled.sum()),
         **_settings(config, spec, params),
         "seconds": clock.laps,
+        "kernel_seconds": {k: round(v, 3) for k, v in kernel_seconds.items()},
     }
     log.info("dedup: seconds per stage %s", clock.laps)
     return DedupResult(
-        examples,
+        tuple(examples),
         n_train,
         pairs,
         c.cluster,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ import numpy as np
 __all__ = [
     "Packed",
     "ShingleSpec",
+    "SignStream",
     "Signatures",
     "is_cjk_heavy",
     "minhash_signatures",
@@ -116,39 +118,56 @@ def normalize_many(texts: Sequence[str], *, threads: int = THREADS, batch_chars:
     Basic Multilingual Plane, from a table built from `str.casefold`) and folds non-word
     characters (`str.isalnum` and `_` are word characters, as `re`'s `\\w`) to single spaces.
     Texts the table cannot fold (characters outside the BMP, folds to several characters such as
-    ß -> ss) go through `normalize` in Python."""
+    ß -> ss) go through `normalize` in Python, batch by batch."""
     _jit()
+    parts = _map(threads, lambda lo, hi: _normalize_part(texts[lo:hi]), _batches(texts, batch_chars))
+    return _concat_normalized(parts)
+
+
+def _normalize_part(texts: Sequence[str]) -> Normalized:
+    """`normalize_many` of one batch, on the calling thread (the kernel releases the GIL)."""
+    return _normalize_prepared(texts, *_prepare(texts))
+
+
+def _prepare(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The Python half of normalising a batch (it holds the GIL): NFKC where a text needs it, then
+    the UTF-8 buffer and each text's length in characters, for `_normalize_prepared`."""
+    part = [
+        t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t) for t in texts
+    ]
+    return _buffer("".join(part).encode("utf-8", "surrogatepass")), np.fromiter(map(len, part), np.int64, len(part))
+
+
+def _normalize_prepared(texts: Sequence[str], buf: np.ndarray, nchars: np.ndarray) -> Normalized:
+    """The kernel half: casefold and fold non-word characters (no GIL), and, for the rare texts
+    the kernel leaves to Python, `normalize` and a re-pack of this batch."""
     fold, word = _tables()
-    n = len(texts)
-
-    def work(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        part = [
-            t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)
-            for t in texts[lo:hi]
-        ]
-        nchars = np.fromiter(map(len, part), np.int64, len(part))
-        buf = _buffer("".join(part).encode("utf-8", "surrogatepass"))
-        return _normalize_batch(buf, nchars, fold, word)
-
-    parts = _map(threads, work, _batches(texts, batch_chars)) if n else []
-    lengths = np.concatenate([np.diff(p[1]) for p in parts]) if parts else np.empty(0, np.int64)
-    chars = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64)
-    cjk = np.concatenate([p[3] for p in parts]) if parts else np.empty(0, bool)
-    redo = np.flatnonzero(np.concatenate([p[4] for p in parts])) if parts else np.empty(0, np.int64)
-    if len(redo) == 0:
-        body = np.concatenate([p[0][: p[1][-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
-        return Normalized(Packed(body, _offsets(lengths)), chars, cjk)
-    # some texts need Python: re-pack, splicing their results in
-    pieces: list[bytes] = []
-    for p in parts:
-        data = p[0].tobytes()
-        pieces.extend(data[p[1][i] : p[1][i + 1]] for i in range(len(p[1]) - 1))
-    for i in redo.tolist():
+    out, off, chars, cjk, redo = _normalize_batch(buf, nchars, fold, word)
+    if not redo.any():
+        end = int(off[-1])
+        body = np.zeros(end + _PAD, np.uint8)
+        body[:end] = out[:end]
+        return Normalized(Packed(body, off), chars, cjk)
+    data = out.tobytes()  # some texts need Python: re-pack this batch, splicing their results in
+    pieces = [data[off[i] : off[i + 1]] for i in range(len(texts))]
+    for i in np.flatnonzero(redo).tolist():
         t = normalize(texts[i])
         pieces[i] = t.encode("utf-8", "surrogatepass")
         chars[i] = len(t)
         cjk[i] = is_cjk_heavy(t)
     return Normalized(pack(pieces), chars, cjk)
+
+
+def _concat_normalized(parts: Sequence[Normalized]) -> Normalized:
+    if not parts:
+        return Normalized(pack([]), np.empty(0, np.int64), np.empty(0, bool))
+    lengths = np.concatenate([np.diff(p.packed.off) for p in parts])
+    body = np.concatenate([p.packed.buf[: p.packed.off[-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
+    return Normalized(
+        Packed(body, _offsets(lengths)),
+        np.concatenate([p.chars for p in parts]),
+        np.concatenate([p.cjk for p in parts]),
+    )
 
 
 _TABLES: tuple[np.ndarray, np.ndarray] | None = None
@@ -330,6 +349,23 @@ class Signatures:
         """Sorted unique fingerprints of text i's shingles."""
         return np.unique(self.fingerprints[self.offsets[i] : self.offsets[i + 1]])
 
+    def take(self, rows: np.ndarray) -> Signatures:
+        """The signatures of texts `rows` (ascending), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and not (np.diff(rows) > 0).all():
+            raise ValueError("Signatures.take: rows must be ascending and distinct")
+        keep = np.zeros(len(self.hashvalues), dtype=bool)
+        keep[rows] = True
+        counts = np.diff(self.offsets)
+        return Signatures(
+            hashvalues=self.hashvalues[rows],
+            fingerprints=self.fingerprints[np.repeat(keep, counts)],
+            offsets=_offsets(counts[rows]),
+            char_shingled=self.char_shingled[rows],
+            num_perm=self.num_perm,
+            seed=self.seed,
+        )
+
 
 def minhash_signatures(
     normalized: Sequence[str],
@@ -366,9 +402,7 @@ def sign_packed(
     _jit()
     a, b = permutations(num_perm, seed)
     n = len(packed)
-    switch = np.asarray(cjk, dtype=bool) & (spec.kind == "words")
-    is_chars = switch | (spec.kind == "chars")
-    size = np.where(switch, CJK_CHARS, spec.size).astype(np.int64)
+    is_chars, size = _shingling(cjk, spec)
     bounds = _byte_batches(packed.off, batch_bytes)
 
     def sign(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -384,6 +418,105 @@ def sign_packed(
         num_perm=num_perm,
         seed=seed,
     )
+
+
+def _shingling(cjk: np.ndarray, spec: ShingleSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: whether it is shingled by characters, and the shingle size in units."""
+    switch = np.asarray(cjk, dtype=bool) & (spec.kind == "words")
+    return switch | (spec.kind == "chars"), np.where(switch, CJK_CHARS, spec.size).astype(np.int64)
+
+
+class SignStream:
+    """`normalize_many` and `sign_packed` of texts handed over one at a time (`add`), so the
+    kernels run on worker threads while the caller produces the next texts (`sftdata dedup` reads
+    and parses its input meanwhile: on T0 that hides most of the normalising and signing behind the
+    reading). Every text is signed, empty and repeated ones too. `result()` returns what
+    normalize_many of all the texts and sign_packed of those return (a test checks it), and how
+    many seconds the workers spent in each. A context manager: leaving it stops the workers.
+
+    With `threads` = t, t - 1 workers take batches of about `batch_chars` characters as they fill
+    up; `result()` has the calling thread take the batches no worker has started, from the last
+    one back, so at the end all t threads sign. With t = 1 each batch is done at once by `add`."""
+
+    def __init__(
+        self,
+        spec: ShingleSpec = ShingleSpec("words", 5),
+        *,
+        num_perm: int = 128,
+        seed: int = 1,
+        threads: int = THREADS,
+        batch_chars: int = 1 << 20,
+    ) -> None:
+        self._spec, self._num_perm, self._seed = spec, num_perm, seed
+        self._perm = permutations(num_perm, seed)
+        self._batch_chars = batch_chars
+        self._pool = (
+            ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="sftdata-sign") if threads > 1 else None
+        )
+        self._pending: list[str] = []
+        self._chars = 0
+        self._batches: list[tuple[tuple[Any, ...], Any]] = []  # (_work's arguments, Future or its result)
+
+    def __enter__(self) -> SignStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, text: str) -> None:
+        self._pending.append(text)
+        self._chars += len(text)
+        if self._chars >= self._batch_chars:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        texts, self._pending, self._chars = self._pending, [], 0
+        args = (texts, *_prepare(texts))  # the Python half here: a worker holding the GIL would stall the caller
+        if self._pool is None:
+            self._batches.append((args, self._work(*args)))
+        else:
+            self._batches.append((args, self._pool.submit(self._work, *args)))
+
+    def _work(
+        self, texts: list[str], buf: np.ndarray, nchars: np.ndarray
+    ) -> tuple[Normalized, tuple[np.ndarray, ...], tuple[float, float]]:
+        _jit()
+        t0 = time.perf_counter()
+        norm = _normalize_prepared(texts, buf, nchars)
+        t1 = time.perf_counter()
+        is_chars, size = _shingling(norm.cjk, self._spec)
+        signed = _sign_batch(norm.packed.buf, norm.packed.off, is_chars, size, *self._perm)
+        return norm, (*signed, is_chars), (t1 - t0, time.perf_counter() - t1)
+
+    def result(self) -> tuple[Normalized, Signatures, dict[str, float]]:
+        """Waits for every batch (taking part in the work); (normalised texts, their signatures,
+        worker seconds {"normalize": ..., "signatures": ...})."""
+        self._flush()
+        parts: list[Any] = [done if self._pool is None else None for _, done in self._batches]
+        for k in range(len(self._batches) - 1, -1, -1):  # the batches no worker started, from the back
+            args, future = self._batches[k]
+            if parts[k] is None and future.cancel():
+                parts[k] = self._work(*args)
+        parts = [p if p is not None else future.result() for p, (_, future) in zip(parts, self._batches)]
+        self._batches = []
+        norm = _concat_normalized([p[0] for p in parts])
+        counts = np.concatenate([p[1][2] for p in parts]) if parts else np.empty(0, np.int64)
+        sigs = Signatures(
+            hashvalues=np.concatenate([p[1][0] for p in parts]) if parts else np.empty((0, self._num_perm), np.uint32),
+            fingerprints=np.concatenate([p[1][1] for p in parts]) if parts else np.empty(0, np.uint64),
+            offsets=_offsets(counts),
+            char_shingled=np.concatenate([p[1][3] for p in parts]) if parts else np.empty(0, bool),
+            num_perm=self._num_perm,
+            seed=self._seed,
+        )
+        seconds = {"normalize": sum(p[2][0] for p in parts), "signatures": sum(p[2][1] for p in parts)}
+        return norm, sigs, seconds
 
 
 def _byte_batches(off: np.ndarray, batch_bytes: int) -> list[tuple[int, int]]:

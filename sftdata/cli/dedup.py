@@ -12,11 +12,13 @@ or unreadable records were, 2 on usage errors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from sftdata import dedup, formats, progress, readers, rundir
@@ -150,12 +152,12 @@ def _dedup(argv: list[str] | None) -> int:
     threading.Thread(target=_load_kernels, name="sftdata-load-kernels", daemon=True).start()
     read_findings: list[Finding] = []
     total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
-    with progress.bar("reading", total) as bar:
-        train = _read_all(args.inputs, "INPUT", read_findings, bar)
-        against = _read_all(args.against, "--against", read_findings, bar)
     try:
-        with progress.bar("dedup", len(dedup.STAGES), unit="stage") as bar:
-            result = dedup.dedup(train, against, config, progress=_stages(bar))
+        with contextlib.ExitStack() as bars:
+            bar = bars.enter_context(progress.bar("reading", total))
+            train = _read_all(args.inputs, "INPUT", read_findings, bar)
+            against = _read_all(args.against, "--against", read_findings, bar)
+            result = dedup.dedup(train, against, config, progress=_stages(bars))
     except _redis_errors() as e:
         raise kit.UsageError(
             f"--lsh-storage {args.lsh_storage}: cannot use Redis ({e}); start redis-server or fix the URL"
@@ -182,7 +184,7 @@ def _dedup(argv: list[str] | None) -> int:
         summary["run_dir"] = args.run_dir
 
     if args.json:
-        kit.print_json("dedup", summary, [f.to_dict() for f in findings])
+        kit.print_json("dedup", summary, [f.to_dict() for f in findings], finite=True)  # Jaccards, counts, text
     else:
         _print_report(summary, result, read_findings)
     found = result.findings or summary["unreadable_records"] or summary.get("not_written")
@@ -231,8 +233,8 @@ def _output_format(output: str, first_input: str) -> str | None:
     return fmt
 
 
-def _read_all(paths: list[str], flag: str, findings: list[Finding], bar: Any) -> list[Conversation]:
-    out: list[Conversation] = []
+def _read_all(paths: list[str], flag: str, findings: list[Finding], bar: Any) -> Iterator[Conversation]:
+    """The examples of `paths`, read as dedup takes them in; what reading finds goes to `findings`."""
     for path in paths:
         try:
             items = formats.read(path)
@@ -240,24 +242,28 @@ def _read_all(paths: list[str], flag: str, findings: list[Finding], bar: Any) ->
             raise kit.UsageError(f"{flag} {e.describe(kit.flag(e.param))}") from None
         for item in items:
             if isinstance(item, Conversation):
-                out.append(item)
                 bar.update()
+                yield item
             else:
                 findings.append(item)
                 if item.severity == "error":
                     bar.update()
-    return out
 
 
-def _stages(bar: Any) -> Any:
-    """dedup's progress callback: one bar step per finished stage, the current stage's name shown."""
-    begun: list[str] = []
+def _stages(bars: contextlib.ExitStack) -> Any:
+    """dedup's progress callback. The reading bar (in `bars`) counts examples during the "read"
+    stage; then it gives way to a bar of one step per finished stage, the current stage's name shown."""
+    state: dict[str, Any] = {}
 
     def on_stage(name: str) -> None:
-        if begun:
-            bar.update(1)
-        begun.append(name)
-        bar.set_description_str(f"dedup: {name}")
+        if name == dedup.STAGES[0]:
+            return
+        if "bar" not in state:
+            bars.close()  # the reading bar: the input is read
+            state["bar"] = bars.enter_context(progress.bar("dedup", len(dedup.STAGES) - 1, unit="stage"))
+        else:
+            state["bar"].update(1)
+        state["bar"].set_description_str(f"dedup: {name}")
 
     return on_stage
 

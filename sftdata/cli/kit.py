@@ -118,6 +118,20 @@ def run(body: Callable[[], int]) -> int:
             signal.signal(signum, handler)
 
 
-def print_json(command: str, summary: dict[str, Any], findings: list[dict[str, Any]], **extra: Any) -> None:
+def print_json(
+    command: str, summary: dict[str, Any], findings: list[dict[str, Any]], *, finite: bool = False, **extra: Any
+) -> None:
+    """`--json`'s one line: json.dumps(obj, ensure_ascii=False, default=str). `finite=True` (the
+    caller's floats are never NaN or infinite: msgspec would write them as null where json writes
+    NaN) has msgspec encode it, about 5x faster (dedup prints 25 MB of findings on T0); the same
+    JSON value, without the spaces after `,` and `:`. json.dumps still encodes what msgspec refuses."""
     obj = {"schema_version": 1, "command": command, "summary": summary, "findings": findings, **extra}
+    if finite:
+        import msgspec
+
+        try:
+            sys.stdout.write(msgspec.json.encode(obj, enc_hook=str).decode("utf-8") + "\n")
+            return
+        except (msgspec.MsgspecError, TypeError, ValueError, UnicodeError):
+            pass
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")

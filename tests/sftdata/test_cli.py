@@ -133,3 +133,34 @@ def test_broken_model_dir_is_an_input_error(data, tmp_path, capsys):
     (model / "tokenizer_config.json").write_text("{}")
     assert cmd_show.main([str(data), "--model", str(model)]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_print_json_finite_is_the_same_json_value(capsys, monkeypatch):
+    """`finite=True` (dedup's --json) encodes with msgspec: the same JSON value json.dumps gives,
+    numpy scalars and paths by str() as before, and json.dumps's output where msgspec refuses."""
+    import io
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from sftdata.cli import kit
+
+    summary = {"n": np.int64(3), "path": Path("/x/y.jsonl"), "big": 1e16, "small": 1e-5, "pair": (1, 2)}
+    findings = [{"check": "dedup.near", "data": {"verified_jaccard": 0.8125, "text": "é\u2028 \x00 日本"}}]
+    kit.print_json("dedup", summary, findings)
+    plain = capsys.readouterr().out
+    kit.print_json("dedup", summary, findings, finite=True)
+    fast = capsys.readouterr().out
+    assert fast != plain and fast.endswith("\n") and fast.count("\n") == 1  # msgspec wrote it
+    assert json.loads(fast) == json.loads(plain)
+    out = io.StringIO()  # holds what a UTF-8 stdout cannot
+    monkeypatch.setattr(sys, "stdout", out)
+    kit.print_json("dedup", {"lone": "\ud800"}, [], finite=True)  # msgspec cannot encode it: json.dumps does
+    assert (
+        out.getvalue()
+        == json.dumps(
+            {"schema_version": 1, "command": "dedup", "summary": {"lone": "\ud800"}, "findings": []}, ensure_ascii=False
+        )
+        + "\n"
+    )

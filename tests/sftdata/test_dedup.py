@@ -826,6 +826,51 @@ def test_normalize_many_equals_normalize_on_real_data():
     assert got.cjk.sum() > 300
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sign_stream_equals_normalize_many_then_sign_packed(threads):
+    """dedup's streaming path (texts handed over one at a time, the kernels on worker threads,
+    the caller taking unstarted batches at the end) gives exactly normalize_many + sign_packed of
+    all the texts: the same bytes, lengths, CJK flags, signatures and fingerprints, in order. Small
+    batches so there are many of them; the edge texts include ones the kernel leaves to Python."""
+    texts = [t for k in range(40) for t in EDGE_TEXTS] + [
+        " ".join(f"w{i}" for i in range(k, k + 30)) for k in range(200)
+    ]
+    with minhash.SignStream(WORDS5, num_perm=64, seed=3, threads=threads, batch_chars=700) as stream:
+        for t in texts:
+            stream.add(t)
+        norm, sigs, seconds = stream.result()
+    want = minhash.normalize_many(texts, threads=1)
+    assert np.array_equal(norm.packed.off, want.packed.off)
+    assert norm.packed.buf[: norm.packed.off[-1]].tobytes() == want.packed.buf[: want.packed.off[-1]].tobytes()
+    assert np.array_equal(norm.chars, want.chars) and np.array_equal(norm.cjk, want.cjk)
+    ref = minhash.sign_packed(want.packed, want.cjk, WORDS5, num_perm=64, seed=3, threads=1)
+    assert np.array_equal(sigs.hashvalues, ref.hashvalues)
+    assert np.array_equal(sigs.fingerprints, ref.fingerprints) and np.array_equal(sigs.offsets, ref.offsets)
+    assert np.array_equal(sigs.char_shingled, ref.char_shingled)
+    assert set(seconds) == {"normalize", "signatures"}
+    rows = np.array([0, 5, 17, len(texts) - 1])
+    part = sigs.take(rows)
+    for k, i in enumerate(rows):
+        assert np.array_equal(part.hashvalues[k], ref.hashvalues[i])
+        assert np.array_equal(part.shingle_set(k), ref.shingle_set(i))
+
+
+def test_dedup_takes_iterators_and_stops_its_workers_when_the_input_fails():
+    """The CLI hands dedup its readers: an error while reading (raised by the iterator) leaves no
+    signing thread behind."""
+    import threading
+
+    def failing():
+        yield conv(1, "a b c d e f", "g h i j")
+        raise ValueError("unreadable")
+
+    with pytest.raises(ValueError, match="unreadable"):
+        dedup.dedup(failing(), iter(()), DedupConfig(threads=2))
+    assert not [t for t in threading.enumerate() if t.name.startswith("sftdata-sign")]
+    r = dedup.dedup(iter([conv(1, "a b c d e f", "g"), conv(2, "a b c d e f", "g")]), iter([conv(3, "x", "y")]))
+    assert r.n_train == 2 and len(r.examples) == 3 and r.summary["exact_duplicates"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Progress bars: on stderr under a terminal, nothing otherwise
 # --------------------------------------------------------------------------------------------
