@@ -110,3 +110,42 @@ def test_fast_json_path_agrees_with_json_loads(tmp_path):
     assert "not valid JSON" in slow[len(FAST_LINES) + 8][1]
     assert "nested too deeply" in slow[len(FAST_LINES) + 11][1]
     assert all(r.error for r in records[len(FAST_LINES) + 3 :] if r.source.line != len(FAST_LINES) + 3)
+
+
+def _line_by_line(path):
+    """What reading a gzip file line by line with the standard library gives: lines, then the error."""
+    lines, error = [], None
+    try:
+        with gzip.open(path, "rb") as f:
+            for line in f:
+                lines.append(line)
+    except (OSError, EOFError) as e:
+        error = type(e)
+    return lines, error
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "corrupt", "not-gzip", "multi-member"])
+def test_fast_gzip_reads_what_the_standard_library_reads(tmp_path, damage):
+    """JSONL .gz is decompressed by isal; on a damaged stream the lines given and the error raised
+    are exactly those of reading it line by line with `gzip`."""
+    assert readers._fast_gzip()[0] is not gzip  # isal is what runs
+    text = b"".join(b'{"text": "line %d %s"}\n' % (i, b"x" * (i % 300)) for i in range(5000))
+    data = gzip.compress(text)
+    blob = {
+        "none": data,
+        "truncated": data[: len(data) * 2 // 3],
+        "corrupt": data[:4000] + bytes(64) + data[4064:],
+        "not-gzip": b"plain text, no gzip header\n",
+        "multi-member": data + gzip.compress(b'{"text": "second member"}\n'),
+    }[damage]
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(blob)
+    want_lines, want_error = _line_by_line(path)
+    got_lines, got_error = [], None
+    try:
+        for line in readers._chunked_lines(str(path), True):
+            got_lines.append(line)
+    except (OSError, EOFError) as e:
+        got_error = type(e)
+    assert got_lines == want_lines and got_error == want_error
+    assert (want_error is None) == (damage in ("none", "multi-member"))
