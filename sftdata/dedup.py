@@ -82,12 +82,10 @@ STAGES = ("read", "signatures", "candidates", "verify", "clusters", "findings")
 def text_of(conversation: Conversation, fields: str = "all") -> str:
     """The raw text dedup compares: prompt = every non-assistant message, answer = assistant ones."""
     if fields == "prompt":
-        parts = [m.content for m in conversation.messages if m.role != "assistant"]
-    elif fields == "answer":
-        parts = [m.content for m in conversation.messages if m.role == "assistant"]
-    else:
-        parts = [m.content for m in conversation.messages]
-    return "\n".join(p for p in parts if p)
+        return "\n".join([m.content for m in conversation.messages if m.role != "assistant" and m.content])
+    if fields == "answer":
+        return "\n".join([m.content for m in conversation.messages if m.role == "assistant" and m.content])
+    return "\n".join([m.content for m in conversation.messages if m.content])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ each with main(argv) -> int. The library (sftdata.audit, sftdata.formats, ...) n
 
 from __future__ import annotations
 
-import gc
 import importlib
 import sys
+from typing import NoReturn
 
 __all__ = ["COMMANDS", "main"]
 
@@ -29,12 +29,28 @@ USAGE = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the process's own command line: it exits when the command returns
-        try:
-            return _main(sys.argv[1:])
-        finally:
-            gc.freeze()  # so exiting skips the collector's pass over all the command allocated (0.2 s on T0)
+    """Run `sftdata ARGV...` and return its exit code; without argv, the process's own command
+    line, and then the process exits (`_exit`)."""
+    if argv is None:
+        _exit(_main(sys.argv[1:]))
     return _main(argv)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit without tearing the interpreter down: flush stdout and stderr, run the atexit hooks
+    (logging's flush, temporary files), then `os._exit`. Freeing every object a command allocated
+    one by one is what Python's own exit does, and on T0 `sftdata dedup` spent 0.35 s (5% of the
+    run) on it after its output was written. Files the commands write are closed by then."""
+    import atexit
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`) or stream: nothing more to say
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _main(argv: list[str]) -> int:
