@@ -17,7 +17,6 @@ import dataclasses
 import gc
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,7 +148,7 @@ def _dedup(argv: list[str] | None) -> int:
     args.inputs = [readers.local_path(p) for p in args.inputs]
     args.against = [readers.local_path(p) for p in args.against]
 
-    threading.Thread(target=_load_kernels, name="sftdata-load-kernels", daemon=True).start()
+    _load_kernels()  # before reading: the workers that sign while it reads need them from the start
     read_findings: list[Finding] = []
     total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
     try:
@@ -192,12 +191,14 @@ def _dedup(argv: list[str] | None) -> int:
 
 
 def _load_kernels() -> None:
-    """Load the compiled kernels while the input is read (a thread), without scipy.linalg: the
-    first time numba loads a compiled function it imports `scipy.linalg.cython_blas` only to learn
-    whether np.correlate/np.convolve may call BLAS (sftdata's kernels call neither), which costs
-    0.45 s of the GIL the reading needs (about 5% of a T0 run). The import is blocked only in this
-    command's process and only while the kernels load; numba then uses its own loop for those two
-    functions."""
+    """Load the compiled kernels (numba's on-disk cache; 0.5-0.7 s) before reading, in this
+    thread. On a thread of their own while the main thread parsed the input they took 2.7 s on T0:
+    loading calls into LLVM, releasing the GIL each time, and waited up to the 5 ms switch
+    interval for it back every time, so the signing workers started late. Without scipy.linalg:
+    the first time numba loads a compiled function it imports `scipy.linalg.cython_blas` only to
+    learn whether np.correlate/np.convolve may call BLAS (sftdata's kernels call neither), 0.45 s.
+    The import is blocked only in this command's process and only while the kernels load; numba
+    then uses its own loop for those two functions."""
     blocked = _BLAS not in sys.modules
     if blocked:
         sys.modules[_BLAS] = None  # type: ignore[assignment]  # `import` raises ImportError
