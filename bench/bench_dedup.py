@@ -348,7 +348,7 @@ def render_e2e(r: dict, machine: dict, command: str) -> str:
         f"| sftdata: `{r['sft_command']}` | {sft['wall_s']:.2f} | "
         f"{min(x['sftdata']['cpu_s'] for x in r['rounds']):.2f} | {sft['peak_rss_mib']:.0f} | "
         + ", ".join(f"{k} {v:.2f}" for k, v in sft["summary"]["seconds"].items())
-        + " (the rest: start-up, reading, output) |",
+        + " (read: parsing the input while workers normalise and sign it; the rest: start-up, output) |",
         "",
         f"**Ratio (best wall / best wall): {r['ratio_best']:.1f}x; CPU seconds: {r['cpu_ratio_best']:.1f}x.**",
         "",
