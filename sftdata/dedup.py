@@ -6,9 +6,10 @@ The pipeline, top to bottom (signatures and normalisation live in `sftdata.minha
    assistant messages, or all), as the examples arrive (the CLI passes its readers), and hands it
    to a `minhash.SignStream`: worker threads fold each batch of texts (NFKC, casefold,
    punctuation to spaces, whitespace collapsed; a compiled kernel) while the next ones are read.
-   Identical normalised texts are exact duplicates; one copy of each text goes on to step 2.
-   Empty texts are skipped (counted, never paired).
-2. The same workers compute MinHash signatures bit-identical to datasketch's `MinHash`.
+2. The same workers compute MinHash signatures bit-identical to datasketch's `MinHash`, for every
+   text as it comes. Identical normalised texts are exact duplicates: the signatures of one copy
+   of each text (`Signatures.take`) go on to step 3. Empty texts are skipped (counted, never
+   paired).
 3. `lsh_params` turns the user's Jaccard threshold into bands x rows such that a pair at exactly
    the threshold becomes a candidate with probability >= 0.95, with the smallest false-positive
    area. Candidates come from in-memory banding, or from datasketch's `MinHashLSH` with Redis
@@ -378,8 +379,8 @@ _jitted = False
 
 
 def load_kernels() -> None:
-    """Load (or compile) every compiled kernel dedup uses now; the CLI does it on a thread while
-    it reads the input."""
+    """Load (or compile) every compiled kernel dedup uses now; the CLI does it before reading, so
+    the signing workers can start on the first batch."""
     minhash._jit()
     _jit()
 
@@ -925,7 +926,10 @@ def _basename(config: DedupConfig, spec: ShingleSpec, params: LshParams) -> byte
 
 
 def snippet(text: str, width: int = 60) -> str:
-    flat = " ".join(text[: width * 4].split())
+    """The first `width` characters of text with its whitespace collapsed ("…" when cut)."""
+    flat = " ".join(text[: width * 2].split())  # enough unless the start is mostly whitespace
+    if len(flat) <= width:
+        flat = " ".join(text[: width * 4].split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
@@ -943,6 +947,7 @@ class _Kept(NamedTuple):
     where: str  # "{source} ({id})"
     snippet: str  # repr of its text's snippet
     hint: str
+    side: dict[str, Any]  # data["other"] of the findings naming it (one dict, shared by them)
 
 
 def _kept(kept: Conversation, text: str) -> _Kept:
@@ -951,6 +956,7 @@ def _kept(kept: Conversation, text: str) -> _Kept:
         f"{kept.source} ({kept.id})",
         repr(snippet(text)),
         f"drop it: `sftdata dedup ... -o KEPT` keeps {kept.source} for this cluster",
+        _side(kept),
     )
 
 
@@ -980,7 +986,7 @@ def _duplicate_finding(
             else " (check the pair in dedup/clusters.parquet if the texts should both stay)"
         ),
         data={
-            "other": _side(kept.conversation),
+            "other": kept.side,
             "cluster_size": size,
             "verified_jaccard": round(verified, 4),
             "estimated_jaccard": round(estimate, 4),

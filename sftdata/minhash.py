@@ -456,11 +456,17 @@ class SignStream:
         )
         self._pending: list[str] = []
         self._chars = 0
-        self._batches: list[tuple[tuple[Any, ...], Any]] = []  # (_work's arguments, Future or its result)
+        # per batch: (a slot holding _work's arguments until a worker or `result` takes them, so
+        # the UTF-8 copy of a signed batch is freed at once; its Future, or its result)
+        self._batches: list[tuple[list[tuple[Any, ...]], Any]] = []
+        self._done = False  # result() was called
         # A worker gives up the GIL at every kernel call and waits for it back up to the switch
         # interval (5 ms) while the caller parses: 1 ms while the stream is open (T0: 0.3 s sooner).
-        self._switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch, 0.001))
+        self._switch: tuple[float, float] | None = None  # (the interval before, the one set)
+        if self._pool is not None:
+            before = sys.getswitchinterval()
+            sys.setswitchinterval(min(before, 0.001))
+            self._switch = (before, sys.getswitchinterval())
 
     def __enter__(self) -> SignStream:
         return self
@@ -469,11 +475,21 @@ class SignStream:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        sys.setswitchinterval(self._switch)
+        """Stop the workers (batches not started are dropped) and put the switch interval back,
+        unless someone changed it since. Idempotent."""
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if self._switch is not None:
+                before, mine = self._switch
+                self._switch = None
+                if sys.getswitchinterval() == mine:
+                    sys.setswitchinterval(before)
 
     def add(self, text: str) -> None:
+        if self._done:
+            raise RuntimeError("SignStream.add() after result()")
         self._pending.append(text)
         self._chars += len(text)
         if self._chars >= self._batch_chars:
@@ -485,9 +501,13 @@ class SignStream:
         texts, self._pending, self._chars = self._pending, [], 0
         args = (texts, *_prepare(texts))  # the Python half here: a worker holding the GIL would stall the caller
         if self._pool is None:
-            self._batches.append((args, self._work(*args)))
+            self._batches.append(([], self._work(*args)))
         else:
-            self._batches.append((args, self._pool.submit(self._work, *args)))
+            slot = [args]
+            self._batches.append((slot, self._pool.submit(self._take, slot)))
+
+    def _take(self, slot: list[tuple[Any, ...]]) -> tuple[Normalized, tuple[np.ndarray, ...], tuple[float, float]]:
+        return self._work(*slot.pop())
 
     def _work(
         self, texts: list[str], buf: np.ndarray, nchars: np.ndarray
@@ -502,13 +522,17 @@ class SignStream:
 
     def result(self) -> tuple[Normalized, Signatures, dict[str, float]]:
         """Waits for every batch (taking part in the work); (normalised texts, their signatures,
-        worker seconds {"normalize": ..., "signatures": ...})."""
+        worker seconds {"normalize": ..., "signatures": ...}). Once: the stream keeps nothing of
+        it (on T0 that is 170 MB the caller frees as soon as it has what it needs)."""
+        if self._done:
+            raise RuntimeError("SignStream.result() was already called")
+        self._done = True
         self._flush()
         parts: list[Any] = [done if self._pool is None else None for _, done in self._batches]
         for k in range(len(self._batches) - 1, -1, -1):  # the batches no worker started, from the back
-            args, future = self._batches[k]
-            if parts[k] is None and future.cancel():
-                parts[k] = self._work(*args)
+            slot, future = self._batches[k]
+            if parts[k] is None and future.cancel():  # no worker took it: its arguments are still there
+                parts[k] = self._take(slot)
         parts = [p if p is not None else future.result() for p, (_, future) in zip(parts, self._batches)]
         self._batches = []
         norm = _concat_normalized([p[0] for p in parts])

@@ -334,8 +334,8 @@ def _fast_loads(raw: bytes) -> Any:
     if _msgspec_decode is None:  # imported on first use: 40 ms
         import msgspec
 
+        _FAST_ERRORS = (msgspec.MsgspecError, RecursionError)  # first: another thread may see the decoder set
         _msgspec_decode = msgspec.json.Decoder().decode
-        _FAST_ERRORS = (msgspec.MsgspecError, RecursionError)
     try:
         return _msgspec_decode(raw)
     except _FAST_ERRORS:

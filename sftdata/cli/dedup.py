@@ -148,14 +148,16 @@ def _dedup(argv: list[str] | None) -> int:
     args.inputs = [readers.local_path(p) for p in args.inputs]
     args.against = [readers.local_path(p) for p in args.against]
 
+    train_files = _open_all(args.inputs, "INPUT")  # a bad path or format fails before the kernels load
+    against_files = _open_all(args.against, "--against")
     _load_kernels()  # before reading: the workers that sign while it reads need them from the start
     read_findings: list[Finding] = []
     total = progress.count_examples(args.inputs + args.against) if progress.is_shown() else None
     try:
         with contextlib.ExitStack() as bars:
             bar = bars.enter_context(progress.bar("reading", total))
-            train = _read_all(args.inputs, "INPUT", read_findings, bar)
-            against = _read_all(args.against, "--against", read_findings, bar)
+            train = _examples(train_files, read_findings, bar)
+            against = _examples(against_files, read_findings, bar)
             result = dedup.dedup(train, against, config, progress=_stages(bars))
     except _redis_errors() as e:
         raise kit.UsageError(
@@ -198,7 +200,7 @@ def _load_kernels() -> None:
     the first time numba loads a compiled function it imports `scipy.linalg.cython_blas` only to
     learn whether np.correlate/np.convolve may call BLAS (sftdata's kernels call neither), 0.45 s.
     The import is blocked only in this command's process and only while the kernels load; numba
-    then uses its own loop for those two functions."""
+    then uses its own loop for those two functions for the rest of the process."""
     blocked = _BLAS not in sys.modules
     if blocked:
         sys.modules[_BLAS] = None  # type: ignore[assignment]  # `import` raises ImportError
@@ -234,13 +236,23 @@ def _output_format(output: str, first_input: str) -> str | None:
     return fmt
 
 
-def _read_all(paths: list[str], flag: str, findings: list[Finding], bar: Any) -> Iterator[Conversation]:
-    """The examples of `paths`, read as dedup takes them in; what reading finds goes to `findings`."""
+def _open_all(paths: list[str], flag: str) -> list[Iterator[Conversation | Finding]]:
+    """formats.read of each path: what it raises (no such file, no format) as a usage error now."""
+    opened = []
     for path in paths:
         try:
-            items = formats.read(path)
+            opened.append(formats.read(path))
         except kit.SftlabError as e:
             raise kit.UsageError(f"{flag} {e.describe(kit.flag(e.param))}") from None
+    return opened
+
+
+def _examples(
+    files: list[Iterator[Conversation | Finding]], findings: list[Finding], bar: Any
+) -> Iterator[Conversation]:
+    """The examples of the opened files, read as dedup takes them in; what reading finds goes to
+    `findings`."""
+    for items in files:
         for item in items:
             if isinstance(item, Conversation):
                 bar.update()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sftdata import cli
 from sftdata.cli import models as cmd_models
 from sftdata.cli import show as cmd_show
+
+REPO = Path(__file__).resolve().parents[2]
 
 ROWS = [
     {"messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "Seven."}]},
@@ -136,17 +139,17 @@ def test_broken_model_dir_is_an_input_error(data, tmp_path, capsys):
 
 
 def test_print_json_finite_is_the_same_json_value(capsys, monkeypatch):
-    """`finite=True` (dedup's --json) encodes with msgspec: the same JSON value json.dumps gives,
-    numpy scalars and paths by str() as before, and json.dumps's output where msgspec refuses."""
+    """`finite=True` (dedup's --json) encodes with msgspec: the same JSON value json.dumps gives
+    for plain types; an object holding a type msgspec does not know (numpy scalars, paths) or
+    cannot encode goes to json.dumps whole, as before."""
     import io
     import sys
-    from pathlib import Path
 
     import numpy as np
 
     from sftdata.cli import kit
 
-    summary = {"n": np.int64(3), "path": Path("/x/y.jsonl"), "big": 1e16, "small": 1e-5, "pair": (1, 2)}
+    summary = {"n": 3, "big": 1e16, "small": 1e-5, "pair": (1, 2), "none": None, "yes": True}
     findings = [{"check": "dedup.near", "data": {"verified_jaccard": 0.8125, "text": "é\u2028 \x00 日本"}}]
     kit.print_json("dedup", summary, findings)
     plain = capsys.readouterr().out
@@ -154,13 +157,52 @@ def test_print_json_finite_is_the_same_json_value(capsys, monkeypatch):
     fast = capsys.readouterr().out
     assert fast != plain and fast.endswith("\n") and fast.count("\n") == 1  # msgspec wrote it
     assert json.loads(fast) == json.loads(plain)
+    for odd in ({"n": np.int64(3), "x": np.float64(0.1)}, {"path": Path("/x/y.jsonl")}):
+        kit.print_json("dedup", odd, findings)
+        want = capsys.readouterr().out
+        kit.print_json("dedup", odd, findings, finite=True)
+        assert capsys.readouterr().out == want
     out = io.StringIO()  # holds what a UTF-8 stdout cannot
     monkeypatch.setattr(sys, "stdout", out)
     kit.print_json("dedup", {"lone": "\ud800"}, [], finite=True)  # msgspec cannot encode it: json.dumps does
-    assert (
-        out.getvalue()
-        == json.dumps(
-            {"schema_version": 1, "command": "dedup", "summary": {"lone": "\ud800"}, "findings": []}, ensure_ascii=False
+    assert out.getvalue() == (
+        json.dumps(
+            {"schema_version": 1, "command": "dedup", "summary": {"lone": "\ud800"}, "findings": []},
+            ensure_ascii=False,
         )
         + "\n"
     )
+
+
+def test_console_exit_is_quick_but_keeps_output_hooks_and_profilers(tmp_path):
+    """The console script exits with os._exit after flushing and running the atexit hooks: the
+    output is all there, a closed stdout is no crash, and under a profiler Python's own exit runs
+    so the profile is written."""
+    import subprocess
+    import sys
+
+    def run(args, **kw):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, **kw)
+
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'ran')!r}, 'w').write('yes'))\n"
+        "sys.argv = ['sftdata', 'dedup', 'examples/messages.jsonl', '--json']\n"
+        "runpy.run_module('sftdata.cli', run_name='__main__')\n"
+    )
+    done = run([str(hook)], cwd=REPO)
+    assert done.returncode == 0 and (tmp_path / "ran").read_text() == "yes"
+    assert json.loads(done.stdout)["summary"]["examples"] > 0  # the whole JSON line, flushed
+    closed = subprocess.run(
+        [sys.executable, "-m", "sftdata.cli", "--version"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=60,
+    )
+    assert closed.returncode == 0
+    shut = subprocess.run(f"{sys.executable} -m sftdata.cli --version >&-", shell=True, capture_output=True, timeout=60)
+    assert shut.returncode == 0 and b"Traceback" not in shut.stderr
+    prof = tmp_path / "p.out"
+    profiled = run(["-m", "cProfile", "-o", str(prof), "-m", "sftdata.cli", "--version"])
+    assert profiled.returncode == 0 and prof.stat().st_size > 0

@@ -835,10 +835,17 @@ def test_sign_stream_equals_normalize_many_then_sign_packed(threads):
     texts = [t for k in range(40) for t in EDGE_TEXTS] + [
         " ".join(f"w{i}" for i in range(k, k + 30)) for k in range(200)
     ]
+    before = sys.getswitchinterval()
     with minhash.SignStream(WORDS5, num_perm=64, seed=3, threads=threads, batch_chars=700) as stream:
+        assert (sys.getswitchinterval() <= 0.001) == (threads > 1 and before > 0.001) or before <= 0.001
         for t in texts:
             stream.add(t)
         norm, sigs, seconds = stream.result()
+        with pytest.raises(RuntimeError):
+            stream.result()  # once: the stream keeps nothing of it
+        with pytest.raises(RuntimeError):
+            stream.add("late")
+    assert sys.getswitchinterval() == before  # put back when the stream closes
     want = minhash.normalize_many(texts, threads=1)
     assert np.array_equal(norm.packed.off, want.packed.off)
     assert norm.packed.buf[: norm.packed.off[-1]].tobytes() == want.packed.buf[: want.packed.off[-1]].tobytes()
@@ -950,3 +957,18 @@ def test_audit_progress_bar_on_a_terminal_only(tmp_path):
     assert "audit" in tty and "\r" in tty and "ex" in tty, tty
     piped = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert "\r" not in piped.stderr and "ex/s" not in piped.stderr
+
+
+def test_snippet_is_the_first_characters_with_whitespace_collapsed():
+    """The findings' snippet: what collapsing the whitespace of the first 4 x width characters
+    gives, cut to width (the shortcut through the first 2 x width must not change it)."""
+
+    def reference(text: str, width: int = 60) -> str:
+        flat = " ".join(text[: width * 4].split())
+        return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+    texts = ["", "short", "x" * 500, " " * 130 + "late start " * 20, "a\n\n\tb " * 40, "word " * 24, "w " * 70]
+    texts += [" " * k + "abc def " * 30 for k in range(0, 240, 7)]
+    for t in texts:
+        for width in (10, 60):
+            assert dedup.snippet(t, width) == reference(t, width), (t[:30], width)
