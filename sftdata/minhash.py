@@ -110,6 +110,7 @@ class Normalized:
     packed: Packed
     chars: np.ndarray  # (n,) int64
     cjk: np.ndarray  # (n,) bool
+    hashes: np.ndarray | None = None  # (n,) uint64 hash of each normalised text, where computed (SignStream)
 
 
 def normalize_many(texts: Sequence[str], *, threads: int = THREADS, batch_chars: int = 4 << 20) -> Normalized:
@@ -149,14 +150,19 @@ def _normalize_prepared(texts: Sequence[str], buf: np.ndarray, nchars: np.ndarra
         body = np.zeros(end + _PAD, np.uint8)
         body[:end] = out[:end]
         return Normalized(Packed(body, off), chars, cjk)
-    data = out.tobytes()  # some texts need Python: re-pack this batch, splicing their results in
-    pieces = [data[off[i] : off[i + 1]] for i in range(len(texts))]
+    # some texts need Python: splice their results into the kernel's output (work per such text,
+    # not per text of the batch: a batch of T0 has about three of them among 1,000)
+    lengths = np.diff(off)
+    pieces: list[np.ndarray] = []
+    done = 0
     for i in np.flatnonzero(redo).tolist():
         t = normalize(texts[i])
-        pieces[i] = t.encode("utf-8", "surrogatepass")
-        chars[i] = len(t)
-        cjk[i] = is_cjk_heavy(t)
-    return Normalized(pack(pieces), chars, cjk)
+        fixed = np.frombuffer(t.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        pieces += [out[off[done] : off[i]], fixed]
+        lengths[i], chars[i], cjk[i] = len(fixed), len(t), is_cjk_heavy(t)
+        done = i + 1
+    pieces += [out[off[done] : off[len(texts)]], np.zeros(_PAD, np.uint8)]
+    return Normalized(Packed(np.concatenate(pieces), _offsets(lengths)), chars, cjk)
 
 
 def _concat_normalized(parts: Sequence[Normalized]) -> Normalized:
@@ -164,10 +170,12 @@ def _concat_normalized(parts: Sequence[Normalized]) -> Normalized:
         return Normalized(pack([]), np.empty(0, np.int64), np.empty(0, bool))
     lengths = np.concatenate([np.diff(p.packed.off) for p in parts])
     body = np.concatenate([p.packed.buf[: p.packed.off[-1]] for p in parts] + [np.zeros(_PAD, np.uint8)])
+    hashes = [p.hashes for p in parts]
     return Normalized(
         Packed(body, _offsets(lengths)),
         np.concatenate([p.chars for p in parts]),
         np.concatenate([p.cjk for p in parts]),
+        np.concatenate(hashes) if all(h is not None for h in hashes) else None,
     )
 
 
@@ -515,6 +523,7 @@ class SignStream:
         _jit()
         t0 = time.perf_counter()
         norm = _normalize_prepared(texts, buf, nchars)
+        norm = Normalized(norm.packed, norm.chars, norm.cjk, _hash_texts(norm.packed.buf, norm.packed.off))
         t1 = time.perf_counter()
         is_chars, size = _shingling(norm.cjk, self._spec)
         signed = _sign_batch(norm.packed.buf, norm.packed.off, is_chars, size, *self._perm)
@@ -752,6 +761,38 @@ def _sha1_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.nd
     return out
 
 
+def _bytes_hash(buf: np.ndarray, s: int, n: int) -> Any:
+    """A fast 64-bit hash of buf[s:s+n], 8 bytes at a time (multiply-xorshift)."""
+    h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(n)
+    p = np.uint64(s)
+    e = np.uint64(s + n)
+    while p + np.uint64(8) <= e:
+        w = np.uint64(0)
+        for i in range(8):
+            w |= np.uint64(buf[p + np.uint64(i)]) << np.uint64(8 * i)
+        h = (h ^ w) * np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(32)
+        p += np.uint64(8)
+    w = np.uint64(0)
+    shift = np.uint64(0)
+    while p < e:
+        w |= np.uint64(buf[p]) << shift
+        shift += np.uint64(8)
+        p += np.uint64(1)
+    h = (h ^ w) * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(29))
+
+
+def _hash_texts(buf: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """`_bytes_hash` of each text buf[off[i]:off[i + 1]]: dedup finds exact duplicates by it
+    (equal hashes are confirmed byte for byte there)."""
+    n = len(off) - 1
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        out[i] = _bytes_hash(buf, off[i], off[i + 1] - off[i])
+    return out
+
+
 def _fmix32(x: Any) -> Any:
     """datasketch's hash of a shingle from the first digest word x (big-endian): the 4 bytes read
     little-endian (`sha1_hash32`), then the MurmurHash3 finalizer (`_fmix(hv, 32)`)."""
@@ -887,6 +928,8 @@ def _jit() -> None:
         g["_sha1_batch"] = numba.njit("uint64[::1](uint8[::1], int64[::1], int64[::1])", nogil=True, cache=True)(
             _sha1_batch
         )
+        g["_bytes_hash"] = numba.njit(inline="always")(_bytes_hash)
+        g["_hash_texts"] = numba.njit("uint64[::1](uint8[::1], int64[::1])", nogil=True, cache=True)(_hash_texts)
         g["_sign_batch"] = numba.njit(
             "Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
             "boolean[::1], int64[::1], uint32[::1], uint32[::1])",

@@ -972,3 +972,21 @@ def test_snippet_is_the_first_characters_with_whitespace_collapsed():
     for t in texts:
         for width in (10, 60):
             assert dedup.snippet(t, width) == reference(t, width), (t[:30], width)
+
+
+def test_exact_groups_by_hash_equal_the_dict_of_texts():
+    """dedup groups exact duplicates by each normalised text's 64-bit hash (computed by the signing
+    workers) and confirms every group byte for byte: the same ids and first members as grouping
+    the texts themselves, and a hash collision (forced here) falls back to that."""
+    texts = ["a b c", "", "x y", "a b c", "z", "x y", "", "a b c", "q", "z"] * 3 + [f"t{i}" for i in range(50)]
+    with minhash.SignStream(WORDS5, threads=2, batch_chars=8) as stream:
+        for t in texts:
+            stream.add(t)
+        norm, _, _ = stream.result()
+    assert norm.hashes is not None and len(norm.hashes) == len(texts)
+    want_uid, want_first = dedup._exact_groups(norm.packed)
+    uid, first = dedup._exact_groups(norm.packed, norm.hashes)
+    assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
+    assert dedup._exact_groups_hashed(norm.packed, np.zeros(len(texts), np.uint64)) is None  # all "collide"
+    uid, first = dedup._exact_groups(norm.packed, np.zeros(len(texts), np.uint64))
+    assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
