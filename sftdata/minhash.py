@@ -134,10 +134,38 @@ def _normalize_part(texts: Sequence[str]) -> Normalized:
 def _prepare(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The Python half of normalising a batch (it holds the GIL): NFKC where a text needs it, then
     the UTF-8 buffer and each text's length in characters, for `_normalize_prepared`."""
-    part = [
-        t if t.isascii() or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t) for t in texts
-    ]
+    part = [t if t.isascii() or unicodedata.is_normalized("NFKC", t) else _nfkc(t) for t in texts]
     return _buffer("".join(part).encode("utf-8", "surrogatepass")), np.fromiter(map(len, part), np.int64, len(part))
+
+
+def _nfkc(text: str) -> str:
+    """unicodedata.normalize("NFKC", text), faster for the usual reason a text is not NFKC: a few
+    compatibility characters (no-break space, ellipsis, superscripts, fractions, ...). Each BMP
+    character that NFKC changes is first replaced by its full decomposition (NFKD): NFKC starts by
+    decomposing every character on its own, so this changes nothing in the result, and it often
+    leaves a text that is already NFKC (T0: 0.29 -> 0.05 s for its 1,548 such texts)."""
+    table = _nfkd_table()
+    replaced = text
+    for ch in set(text):  # str.replace per distinct character: str.translate looks up every one
+        if ord(ch) in table:
+            replaced = replaced.replace(ch, table[ord(ch)])
+    return replaced if unicodedata.is_normalized("NFKC", replaced) else unicodedata.normalize("NFKC", replaced)
+
+
+_NFKD: dict[int, str] | None = None
+
+
+def _nfkd_table() -> dict[int, str]:
+    """Each BMP character whose NFKC is not itself -> its NFKD (built on first use, ~15 ms)."""
+    global _NFKD
+    if _NFKD is None:
+        table = {}
+        for c in range(0x80, 0x10000):
+            ch = chr(c)
+            if unicodedata.normalize("NFKC", ch) != ch:
+                table[c] = unicodedata.normalize("NFKD", ch)
+        _NFKD = table
+    return _NFKD
 
 
 def _normalize_prepared(texts: Sequence[str], buf: np.ndarray, nchars: np.ndarray) -> Normalized:

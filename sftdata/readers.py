@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftdata.errors import DataError
-from sftdata.records import Source
+from sftdata.records import Source, quick_init
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ _BATCH_ROWS = 1024
 Keep = Callable[[int], bool]
 
 
+@quick_init
 @dataclass(frozen=True)
 class RawRecord:
     """One record as the container holds it. `row` is the parsed value (normally a dict);

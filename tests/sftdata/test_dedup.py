@@ -990,3 +990,24 @@ def test_exact_groups_by_hash_equal_the_dict_of_texts():
     assert dedup._exact_groups_hashed(norm.packed, np.zeros(len(texts), np.uint64)) is None  # all "collide"
     uid, first = dedup._exact_groups(norm.packed, np.zeros(len(texts), np.uint64))
     assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
+
+
+def test_nfkc_by_decomposing_compatibility_characters_first_equals_unicodedata():
+    """Texts that are not NFKC get their compatibility characters replaced by their NFKD before
+    NFKC (often leaving nothing for NFKC to do): the result must be unicodedata's NFKC exactly,
+    including next to combining marks, Hangul jamo and characters that compose."""
+    import random
+    import unicodedata
+
+    table = minhash._nfkd_table()
+    assert {0xA0, 0x2026, 0xB2, 0xBC, 0x2122} <= set(table)
+    tricky = ["\u0301", "\u0304", "\u0338", "\u0327", "e", "M", "\u1100", "\u1161", "\u11a8", "\u0bc6", "\u0bbe", "가"]
+    tricky += [" ", "\U0001d400", "😀", "ß", "İ", "\u00e9", "e\u0301"]
+    pool = [chr(c) for c in table] + tricky * 50
+    for c in table:  # every replaced character alone and before a combining mark
+        for t in (chr(c), chr(c) + "\u0301", "a" + chr(c) + "\u0327\u0301"):
+            assert minhash._nfkc(t) == unicodedata.normalize("NFKC", t), hex(c)
+    rng = random.Random(7)
+    for _ in range(20_000):
+        t = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        assert minhash._nfkc(t) == unicodedata.normalize("NFKC", t), ascii(t)
