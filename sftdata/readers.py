@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftdata.errors import DataError
-from sftdata.records import Source, quick_init
+from sftdata.records import Source
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ _BATCH_ROWS = 1024
 Keep = Callable[[int], bool]
 
 
-@quick_init
 @dataclass(frozen=True)
 class RawRecord:
     """One record as the container holds it. `row` is the parsed value (normally a dict);
@@ -251,10 +250,8 @@ def _fast_gzip() -> tuple[Any, tuple[type[BaseException], ...]]:
     """isal's gzip (python-isal: the same API, 2x faster decompression than zlib: 0.17 vs 0.37 s
     on T0) and the errors it raises on a broken stream. A broken stream is read again by `gzip`,
     so what is read and the errors stay the standard library's."""
-    try:
-        from isal import igzip, isal_zlib
-    except ImportError:  # a dependency of sftlab; without it, the standard library
-        return gzip, (OSError, EOFError, zlib.error)
+    from isal import igzip, isal_zlib  # a dependency of sftlab, imported on first use
+
     return igzip, (OSError, EOFError, zlib.error, isal_zlib.error)
 
 
