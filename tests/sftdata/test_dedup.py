@@ -197,20 +197,64 @@ def _sha1_edge_messages() -> list[bytes]:
     return out
 
 
-def test_sha1_kernel_equals_hashlib():
-    """The SIMD SHA-1 kernel (32 messages at a time, grouped by block count) gives hashlib's first
-    8 digest bytes on edge cases: empty, 55/56/64-byte padding boundaries, multi-block, non-ASCII,
-    and messages of many lengths hashed together."""
+@pytest.mark.parametrize("ni", [False, True], ids=["portable", "sha-ni"])
+def test_sha1_kernel_equals_hashlib(ni):
+    """Both SHA-1 kernels give hashlib's first 8 digest bytes on edge cases: empty, 55/56/64-byte
+    padding boundaries, multi-block, non-ASCII, and messages of many lengths hashed together. The
+    portable one runs 32 messages as SIMD lanes; the SHA-NI one (LLVM IR for the CPU's SHA
+    instructions) runs where the CPU has them."""
     import hashlib
 
+    if ni:
+        minhash._jit()
+        if not minhash._use_sha_ni():
+            pytest.skip("this CPU has no SHA extensions (or SFTDATA_SHA_NI=0): the SHA-NI kernel is not built")
+        from sftdata import _sha1ni
+
+        assert minhash._NI_WAYS == _sha1ni.WAYS
     msgs = _sha1_edge_messages()
-    got = minhash._sha1_prefixes(msgs)
+    got = minhash._sha1_prefixes(msgs, ni=ni)
     want = np.array([int.from_bytes(hashlib.sha1(m).digest()[:8], "big") for m in msgs], dtype=np.uint64)
     assert got.dtype == np.uint64 and np.array_equal(got, want)
     # one at a time (spare lanes) and in reverse order (other neighbours in the buffer)
     for m in msgs[:40]:
-        assert int(minhash._sha1_prefixes([m])[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
-    assert np.array_equal(minhash._sha1_prefixes(msgs[::-1]), want[::-1])
+        assert int(minhash._sha1_prefixes([m], ni=ni)[0]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), m
+    assert np.array_equal(minhash._sha1_prefixes(msgs[::-1], ni=ni), want[::-1])
+    for n in range(0, 200):  # every padding case of one to four blocks, alone and two by two
+        m = bytes(range(256))[:n]
+        assert minhash._sha1_prefixes([m, m[::-1]], ni=ni).tolist() == [
+            int.from_bytes(hashlib.sha1(x).digest()[:8], "big") for x in (m, m[::-1])
+        ], n
+
+
+_SIGN_PROBE = """
+import sys, numpy as np
+from sftdata import minhash
+texts = [line.rstrip("\\n") for line in open(sys.argv[1], encoding="utf-8")]
+sigs = minhash.minhash_signatures([minhash.normalize(t) for t in texts], threads=1)
+print(minhash._use_sha_ni(), sigs.hashvalues.tobytes().hex(), sigs.fingerprints.tobytes().hex())
+"""
+
+
+def test_portable_and_sha_ni_signatures_agree(tmp_path):
+    """SFTDATA_SHA_NI=0 signs with the portable kernel; on a CPU with SHA extensions the default
+    signs with SHA-NI. Both give the same signatures and fingerprints (and datasketch's: the other
+    tests check the default one)."""
+    texts = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(3 + i % 40)) for i in range(300)]
+    texts += ["ünïcode words ñ " * 9, "x" * 500, "", "a b c d e f g"]
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = {}
+    for flag in ("0", "1"):
+        env = {**os.environ, "SFTDATA_SHA_NI": flag}
+        proc = subprocess.run(
+            [sys.executable, "-c", _SIGN_PROBE, str(src)], env=env, capture_output=True, text=True, check=True
+        )
+        out[flag] = proc.stdout.split()
+    assert out["0"][0] == "False"
+    assert out["0"][1:] == out["1"][1:]
+    ref = minhash.minhash_signatures([minhash.normalize(t) for t in texts], threads=1)
+    assert out["1"][1] == ref.hashvalues.tobytes().hex()
 
 
 def test_long_shingles_equal_datasketch():
