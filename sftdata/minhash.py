@@ -144,12 +144,16 @@ def _nfkc(text: str) -> str:
     compatibility characters (no-break space, ellipsis, superscripts, fractions, ...). Each BMP
     character that NFKC changes is first replaced by its full decomposition (NFKD): NFKC starts by
     decomposing every character on its own, so this changes nothing in the result, and it often
-    leaves a text that is already NFKC (T0: 0.29 -> 0.05 s for its 1,548 such texts)."""
+    leaves a text that is already NFKC. T0 has 1,548 such texts, 6,500 characters long on average:
+    unicodedata's NFKC takes 0.29 s, this 0.09 s. The text's distinct non-ASCII characters come from
+    numpy (set(text) costs 20 ns a character); then one str.replace per character the table has
+    (str.translate would look up every character)."""
     table = _nfkd_table()
     replaced = text
-    for ch in set(text):  # str.replace per distinct character: str.translate looks up every one
-        if ord(ch) in table:
-            replaced = replaced.replace(ch, table[ord(ch)])
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    for c in np.unique(codes[codes >= 0x80]).tolist():
+        if c in table:
+            replaced = replaced.replace(chr(c), table[c])
     return replaced if unicodedata.is_normalized("NFKC", replaced) else unicodedata.normalize("NFKC", replaced)
 
 
