@@ -151,54 +151,76 @@ def _band_keys(hashvalues: np.ndarray, params: LshParams) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(hashvalues: np.ndarray, params: LshParams, max_bucket: int = 2000) -> np.ndarray:
-    """In-memory banding: (m, 2) int64 pairs i < j sharing at least one band, each pair once.
+def candidate_pairs(
+    hashvalues: np.ndarray, params: LshParams, max_bucket: int = 2000, *, threads: int = THREADS
+) -> np.ndarray:
+    """In-memory banding: (m, 2) int64 pairs i < j sharing at least one band, each pair once,
+    ascending.
 
     A bucket bigger than `max_bucket` (thousands of distinct texts agreeing on a band: templated
-    data) links each member to its first `max_bucket` members only, to bound the pair count."""
+    data) links each member to its first `max_bucket` members (by index) only, to bound the pair
+    count. Per band, a stable argsort of the band keys puts each bucket in a run and a compiled
+    kernel writes each pair in a run as one code i * n + j; bands run on `threads` threads; the
+    codes are then sorted and their repeats dropped. (T0: 3.7M codes, 0.55 -> 0.2 s.)"""
     n = hashvalues.shape[0]
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
-    found = []
-    for keys in _band_keys(hashvalues, params):
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        boundary = np.flatnonzero(np.diff(sorted_keys)) + 1
-        run_start = np.concatenate([[0], boundary])
-        run_len = np.diff(np.concatenate([run_start, [n]]))
-        big = run_len > 1
-        if not big.any():
-            continue
-        found.append(_pairs_in_runs(order, run_start[big], run_len[big], max_bucket))
-    if not found:
+    _jit()
+    band_keys = _band_keys(hashvalues, params)
+
+    def band(k: int) -> tuple[np.ndarray, int]:
+        order = np.argsort(band_keys[k], kind="stable")
+        return _band_pairs_kernel(order, band_keys[k][order], max_bucket)
+
+    found = _map(threads, band, [(k,) for k in range(params.bands)])
+    big = sum(b for _, b in found)
+    if big:
+        log.warning(
+            "%d LSH buckets hold more than %d texts; pairing their members with the first %d only",
+            big,
+            max_bucket,
+            max_bucket,
+        )
+    code = np.concatenate([c for c, _ in found])
+    if len(code) == 0:
         return np.empty((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found)
-    code = pairs[:, 0] * n + pairs[:, 1]
     code.sort()
     code = code[np.concatenate([[True], code[1:] != code[:-1]])]
     return np.stack([code // n, code % n], axis=1)
 
 
-def _pairs_in_runs(order: np.ndarray, run_start: np.ndarray, run_len: np.ndarray, max_bucket: int) -> np.ndarray:
-    """All pairs (i < j) within each run of `order`; in runs longer than max_bucket only pairs
-    whose earlier member is among the run's first max_bucket."""
-    if (run_len > max_bucket).any():
-        log.warning(
-            "%d LSH buckets hold more than %d texts; pairing their members with the first %d only",
-            int((run_len > max_bucket).sum()),
-            max_bucket,
-            max_bucket,
-        )
-    # element p (position within its run) pairs with every later element of the run
-    member_run = np.repeat(np.arange(len(run_len)), run_len)
-    pos = np.arange(int(run_len.sum())) - np.repeat(np.cumsum(run_len) - run_len, run_len)
-    global_pos = np.repeat(run_start, run_len) + pos
-    partners = np.where(pos < max_bucket, run_len[member_run] - 1 - pos, 0)
-    left = np.repeat(global_pos, partners)
-    step = np.arange(int(partners.sum())) - np.repeat(np.cumsum(partners) - partners, partners)
-    right = left + 1 + step
-    i, j = order[left], order[right]
-    return np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)
+def _band_pairs_kernel(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: int) -> tuple[np.ndarray, int]:
+    """The pairs within each run of equal `sorted_keys` (texts `order`): element p of a run pairs
+    with every later one if p < max_bucket; each pair as min * n + max. Also how many runs are
+    longer than max_bucket."""
+    n = len(order)
+    total = 0
+    big = 0
+    s = 0
+    while s < n:
+        e = s + 1
+        while e < n and sorted_keys[e] == sorted_keys[s]:
+            e += 1
+        length = e - s
+        big += length > max_bucket
+        for p in range(min(length, max_bucket)):
+            total += length - 1 - p
+        s = e
+    out = np.empty(total, np.int64)
+    k = 0
+    s = 0
+    while s < n:
+        e = s + 1
+        while e < n and sorted_keys[e] == sorted_keys[s]:
+            e += 1
+        for p in range(min(e - s, max_bucket)):
+            i = order[s + p]
+            for q in range(s + p + 1, e):
+                j = order[q]
+                out[k] = min(i, j) * n + max(i, j)
+                k += 1
+        s = e
+    return out, big
 
 
 def parse_redis_url(url: str) -> tuple[dict[str, Any], bytes | None]:
@@ -330,22 +352,59 @@ def verified_jaccard(
 
 
 def _sets_kernel(fps: np.ndarray, offsets: np.ndarray, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each chosen text's fingerprints sorted, repeats dropped. Fingerprints are SHA-1 bytes, so
+    uniform: a bucket pass on their top bits (as many buckets as the text has shingles) leaves
+    runs of about one, which an insertion sort finishes in linear time (T0, every text: 0.63 s with
+    np.sort per text, 0.22 s so). Should the insertion sort move more than 16 per element (two
+    distinct shingles in one bucket, each repeated many times), np.sort redoes that text."""
     n = len(offsets) - 1
     total = 0
+    longest = 0
     for i in range(n):
         if chosen[i]:
             total += offsets[i + 1] - offsets[i]
+            longest = max(longest, offsets[i + 1] - offsets[i])
     keys = np.empty(total, np.uint64)
     out_off = np.zeros(n + 1, np.int64)
+    bits = 0
+    while (1 << bits) < longest:
+        bits += 1
+    count = np.zeros((1 << bits) + 1, np.int64)
+    run = np.empty(longest, np.uint64)
     q = 0
     for i in range(n):
-        if chosen[i] and offsets[i + 1] > offsets[i]:
-            s = np.sort(fps[offsets[i] : offsets[i + 1]])
-            keys[q] = s[0]
+        a, m = offsets[i], offsets[i + 1] - offsets[i]
+        if chosen[i] and m > 0:
+            kb = 0
+            while (1 << kb) < m:
+                kb += 1
+            shift = np.uint64(64 - kb)
+            count[: (1 << kb) + 1] = 0
+            for k in range(a, a + m):
+                count[(fps[k] >> shift if kb > 0 else np.uint64(0)) + np.uint64(1)] += 1
+            for j in range(1 << kb):
+                count[j + 1] += count[j]
+            for k in range(a, a + m):
+                h = fps[k] >> shift if kb > 0 else np.uint64(0)
+                run[count[h]] = fps[k]
+                count[h] += 1
+            moves = 0
+            for k in range(1, m):
+                x = run[k]
+                j = k - 1
+                while j >= 0 and run[j] > x:
+                    run[j + 1] = run[j]
+                    j -= 1
+                run[j + 1] = x
+                moves += k - 1 - j
+                if moves > 16 * m:
+                    run[:m].sort()
+                    break
+            keys[q] = run[0]
             q += 1
-            for k in range(1, len(s)):
-                if s[k] != s[k - 1]:
-                    keys[q] = s[k]
+            for k in range(1, m):
+                if run[k] != run[k - 1]:
+                    keys[q] = run[k]
                     q += 1
         out_off[i + 1] = q
     return keys[:q].copy(), out_off
@@ -394,6 +453,9 @@ def _jit() -> None:
             return
         numba = minhash.import_numba()
         g = globals()
+        g["_band_pairs_kernel"] = numba.njit(
+            "Tuple((int64[::1], int64))(int64[::1], uint64[::1], int64)", nogil=True, cache=True
+        )(_band_pairs_kernel)
         g["_sets_kernel"] = numba.njit(
             "Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])", nogil=True, cache=True
         )(_sets_kernel)
@@ -597,7 +659,7 @@ def dedup(
             basename=_basename(config, spec, params),
         )
     else:
-        cand = candidate_pairs(sigs.hashvalues, params)
+        cand = candidate_pairs(sigs.hashvalues, params, threads=config.threads)
     u, v = cand[:, 0], cand[:, 1]
     tu, tv, au, av = first_train[u] >= 0, first_train[v] >= 0, first_against[u] >= 0, first_against[v] >= 0
     cand = cand[(tu & tv) | (tu & av) | (tv & au)]  # pairs of two --against texts do not matter

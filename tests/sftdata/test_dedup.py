@@ -108,6 +108,30 @@ def test_signatures_other_seed_num_perm_and_bulk():
         assert m.jaccard(m) == 1.0
 
 
+def test_shingle_sets_equal_numpy_unique():
+    """The sets kernel (a bucket pass on the top bits, then insertion sort; np.sort when that
+    would move too much) gives np.unique of each chosen text's fingerprints, empty for the others:
+    random fingerprints, texts of one shingle, repeats, and two distinct values in one bucket
+    repeated alternately (the np.sort fallback)."""
+    rng = np.random.default_rng(5)
+    parts = [rng.integers(0, 2**64, size=int(k), dtype=np.uint64) for k in rng.integers(0, 400, size=300)]
+    parts += [np.full(50, 7, np.uint64), np.array([3], np.uint64), np.empty(0, np.uint64)]
+    base = np.uint64(0x8000_0000_0000_0000)
+    parts.append(np.tile(np.array([base + np.uint64(1), base], np.uint64), 600))  # same bucket, interleaved
+    parts.append(np.repeat(rng.integers(0, 2**64, size=20, dtype=np.uint64), 30)[::-1].copy())
+    parts.append(np.arange(1000, 0, -1, dtype=np.uint64))  # small values: all in bucket 0, reversed
+    fps = np.concatenate(parts)
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    chosen = rng.random(len(parts)) < 0.8
+    chosen[-4:] = True
+    dedup._jit()
+    keys, off = dedup._sets_kernel(fps, offsets, chosen)
+    for i, p in enumerate(parts):
+        want = np.unique(p) if chosen[i] else np.empty(0, np.uint64)
+        assert np.array_equal(keys[off[i] : off[i + 1]], want), i
+
+
 @needs_shared
 def test_signatures_equal_datasketch_on_real_data_batched_threaded():
     """Many small batches on two threads give datasketch's values for every text."""
@@ -355,6 +379,15 @@ def test_candidate_pairs_banding_matches_brute_force():
             if any((hv[i, k * 2 : (k + 1) * 2] == hv[j, k * 2 : (k + 1) * 2]).all() for k in range(16)):
                 want.add((i, j))
     assert got == want
+    # buckets past max_bucket: each member pairs only with the bucket's first max_bucket (by index)
+    hv = np.zeros((40, 4), np.uint32)
+    hv[::2, 2:] = 1  # band 1: evens and odds in two buckets of 20; band 0: one bucket of 40
+    p = dedup.LshParams(2, 2, 0.5, 0.0, 0.0)
+    for threads in (1, 2):
+        got = dedup.candidate_pairs(hv, p, max_bucket=5, threads=threads)
+        want = {(i, j) for i in range(5) for j in range(i + 1, 40)}  # band 0
+        want |= {(i, j) for par in (0, 1) for i in range(par, 10, 2) for j in range(i + 2, 40, 2)}  # band 1
+        assert got.tolist() == sorted(map(list, want))
 
 
 # --------------------------------------------------------------------------------------------
