@@ -39,7 +39,17 @@ from typing import Any, NamedTuple
 from sftdata import readers
 from sftdata.catalogue import emits, finding
 from sftdata.errors import DataError, UsageError
-from sftdata.records import ROLES, SHAPES, Conversation, Finding, Message, Source, id_prefix
+from sftdata.records import (
+    ROLES,
+    SHAPES,
+    Conversation,
+    Finding,
+    Message,
+    Source,
+    id_prefix,
+    new_conversation,
+    new_message,
+)
 from sftdata.rundir import atomic_open
 
 log = logging.getLogger(__name__)
@@ -302,7 +312,7 @@ def _parse_row(
     meta.pop("columns", None)
     if extra:
         meta["columns"] = extra
-    return Conversation(example_id, tuple(parsed.messages), source, parsed.tools, meta, parsed.shape)
+    return new_conversation(example_id, tuple(parsed.messages), source, parsed.tools, meta, parsed.shape)
 
 
 def _content_warnings(conv: Conversation) -> list[Finding]:
@@ -638,7 +648,7 @@ def _openai_messages(raw: list[Any], key: str, offset: int, meta: dict[str, Any]
 
 def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Message:
     if type(d) is dict and len(d) == 2 and type(d.get("content")) is str and d.get("role") in ROLES:
-        return Message(d["role"], d["content"])  # the common plain message: nothing else to check
+        return new_message(d["role"], d["content"])  # the common plain message: nothing else to check
     _typed(d, dict, where)
     role = d.get("role")
     if role is None:
@@ -660,7 +670,7 @@ def _openai_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mes
             "add the message text as 'content' (\"\" if it really is empty)",
         )
     reasoning = d.get("reasoning_content") if d.get("reasoning_content") is not None else d.get("reasoning")
-    message = Message(
+    message = new_message(
         role=role,
         content=_content_text(d.get("content"), f"{where}.content"),
         tool_calls=_tool_calls(d.get("tool_calls"), where),
@@ -851,7 +861,7 @@ def _block_message(d: Any, where: str, index: int, meta: dict[str, Any]) -> Mess
                     f"{at} is a {kind!r} block; supported: text, reasoning, tool_call",
                     "drop image/video/audio blocks: sftlab trains text-only models",
                 )
-    message = Message(
+    message = new_message(
         role=role,
         content="".join(texts),
         tool_calls=tuple(calls) if calls else None,
@@ -984,7 +994,7 @@ def _sharegpt_conversation(row: dict[str, Any], cols: dict[str, Any]) -> tuple:
     system_key = cols.get("system", "system")
     system = row.get(system_key)
     if system is not None and system != "":
-        messages.append(Message("system", _typed(system, str, f"{system_key!r}")))
+        messages.append(new_message("system", _typed(system, str, f"{system_key!r}")))
         consumed.add(system_key)
     for i, d in enumerate(raw):
         messages.append(_sharegpt_message(d, f"{key}[{i}]", len(messages), cols, style, meta))
@@ -1044,8 +1054,10 @@ def _sharegpt_message(
     value = "" if value is None else _typed(value, str, f"{where} {content_tag!r}")
     _keep_extra_keys(d, {role_tag, content_tag}, index, meta)
     if slot == "function":
-        return Message("assistant", "", tool_calls=tuple(_function_calls(value, where)))
-    return Message({"user": "user", "assistant": "assistant", "system": "system", "observation": "tool"}[slot], value)
+        return new_message("assistant", "", tool_calls=tuple(_function_calls(value, where)))
+    return new_message(
+        {"user": "user", "assistant": "assistant", "system": "system", "observation": "tool"}[slot], value
+    )
 
 
 def _parse_sharegpt_ranking(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -1171,7 +1183,7 @@ def _parse_alpaca(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     messages: list[Message] = []
     system = row.get(k_system)
     if system is not None and system != "":
-        messages.append(Message("system", _typed(system, str, f"field {k_system!r}")))
+        messages.append(new_message("system", _typed(system, str, f"field {k_system!r}")))
         consumed.add(k_system)
     history = row.get(k_history)
     if history:
@@ -1182,9 +1194,9 @@ def _parse_alpaca(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
                     f"{k_history}[{i}] is not a [question, answer] pair of strings",
                     'write history as [["question", "answer"], ...]',
                 )
-            messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+            messages += [new_message("user", pair[0]), new_message("assistant", pair[1])]
         consumed.add(k_history)
-    messages += [Message("user", _join_input(instruction, query)), Message("assistant", output)]
+    messages += [new_message("user", _join_input(instruction, query)), new_message("assistant", output)]
     tools, used = _tools(row, k_tools)
     if used:
         consumed.add(k_tools)
@@ -1208,7 +1220,7 @@ def _parse_self_instruct_seed(row: dict[str, Any], cols: dict[str, Any]) -> Pars
     if len(instances) > 1:
         meta["instances_rest"] = instances[1:]
     return Parsed(
-        [Message("user", _join_input(instruction, query)), Message("assistant", output)],
+        [new_message("user", _join_input(instruction, query)), new_message("assistant", output)],
         None,
         meta,
         {"instruction", "instances"},
@@ -1218,7 +1230,9 @@ def _parse_self_instruct_seed(row: dict[str, Any], cols: dict[str, Any]) -> Pars
 
 def _parse_qa(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     q, a = cols.get("prompt", "question"), cols.get("response", "answer")
-    return Parsed([Message("user", _get(row, q, str)), Message("assistant", _get(row, a, str))], None, {}, {q, a})
+    return Parsed(
+        [new_message("user", _get(row, q, str)), new_message("assistant", _get(row, a, str))], None, {}, {q, a}
+    )
 
 
 def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
@@ -1234,7 +1248,7 @@ def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> Parse
         )
     if isinstance(prompt, str):
         return Parsed(
-            [Message("user", prompt), Message("assistant", completion)],
+            [new_message("user", prompt), new_message("assistant", completion)],
             None,
             {},
             {"prompt", "completion"},
@@ -1252,14 +1266,14 @@ def _parse_prompt_completion(row: dict[str, Any], cols: dict[str, Any]) -> Parse
 def _parse_text(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     """Plain LM text: one assistant message, shape "text" (trained raw, no chat template)."""
     key = cols.get("prompt", "text")
-    return Parsed([Message("assistant", _get(row, key, str))], None, {}, {key}, "text")
+    return Parsed([new_message("assistant", _get(row, key, str))], None, {}, {key}, "text")
 
 
 def _parse_text_label(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
     """Classification rows: user = text, assistant = str(label); meta["label"] keeps its type."""
     text, label = _get(row, "text", str), _get(row, "label", (str, int, float, bool))
     return Parsed(
-        [Message("user", text), Message("assistant", _scalar_text(label))],
+        [new_message("user", text), new_message("assistant", _scalar_text(label))],
         None,
         {"label": label},
         {"text", "label"},
@@ -1279,7 +1293,10 @@ def _parse_knowledge(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
         _typed(fact, dict, f"facts[{i}]")
         name = _get(fact, "fact", str, f"facts[{i}]")
         value = _get(fact, "value", (str, int, float, bool), f"facts[{i}]")
-        messages += [Message("user", f"What is the {name} of {entity}?"), Message("assistant", _scalar_text(value))]
+        messages += [
+            new_message("user", f"What is the {name} of {entity}?"),
+            new_message("assistant", _scalar_text(value)),
+        ]
     return Parsed(messages, None, {"entity": entity, "facts": facts}, {"entity", "facts"}, "knowledge")
 
 
@@ -1392,14 +1409,14 @@ def _parse_preference(row: dict[str, Any], cols: dict[str, Any]) -> Parsed:
         messages: list[Message] = []
         k_system, k_query = cols.get("system", "system"), cols.get("query", "input")
         if row.get(k_system) not in (None, ""):
-            messages.append(Message("system", _typed(row[k_system], str, f"field {k_system!r}")))
+            messages.append(new_message("system", _typed(row[k_system], str, f"field {k_system!r}")))
             consumed.add(k_system)
         query = row.get(k_query)
         if query is not None:
             consumed.add(k_query)
             if _typed(query, str, f"field {k_query!r}"):
                 meta["input"] = query
-        messages += [Message("user", _join_input(prompt, query)), Message("assistant", chosen)]
+        messages += [new_message("user", _join_input(prompt, query)), new_message("assistant", chosen)]
         meta.update(
             preference_form="string", n_prompt=len(messages) - 1, rejected=[{"role": "assistant", "content": rejected}]
         )

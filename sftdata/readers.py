@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftdata.errors import DataError
-from sftdata.records import Source
+from sftdata.records import Source, fast_constructor, new_source
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ class RawRecord:
     source: Source
     row: Any = None
     error: str | None = None
+
+
+_new_raw = fast_constructor(RawRecord)  # RawRecord(...), built faster (records.fast_constructor)
 
 
 def container_of(path: str) -> tuple[str, bool]:
@@ -265,7 +268,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         except StopIteration:
             return
         except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip stream
-            yield RawRecord(number + 1, Source(path, lineno + 1), error=f"cannot read past this line: {e}")
+            yield _new_raw(number + 1, new_source(path, lineno + 1), error=f"cannot read past this line: {e}")
             return
         lineno += 1
         if isinstance(raw, bytes):
@@ -278,14 +281,14 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
                 continue
             row = _fast_loads(raw)
             if row is not _SLOW:
-                yield RawRecord(number, Source(path, lineno), row)
+                yield _new_raw(number, new_source(path, lineno), row)
                 continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield RawRecord(
+                yield _new_raw(
                     number,
-                    Source(path, lineno),
+                    new_source(path, lineno),
                     error=f"invalid UTF-8 at byte {e.start} of the line ({raw[e.start : e.start + 4]!r})",
                 )
                 continue
@@ -299,22 +302,22 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         try:
             row = _loads(text)
         except json.JSONDecodeError as e:
-            yield RawRecord(number, Source(path, lineno), error=f"not valid JSON: {e.msg} at column {e.colno}")
+            yield _new_raw(number, new_source(path, lineno), error=f"not valid JSON: {e.msg} at column {e.colno}")
             continue
         except RecursionError:
-            yield RawRecord(number, Source(path, lineno), error="not readable JSON: nested too deeply")
+            yield _new_raw(number, new_source(path, lineno), error="not readable JSON: nested too deeply")
             continue
         except ValueError:  # an integer literal past Python's int-string limit (4300 digits)
-            yield RawRecord(number, Source(path, lineno), error=_huge_number(text, 0)[0])
+            yield _new_raw(number, new_source(path, lineno), error=_huge_number(text, 0)[0])
             continue
         if (b"\\u" in raw if raw is not text else "\\u" in text) and _may_hold_lone_surrogate(
             text
         ):  # bytes: a fast scan
             why = _lone_surrogate(row)
             if why:
-                yield RawRecord(number, Source(path, lineno), error=why)
+                yield _new_raw(number, new_source(path, lineno), error=why)
                 continue
-        yield RawRecord(number, Source(path, lineno), row)
+        yield _new_raw(number, new_source(path, lineno), row)
 
 
 _SLOW = object()  # _fast_loads: this line takes the json path
@@ -422,7 +425,7 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
         with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        yield RawRecord(1, Source(path, 1), error=f"cannot read the file: {e}")
+        yield _new_raw(1, new_source(path, 1), error=f"cannot read the file: {e}")
         return
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -430,9 +433,9 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        yield RawRecord(
+        yield _new_raw(
             1,
-            Source(path, line),
+            new_source(path, line),
             error=f"invalid UTF-8 ({data[e.start : e.start + 4]!r}); the rest of the JSON file cannot be read",
         )
         return
@@ -448,13 +451,13 @@ def _iter_json(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRec
             yield from _jsonl_records(path, io.StringIO(text), keep=keep)
             return
         why = _lone_surrogate(row) if _may_hold_lone_surrogate(text) else None
-        src = Source(path, text.count("\n", 0, start) + 1, 0)
-        yield RawRecord(1, src, row) if why is None else RawRecord(1, src, error=why)
+        src = new_source(path, text.count("\n", 0, start) + 1, 0)
+        yield _new_raw(1, src, row) if why is None else _new_raw(1, src, error=why)
         return
     if text[start] != "[":
         line = text.count("\n", 0, start) + 1
-        yield RawRecord(
-            1, Source(path, line), error=f"expected a JSON array ('[') or JSON Lines, found {text[start]!r}"
+        yield _new_raw(
+            1, new_source(path, line), error=f"expected a JSON array ('[') or JSON Lines, found {text[start]!r}"
         )
         return
     yield from _array_records(path, text, start + 1)
@@ -484,30 +487,30 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
             row, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
             where = text.count("\n", 0, e.pos) + 1
-            yield RawRecord(
+            yield _new_raw(
                 number,
-                Source(path, where, number - 1),
+                new_source(path, where, number - 1),
                 error=f"not valid JSON: {e.msg} (line {where} column {e.colno}); the rest of the array cannot be read",
             )
             return
         except RecursionError:
-            yield RawRecord(number, Source(path, line, number - 1), error="not readable JSON: nested too deeply")
+            yield _new_raw(number, new_source(path, line, number - 1), error="not readable JSON: nested too deeply")
             return
         except ValueError:  # an integer past Python's int-string limit: this element only
             why, end = _huge_number(text, i)
             if end is None:
-                yield RawRecord(
-                    number, Source(path, line, number - 1), error=why + "; the rest of the array cannot be read"
+                yield _new_raw(
+                    number, new_source(path, line, number - 1), error=why + "; the rest of the array cannot be read"
                 )
                 return
-            yield RawRecord(number, Source(path, line, number - 1), error=why)
+            yield _new_raw(number, new_source(path, line, number - 1), error=why)
             row = None
         else:
             why = _lone_surrogate(row) if _may_hold_lone_surrogate(text, i, end) else None
             if why is None:
-                yield RawRecord(number, Source(path, line, number - 1), row)
+                yield _new_raw(number, new_source(path, line, number - 1), row)
             else:
-                yield RawRecord(number, Source(path, line, number - 1), error=why)
+                yield _new_raw(number, new_source(path, line, number - 1), error=why)
         i = _skip_ws(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip_ws(text, i + 1)
@@ -516,9 +519,9 @@ def _array_records(path: str, text: str, i: int) -> Iterator[RawRecord]:
             return
         where = text.count("\n", 0, i) + 1
         found = repr(text[i]) if i < len(text) else "end of file"
-        yield RawRecord(
+        yield _new_raw(
             number + 1,
-            Source(path, where, number),
+            new_source(path, where, number),
             error=f"not valid JSON: expected ',' or ']' after element {number}, found {found}",
         )
         return
@@ -537,7 +540,7 @@ def _iter_csv(path: str, gz: bool) -> Iterator[RawRecord]:
         except StopIteration:
             return
         except (csv.Error, OSError, EOFError, zlib.error) as e:
-            yield RawRecord(1, Source(path, 1), error=f"cannot read the CSV header: {e}")
+            yield _new_raw(1, new_source(path, 1), error=f"cannot read the CSV header: {e}")
             return
         number = 0
         while True:
@@ -548,22 +551,22 @@ def _iter_csv(path: str, gz: bool) -> Iterator[RawRecord]:
                 return
             except csv.Error as e:
                 number += 1
-                yield RawRecord(number, Source(path, start), error=f"not valid CSV: {e}")
+                yield _new_raw(number, new_source(path, start), error=f"not valid CSV: {e}")
                 continue
             except (OSError, EOFError, zlib.error) as e:
-                yield RawRecord(number + 1, Source(path, start), error=f"cannot read past this line: {e}")
+                yield _new_raw(number + 1, new_source(path, start), error=f"cannot read past this line: {e}")
                 return
             if not cells:
                 continue  # blank line
             number += 1
-            src = Source(path, start)
+            src = new_source(path, start)
             if any(_has_surrogates(c) for c in cells):
-                yield RawRecord(number, src, error="invalid UTF-8 in this row")
+                yield _new_raw(number, src, error="invalid UTF-8 in this row")
                 continue
             if len(cells) > len(header):
-                yield RawRecord(number, src, error=f"{len(cells)} fields, the header has {len(header)}")
+                yield _new_raw(number, src, error=f"{len(cells)} fields, the header has {len(header)}")
                 continue
-            yield RawRecord(number, src, dict(zip(header, cells, strict=False)))  # short rows: keys absent
+            yield _new_raw(number, src, dict(zip(header, cells, strict=False)))  # short rows: keys absent
 
 
 def _has_surrogates(s: str) -> bool:
@@ -584,7 +587,7 @@ def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[Raw
         else:
             pf = pq.ParquetFile(path)
     except (OSError, EOFError, zlib.error, pa.ArrowException) as e:
-        yield RawRecord(1, Source(path, None, 0), error=f"cannot read the parquet file: {e}")
+        yield _new_raw(1, new_source(path, None, 0), error=f"cannot read the parquet file: {e}")
         return
     meta = pf.schema_arrow.metadata or {}
     json_columns = None
@@ -594,9 +597,9 @@ def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[Raw
         except (ValueError, UnicodeDecodeError):
             json_columns = None
         if not isinstance(json_columns, list) or not all(isinstance(c, str) for c in json_columns):
-            yield RawRecord(
+            yield _new_raw(
                 1,
-                Source(path, None, 0),
+                new_source(path, None, 0),
                 error=f"the file's {PARQUET_JSON_COLUMNS_KEY.decode()} metadata is "
                 "not a JSON list of column names; rewrite the file with `sftdata convert`",
             )
@@ -620,13 +623,13 @@ def _iter_parquet(path: str, gz: bool, keep: Keep | None = None) -> Iterator[Raw
                     yield _parquet_record(path, index + j + k, row, json_columns)
             index += batch.num_rows
     except (OSError, pa.ArrowException) as e:
-        yield RawRecord(index + 1, Source(path, None, index), error=f"cannot read past this row: {e}")
+        yield _new_raw(index + 1, new_source(path, None, index), error=f"cannot read past this row: {e}")
 
 
 def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: set[str] | None) -> RawRecord:
-    src = Source(path, None, index)
+    src = new_source(path, None, index)
     if json_columns is None:
-        return RawRecord(index + 1, src, row)
+        return _new_raw(index + 1, src, row)
     # Written by sftdata: JSON columns hold JSON text, None means "absent".
     out: dict[str, Any] = {}
     for key, value in row.items():
@@ -634,24 +637,24 @@ def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: se
             continue
         if key in json_columns:
             if not isinstance(value, str):
-                return RawRecord(
+                return _new_raw(
                     index + 1, src, error=f"column {key!r} holds a {type(value).__name__}, expected JSON text"
                 )
             text = value
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
-                return RawRecord(index + 1, src, error=f"column {key!r} is not valid JSON: {e}")
+                return _new_raw(index + 1, src, error=f"column {key!r} is not valid JSON: {e}")
             except RecursionError:
-                return RawRecord(index + 1, src, error=f"column {key!r}: JSON nested too deeply")
+                return _new_raw(index + 1, src, error=f"column {key!r}: JSON nested too deeply")
             except ValueError:
-                return RawRecord(index + 1, src, error=f"column {key!r}: " + _huge_number(text, 0)[0])
+                return _new_raw(index + 1, src, error=f"column {key!r}: " + _huge_number(text, 0)[0])
             if _may_hold_lone_surrogate(text):
                 why = _lone_surrogate(value)
                 if why:
-                    return RawRecord(index + 1, src, error=f"column {key!r}: {why}")
+                    return _new_raw(index + 1, src, error=f"column {key!r}: {why}")
         out[key] = value
-    return RawRecord(index + 1, src, out)
+    return _new_raw(index + 1, src, out)
 
 
 # --- Hugging Face datasets ----------------------------------------------------------------------
@@ -660,7 +663,7 @@ def _parquet_record(path: str, index: int, row: dict[str, Any], json_columns: se
 def _iter_hf(path: str, container: str, split: str) -> Iterator[RawRecord]:
     ds = _load_hf(path, container, split)
     for index, row in enumerate(ds):
-        yield RawRecord(index + 1, Source(path, None, index), row)
+        yield _new_raw(index + 1, new_source(path, None, index), row)
 
 
 def _load_hf(path: str, container: str, split: str) -> Any:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant", "tool")
 SEVERITIES = ("error", "warning", "info")
@@ -130,6 +132,43 @@ class Finding:
         return str(self.source) if self.source else (self.example_id or "-")
 
 
+def fast_constructor(cls: type[T]) -> Callable[..., T]:
+    """A function that builds `cls` (a frozen dataclass) exactly as `cls(...)` does, for the
+    readers' hot paths: the same parameters (positional or by name), defaults and default
+    factories, but the instance's `__dict__` is filled in one step instead of by one
+    `object.__setattr__` per field (how a frozen dataclass's own `__init__` gets past its
+    `__setattr__`). The class itself is untouched and stays a plain dataclass. A reader builds
+    about five records per example; on this machine Message("user", text) takes 4.1 us, this 1.2
+    us: T0's 55k rows read 0.5 s sooner. A test checks each one against the class's `__init__`.
+    Classes with `__post_init__` or `__slots__` are refused (neither exists here)."""
+    if not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__") or "__slots__" in vars(cls):
+        raise TypeError(f"fast_constructor: {cls.__name__} is not a plain dataclass without __post_init__/slots")
+    params, items = [], []
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_FACTORY": object()}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+            items.append(f"{f.name!r}: {f.name}")
+        elif f.default_factory is not dataclasses.MISSING:
+            namespace[f"_factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=_FACTORY")
+            items.append(f"{f.name!r}: _factory_{f.name}() if {f.name} is _FACTORY else {f.name}")
+        else:
+            params.append(f.name)
+            items.append(f"{f.name!r}: {f.name}")
+    source = (
+        f"def new_{cls.__name__.lower()}({', '.join(params)}):\n"
+        f"    obj = _new(_cls)\n"
+        f"    obj.__dict__.update({{{', '.join(items)}}})\n"
+        f"    return obj\n"
+    )
+    exec(source, namespace)  # noqa: S102 - generated from the dataclass's own field names, as dataclasses does
+    fn = namespace[f"new_{cls.__name__.lower()}"]
+    fn.__doc__ = f"{cls.__name__}(...), built faster (records.fast_constructor)."
+    return fn
+
+
 def make_id(file: str, record_number: int) -> str:
     """Conversation id: `<file stem>/<1-based record number>`, unique within a read and readable."""
     return f"{id_prefix(file)}{record_number}"
@@ -147,3 +186,8 @@ def id_prefix(file: str) -> str:
 def replace(obj: Any, **changes: Any) -> Any:
     """dataclasses.replace re-exported so callers need no second import."""
     return dataclasses.replace(obj, **changes)
+
+
+new_message = fast_constructor(Message)
+new_source = fast_constructor(Source)
+new_conversation = fast_constructor(Conversation)

@@ -69,3 +69,65 @@ def test_shape_is_a_typed_field_that_counts_for_equality():
     chat = Conversation("x/1", (Message("assistant", "text"),), Source("x.jsonl", 1))
     text = replace(chat, shape="text")
     assert chat.shape == "chat" and text.shape in SHAPES and chat != text
+
+
+def _same(a, b):
+    try:
+        hashes = hash(a) == hash(b)
+    except TypeError:  # a dict inside (tool calls, a Finding's data): unhashable either way
+        with pytest.raises(TypeError):
+            hash(b)
+        hashes = True
+    return type(a) is type(b) and a == b and vars(a) == vars(b) and hashes
+
+
+@pytest.mark.parametrize(
+    ("cls", "args", "kwargs"),
+    [
+        (Message, ("user", "hi"), {}),
+        (Message, ("assistant", ""), {"tool_calls": ({"function": {"name": "f"}},), "reasoning": "r", "train": False}),
+        (Message, (), {"role": "tool", "content": "x", "name": "n", "tool_call_id": "c1"}),
+        (Source, ("f.jsonl", 3), {}),
+        (Source, ("f.parquet",), {"row": 7}),
+        (Conversation, ("f/1", (Message("user", "a"),), Source("f", 1)), {}),
+        (Conversation, ("f/2", (), Source("f", 2), None, {"k": 1}, "text"), {}),
+        (Conversation, (), {"id": "f/3", "messages": (), "source": Source("f"), "shape": "knowledge"}),
+        (Finding, ("format.parse-error", "error", "m", "h"), {"data": {"x": 1}}),
+    ],
+)
+def test_fast_constructor_builds_what_the_dataclass_init_builds(cls, args, kwargs):
+    """records.fast_constructor (the readers' hot paths) gives exactly cls(...): same fields incl.
+    the compare=False ones, defaults, a fresh default-factory dict per instance, still frozen."""
+    from sftdata.records import fast_constructor
+
+    fast = fast_constructor(cls)
+    a, b = fast(*args, **kwargs), cls(*args, **kwargs)
+    assert _same(a, b)
+    assert [f.name for f in dataclasses.fields(cls)] == list(vars(a))  # every field, in order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.__setattr__(dataclasses.fields(cls)[0].name, None)
+    if cls is Conversation and "meta" not in kwargs and len(args) < 5:
+        assert fast(*args, **kwargs).meta is not a.meta  # default_factory: one dict each
+    with pytest.raises(TypeError):
+        fast(*args, **kwargs, unknown=1)
+
+
+def test_fast_constructors_in_records_cover_their_classes():
+    from sftdata import readers
+    from sftdata.records import fast_constructor, new_conversation, new_message, new_source
+
+    assert _same(new_message("user", "x"), Message("user", "x"))
+    assert _same(new_source("f", 2, 1), Source("f", 2, 1))
+    c = new_conversation("i", (), Source("f"))
+    assert c == Conversation("i", (), Source("f")) and c.meta == {} and c.shape == "chat"
+    assert readers._new_raw(1, Source("f", 1), {"a": 1}) == readers.RawRecord(1, Source("f", 1), {"a": 1})
+
+    @dataclasses.dataclass(frozen=True)
+    class Post:
+        x: int
+
+        def __post_init__(self):
+            pass
+
+    with pytest.raises(TypeError):
+        fast_constructor(Post)
