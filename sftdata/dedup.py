@@ -758,14 +758,15 @@ def _clusters_table(examples: Sequence[Conversation], c: _Clusters, rep_est: Any
     """dedup/clusters.parquet's columns: every member of a cluster, with its similarity to the
     representative (`rep_est`, `rep_ver`: estimated and verified Jaccard, in member_order)."""
     mo = c.member_order
+    members = [examples[i] for i in mo.tolist()]
     return {
         "cluster_id": c.cluster[mo].tolist(),
         "cluster_size": c.size[c.cluster[mo]].tolist(),
-        "example_id": [examples[i].id for i in mo],
-        "source_file": [examples[i].source.file for i in mo],
-        "source_line": [_line(examples[i]) for i in mo],
+        "example_id": [e.id for e in members],
+        "source_file": [e.source.file for e in members],
+        "source_line": [_line(e) for e in members],
         "representative": c.representative[mo].tolist(),
-        "representative_id": [examples[c.rep_of[i]].id for i in mo],
+        "representative_id": [examples[i].id for i in c.rep_of[mo].tolist()],
         "estimated_jaccard": rep_est.tolist(),
         "verified_jaccard": rep_ver.tolist(),
         "contaminated": c.contaminated[mo].tolist(),
