@@ -1088,3 +1088,44 @@ def test_nfkc_by_decomposing_compatibility_characters_first_equals_unicodedata()
     for _ in range(20_000):
         t = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
         assert minhash._nfkc(t) == unicodedata.normalize("NFKC", t), ascii(t)
+
+
+_FAST_LOAD_PROBE = """
+import json, sys
+from sftdata.cli import main
+rc = main(["dedup", sys.argv[1], "--json", "--threshold", "0.7"])
+print(json.dumps({"rc": rc, "registries": "numba.np.linalg" in sys.modules}), file=sys.stderr)
+"""
+
+
+def test_cli_kernel_loading_without_registries_gives_the_same_result(tmp_path):
+    """The CLI loads its cached kernels without numba's compile-time registries (only on tested
+    numba versions; SFTDATA_NUMBA_FAST_LOAD=0 turns it off): the kernels run and the run reports
+    exactly what numba's own loading gives. Each side in a fresh process."""
+    import numba
+
+    from sftdata.cli import dedup as cli_dedup
+
+    rows = [{"instruction": f"say {w} {w} and then stop", "output": f"{w} {w} now"} for w in "abcdefgh"]
+    rows += rows[:3] + [{"instruction": "say a a and then stop please", "output": "a a now"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = {}
+    for flag in ("0", "1"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _FAST_LOAD_PROBE, str(path)],
+            env={**os.environ, "SFTDATA_NUMBA_FAST_LOAD": flag},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        status = json.loads(proc.stderr.strip().splitlines()[-1])
+        result = json.loads(proc.stdout)
+        result["summary"].pop("seconds")
+        result["summary"].pop("kernel_seconds")
+        out[flag] = (status, result)
+    assert out["0"][1] == out["1"][1]
+    assert out["1"][0]["rc"] == 1 and out["1"][1]["summary"]["removed"] >= 3
+    assert out["0"][0]["registries"]  # numba's own loading installs them
+    if numba.__version__.startswith(cli_dedup._FAST_LOAD_NUMBA):
+        assert not out["1"][0]["registries"]
