@@ -630,10 +630,8 @@ def dedup(
     uid, first = _exact_groups(norm.packed, norm.hashes)  # exact duplicates share a text id
     length = norm.chars  # normalised length, for --keep longest
     del norm
-    # one signature per distinct non-empty text (text id t is row first[t] of `signed`); the
-    # shingle sets below are built from `signed` itself, so its 80 MB of fingerprints (T0) are
-    # not copied for the distinct texts
-    hashvalues = signed.hashvalues[first]
+    sigs = signed.take(first)  # one signature per distinct non-empty text
+    del signed
     n_texts = len(first)
     first_train = _first_member(uid[:n_train], n_texts, 0)
     first_against = _first_member(uid[n_train:], n_texts, n_train)
@@ -653,7 +651,7 @@ def dedup(
         owner = np.where(first_train >= 0, first_train, first_against)
         keys = [_lsh_key(examples[int(i)]) for i in owner]
         cand, remote = redis_candidate_pairs(
-            hashvalues,
+            sigs.hashvalues,
             keys,
             params,
             config.lsh_storage,
@@ -661,15 +659,15 @@ def dedup(
             basename=_basename(config, spec, params),
         )
     else:
-        cand = candidate_pairs(hashvalues, params, threads=config.threads)
+        cand = candidate_pairs(sigs.hashvalues, params, threads=config.threads)
     u, v = cand[:, 0], cand[:, 1]
     tu, tv, au, av = first_train[u] >= 0, first_train[v] >= 0, first_against[u] >= 0, first_against[v] >= 0
     cand = cand[(tu & tv) | (tu & av) | (tv & au)]  # pairs of two --against texts do not matter
     clock.start("verify")
-    sets = shingle_sets(signed, first[cand], threads=config.threads)  # by row of `signed`
-    ver = verified_jaccard(sets, first[cand], threads=config.threads)
+    sets = shingle_sets(sigs, cand, threads=config.threads)
+    ver = verified_jaccard(sets, cand, threads=config.threads)
     ok = ver >= config.threshold - 1e-12
-    near, near_ver, near_est = cand[ok], ver[ok], estimated_jaccard(hashvalues, cand[ok])
+    near, near_ver, near_est = cand[ok], ver[ok], estimated_jaccard(sigs.hashvalues, cand[ok])
     log.info("dedup: %d LSH candidate pairs, %d verified at Jaccard >= %.2f", len(cand), len(near), config.threshold)
 
     clock.start("clusters")
@@ -677,8 +675,8 @@ def dedup(
     c = _cluster(pairs, n_train, length, config.keep)
     # every member's similarity to its representative (a member can join through a chain of pairs)
     to_rep = np.stack([uid[c.member_order], uid[c.rep_of[c.member_order]]], axis=1)
-    rep_est = estimated_jaccard(hashvalues, to_rep)
-    rep_ver = np.where(to_rep[:, 0] == to_rep[:, 1], 1.0, verified_jaccard(sets, first[to_rep], threads=config.threads))
+    rep_est = estimated_jaccard(sigs.hashvalues, to_rep)
+    rep_ver = np.where(to_rep[:, 0] == to_rep[:, 1], 1.0, verified_jaccard(sets, to_rep, threads=config.threads))
     del sets
 
     clock.start("findings")
@@ -694,7 +692,7 @@ def dedup(
         **_counts(examples, n_train, uid, n_texts, pairs, c, dropped),
         "lsh_candidates": len(cand),
         "lsh_unverified_remote_candidates": remote,
-        "char_shingled_texts": int(signed.char_shingled[first].sum()),
+        "char_shingled_texts": int(sigs.char_shingled.sum()),
         **_settings(config, spec, params),
         "seconds": clock.laps,
         "kernel_seconds": {k: round(v, 3) for k, v in kernel_seconds.items()},
