@@ -568,16 +568,20 @@ NOTES = """### How it works, and where the time goes
   little-endian, fmix32, `a*h + b mod 2^32`), computed by compiled kernels (numba, `cache=True`,
   imported on first use). Per batch of ~1M characters, Python only joins and encodes the texts; one
   call that releases the GIL then (1) finds every shingle's byte range in the UTF-8 buffer, (2) hashes
-  the shingles 32 at a time with a SIMD SHA-1 (messages grouped by 64-byte block count; each step of
-  the 80 rounds is a loop over the 32 lanes, which LLVM compiles to AVX-512/AVX2 vector code), and
-  (3) takes each text's per-permutation minimum, four shingles per pass over the 128 permutations.
+  the shingles with SHA-1: on the CPU's SHA instructions where it has them (two messages at a time,
+  `sftdata/_sha1ni.py`: LLVM IR for sha1rnds4 and friends as a numba intrinsic), else 32 at a time
+  with a SIMD SHA-1 (messages grouped by 64-byte block count; each step of the 80 rounds is a loop
+  over the 32 lanes, which LLVM compiles to AVX-512/AVX2 vector code), and (3) takes each text's
+  per-permutation minimum, four shingles per pass over the 128 permutations.
   Batches run on all cores (threads). Every shingle occurrence is hashed: the numpy version's
   content-defined segments (repeated passages signed once) are gone; their bookkeeping (~0.5 s of
   Python and numpy on T0) cost more than hashing the ~57% repeated shingle occurrences now does
   (~0.2 s).
 - Where the time goes, one thread, whole T0 (9.9M shingles), CPU seconds measured per stage while
-  developing: SHA-1 ~0.35 (about half of it loading and padding message words, half the rounds),
-  shingle ranges ~0.09, minimum ~0.08, Python (CJK check, join, encode) ~0.15.
+  developing (a 2-core AVX-512 Xeon): SHA-1 ~0.35 (about half of it loading and padding message
+  words, half the rounds), shingle ranges ~0.09, minimum ~0.08, Python (CJK check, join, encode)
+  ~0.15. On a 2-core AMD EPYC (znver1, AVX2 on 128-bit units) the SIMD SHA-1 takes 1.5 s and the
+  SHA-instruction one 0.67 s.
 - The kernels are compiled once per machine and numba version (the "compile" cost above) and cached
   under `sftdata/__pycache__` (or NUMBA_CACHE_DIR); every later process pays only the cache load,
   most of it `import numba`. The end-to-end run includes that load in its signatures stage.
