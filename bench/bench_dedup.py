@@ -291,6 +291,12 @@ def timed(argv: list[str]) -> dict:
     return out
 
 
+# seconds to wait before each timed process: the kernel is still reclaiming the previous one's
+# memory for a few seconds (datasketch peaks at 1.2 GB on T0), which showed as +0.4 s of system
+# time in an sftdata run started right after it; both sides wait the same
+SETTLE_S = 8.0
+
+
 def e2e(path: Path, rounds: int) -> dict:
     """The datasketch pipeline (bench/datasketch_pipeline.py) and `sftdata dedup` as a user runs
     them, each in its own process, interleaved for `rounds` rounds; best wall time of each, and
@@ -300,8 +306,10 @@ def e2e(path: Path, rounds: int) -> dict:
     timed(sft_cmd[:2] + [str(REPO / "examples" / "messages.jsonl")])  # kernels compiled and cached: not timed
     runs: list[dict] = []
     for k in range(rounds):
+        time.sleep(SETTLE_S)
         load = os.getloadavg()
         ds = timed(ds_cmd)
+        time.sleep(SETTLE_S)
         sft = timed(sft_cmd)
         ds["result"] = json.loads(ds.pop("stdout"))
         sft["summary"] = json.loads(sft.pop("stdout"))["summary"]
@@ -337,7 +345,8 @@ def render_e2e(r: dict, machine: dict, command: str) -> str:
     lines = [
         f"Command: `{command}` — {machine['cpus']} CPUs ({machine['cpu']}), Python {machine['python']}, "
         f"numba {machine['numba']}, datasketch {machine['datasketch']}. Each side in its own process, start to "
-        f"exit, interleaved (datasketch, sftdata, datasketch, ...), {len(r['rounds'])} rounds; best wall time of each.",
+        f"exit, interleaved (datasketch, sftdata, datasketch, ...) with {SETTLE_S:.0f} s of rest before each, "
+        f"{len(r['rounds'])} rounds; best wall time of each.",
         "",
         "| pipeline | wall s (best) | CPU s (best) | peak RSS MiB | seconds per stage (best run) |",
         "|---|---:|---:|---:|---|",
