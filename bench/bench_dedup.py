@@ -578,7 +578,7 @@ NOTES = """### How it works, and where the time goes
   imported on first use). Per batch of ~1M characters, Python only joins and encodes the texts; one
   call that releases the GIL then (1) finds every shingle's byte range in the UTF-8 buffer, (2) hashes
   the shingles with SHA-1: on the CPU's SHA instructions where it has them (two messages at a time,
-  `sftdata/_sha1ni.py`: LLVM IR for sha1rnds4 and friends as a numba intrinsic), else 32 at a time
+  `minhash._ir_sha1ni`: LLVM IR for sha1rnds4 and friends as a numba intrinsic), else 32 at a time
   with a SIMD SHA-1 (messages grouped by 64-byte block count; each step of the 80 rounds is a loop
   over the 32 lanes, which LLVM compiles to AVX-512/AVX2 vector code), and (3) takes each text's
   per-permutation minimum, four shingles per pass over the 128 permutations.

@@ -11,7 +11,7 @@ fi
 # Bytecode for sftlab's own packages, as pip writes it for a regular install: an editable install
 # run with PYTHONDONTWRITEBYTECODE=1 would compile every module again on every command (0.2 s of
 # `sftdata dedup`'s start-up). Every set-up run refreshes it; unchanged files are skipped.
-python -m compileall -q sftdata sfttrain probes tui >/dev/null
+python -m compileall -q sftdata sfttrain probes tui  # prints only what fails to compile
 stamp=.venv/.sftlab-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
