@@ -64,7 +64,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "dedup.md"), help="markdown report (default bench/dedup.md)")
     ap.add_argument("--e2e", action="store_true", help="only the end-to-end comparison with the datasketch pipeline")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the end-to-end comparison")
+    ap.add_argument(
+        "--sha1", action="store_true", help="only the two SHA-1 kernels (portable SIMD, SHA-NI) on T0's shingles"
+    )
     args = ap.parse_args()
+    if args.sha1:
+        if not T0.is_file():
+            raise SystemExit(f"{T0} not found: set SFTLAB_SHARED_DATA")
+        print(sha1_kernels(T0, args.docs, args.repeats))
+        return 0
     if args.e2e:
         if not T0.is_file():
             raise SystemExit(f"{T0} not found: set SFTLAB_SHARED_DATA")
@@ -98,6 +106,48 @@ def main() -> int:
     print(render(report))
     print(f"wrote {args.out} and {json_path}", file=sys.stderr)
     return 0
+
+
+def sha1_kernels(path: Path, limit: int | None, repeats: int) -> str:
+    """Seconds of the portable (SIMD lanes) and the SHA-NI SHA-1 kernels over every word-5 shingle
+    of T0's normalised texts, one thread, best of `repeats`; checks they agree, and a sample
+    against hashlib."""
+    import hashlib
+
+    texts = [dedup.text_of(c) for c in read(path, limit)]
+    norm = minhash.normalize_many(texts)
+    minhash._jit()
+    packed = norm.packed
+    is_chars, size = minhash._shingling(norm.cjk, minhash.ShingleSpec("words", 5))
+    start, length, _, _ = minhash._shingle_ranges(packed.buf, packed.off, is_chars, size)
+    kernels = {"portable (SIMD, 32 lanes)": minhash._sha1_batch}
+    if minhash._use_sha_ni():
+        kernels["SHA-NI (2 messages interleaved)"] = minhash._sha1_batch_ni
+    best, outs = {}, {}
+    for name, kernel in kernels.items():
+        kernel(packed.buf, start[:100], length[:100])  # compiled or loaded: not timed
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            outs[name] = kernel(packed.buf, start, length)
+            times.append(time.perf_counter() - t)
+        best[name] = min(times)
+    first = next(iter(outs.values()))
+    assert all(np.array_equal(first, o) for o in outs.values()), "the SHA-1 kernels disagree"
+    for k in range(0, len(start), max(1, len(start) // 2000)):
+        m = packed.buf[start[k] : start[k] + length[k]].tobytes()
+        assert int(first[k]) == int.from_bytes(hashlib.sha1(m).digest()[:8], "big"), k
+    rows = [f"| {name} | {sec:.3f} | {len(start) / sec / 1e6:.1f} |" for name, sec in best.items()]
+    return "\n".join(
+        [
+            f"SHA-1 of {len(start):,} word-5 shingles ({int(length.sum()):,} bytes), one thread, best of {repeats}"
+            f" ({_machine()['cpu']}):",
+            "",
+            "| kernel | seconds | M shingles/s |",
+            "|---|---:|---:|",
+            *rows,
+        ]
+    )
 
 
 def read(path: Path, limit: int | None) -> list[Conversation]:
