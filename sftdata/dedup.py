@@ -626,11 +626,11 @@ def dedup(
                 stream.add(raw[-1])
             n_train = len(examples) if k == 0 else n_train
         clock.start("signatures")
-        norm, signed, kernel_seconds = stream.result()
-    uid, first = _exact_groups(norm.packed, norm.hashes)  # exact duplicates share a text id
-    length = norm.chars  # normalised length, for --keep longest
-    del norm
-    sigs = signed.take(first)  # one signature per distinct non-empty text
+        signed = stream.parts()
+    uid, first = _exact_groups_parts(signed)  # exact duplicates share a text id
+    length = signed.chars  # normalised length, for --keep longest
+    kernel_seconds = signed.seconds
+    sigs = signed.signatures(first)  # one signature per distinct non-empty text
     del signed
     n_texts = len(first)
     first_train = _first_member(uid[:n_train], n_texts, 0)
@@ -828,7 +828,8 @@ def _exact_groups(packed: minhash.Packed, hashes: np.ndarray | None = None) -> t
     hash (`Normalized.hashes`) it groups by hash and confirms every group byte for byte (10 ms on
     T0 instead of 180); a collision, never seen, sends it to the dict of texts below."""
     if hashes is not None:
-        got = _exact_groups_hashed(packed, hashes)
+        off = packed.off
+        got = _exact_groups_hashed(np.diff(off), hashes, lambda i: packed.buf[off[i] : off[i + 1]])
         if got is not None:
             return got
     data = packed.buf.tobytes()
@@ -844,12 +845,24 @@ def _exact_groups(packed: minhash.Packed, hashes: np.ndarray | None = None) -> t
     return uid, first
 
 
-def _exact_groups_hashed(packed: minhash.Packed, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """`_exact_groups` by hash: None when two different texts share one."""
-    off = packed.off
-    n = len(off) - 1
+def _exact_groups_parts(signed: minhash.SignedParts) -> tuple[np.ndarray, np.ndarray]:
+    """`_exact_groups` of a SignStream's batches, without joining their texts unless two
+    different texts share a hash (never seen: then the dict path on the joined texts)."""
+    if signed.hashes is not None:
+        got = _exact_groups_hashed(signed.lengths, signed.hashes, signed.text)
+        if got is not None:
+            return got
+    return _exact_groups(signed.normalized().packed)
+
+
+def _exact_groups_hashed(
+    lengths: np.ndarray, hashes: np.ndarray, text: Callable[[int], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_exact_groups` by hash, of texts with byte `lengths` whose bytes `text(i)` gives: None
+    when two different texts share one."""
+    n = len(lengths)
     uid = np.full(n, -1, dtype=np.int64)
-    nonempty = np.flatnonzero(np.diff(off) > 0)
+    nonempty = np.flatnonzero(lengths > 0)
     if len(nonempty) == 0:
         return uid, np.empty(0, dtype=np.int64)
     _, first_pos, inverse = np.unique(hashes[nonempty], return_index=True, return_inverse=True)
@@ -859,11 +872,8 @@ def _exact_groups_hashed(packed: minhash.Packed, hashes: np.ndarray) -> tuple[np
     uid[nonempty] = rank[np.ravel(inverse)]
     first = nonempty[first_pos[order]]
     later = nonempty[first[uid[nonempty]] != nonempty]  # texts that repeat an earlier one
-    buf = packed.buf
     for i, f in zip(later.tolist(), first[uid[later]].tolist()):
-        if off[i + 1] - off[i] != off[f + 1] - off[f] or not np.array_equal(
-            buf[off[i] : off[i + 1]], buf[off[f] : off[f + 1]]
-        ):
+        if lengths[i] != lengths[f] or not np.array_equal(text(i), text(f)):
             return None
     return uid, first
 

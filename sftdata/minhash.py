@@ -40,6 +40,7 @@ __all__ = [
     "Packed",
     "ShingleSpec",
     "SignStream",
+    "SignedParts",
     "Signatures",
     "is_cjk_heavy",
     "minhash_signatures",
@@ -567,6 +568,13 @@ class SignStream:
         """Waits for every batch (taking part in the work); (normalised texts, their signatures,
         worker seconds {"normalize": ..., "signatures": ...}). Once: the stream keeps nothing of
         it (on T0 that is 170 MB the caller frees as soon as it has what it needs)."""
+        signed = self.parts()
+        return signed.normalized(), signed.signatures(), signed.seconds
+
+    def parts(self) -> SignedParts:
+        """What `result` returns, still in the batches the workers made (`SignedParts`): a caller
+        that keeps only some texts' signatures (dedup keeps one per distinct text) copies them
+        once instead of concatenating everything first. Once, like `result`."""
         if self._done:
             raise RuntimeError("SignStream.result() was already called")
         self._done = True
@@ -578,18 +586,82 @@ class SignStream:
                 parts[k] = self._take(slot)
         parts = [p if p is not None else future.result() for p, (_, future) in zip(parts, self._batches)]
         self._batches = []
-        norm = _concat_normalized([p[0] for p in parts])
-        counts = np.concatenate([p[1][2] for p in parts]) if parts else np.empty(0, np.int64)
-        sigs = Signatures(
-            hashvalues=np.concatenate([p[1][0] for p in parts]) if parts else np.empty((0, self._num_perm), np.uint32),
-            fingerprints=np.concatenate([p[1][1] for p in parts]) if parts else np.empty(0, np.uint64),
-            offsets=_offsets(counts),
-            char_shingled=np.concatenate([p[1][3] for p in parts]) if parts else np.empty(0, bool),
+        return SignedParts(parts, self._num_perm, self._seed)
+
+
+class SignedParts:
+    """A `SignStream`'s batches as the workers made them: per batch (Normalized, (hashvalues,
+    fingerprints, counts, char_shingled), (seconds normalising, seconds signing)). The small
+    per-text arrays are joined at once; the big ones (normalised texts, fingerprints) only on
+    request, and only for the rows asked for."""
+
+    def __init__(self, parts: list[Any], num_perm: int, seed: int) -> None:
+        self._parts = parts
+        self._num_perm, self._seed = num_perm, seed
+        sizes = [len(p[0].chars) for p in parts]
+        self.start = _offsets(np.array(sizes, dtype=np.int64))  # first text of each batch, and n
+        self.chars = np.concatenate([p[0].chars for p in parts]) if parts else np.empty(0, np.int64)
+        self.cjk = np.concatenate([p[0].cjk for p in parts]) if parts else np.empty(0, bool)
+        hashes = [p[0].hashes for p in parts]
+        self.hashes = np.concatenate(hashes) if parts and all(h is not None for h in hashes) else None
+        self.lengths = (  # bytes of each normalised text
+            np.concatenate([np.diff(p[0].packed.off) for p in parts]) if parts else np.empty(0, np.int64)
+        )
+        self.seconds = {"normalize": sum(p[2][0] for p in parts), "signatures": sum(p[2][1] for p in parts)}
+
+    def __len__(self) -> int:
+        return int(self.start[-1])
+
+    def text(self, i: int) -> np.ndarray:
+        """Text i's normalised UTF-8 bytes (a view)."""
+        k = int(np.searchsorted(self.start, i, side="right")) - 1
+        packed = self._parts[k][0].packed
+        j = i - int(self.start[k])
+        return packed.buf[packed.off[j] : packed.off[j + 1]]
+
+    def normalized(self) -> Normalized:
+        """All the normalised texts as `normalize_many` returns them."""
+        return _concat_normalized([p[0] for p in self._parts])
+
+    def signatures(self, rows: np.ndarray | None = None) -> Signatures:
+        """The signatures of texts `rows` (ascending and distinct; default all), in that order:
+        `Signatures.take` of the whole, each fingerprint copied once."""
+        parts = self._parts
+        if rows is None:
+            pick = [None] * len(parts)
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            if len(rows) > 1 and not (np.diff(rows) > 0).all():
+                raise ValueError("SignedParts.signatures: rows must be ascending and distinct")
+            cut = np.searchsorted(rows, self.start)
+            pick = [rows[cut[k] : cut[k + 1]] - self.start[k] for k in range(len(parts))]
+        hv, fps, counts, chars = [], [], [], []
+        for (_, (h, f, c, ch), _), local in zip(parts, pick):
+            if local is not None:
+                keep = np.zeros(len(c), dtype=bool)
+                keep[local] = True
+                h, f, c, ch = h[local], f[np.repeat(keep, c)], c[local], ch[local]
+            hv.append(h)
+            fps.append(f)
+            counts.append(c)
+            chars.append(ch)
+        if not parts:
+            return Signatures(
+                np.empty((0, self._num_perm), np.uint32),
+                np.empty(0, np.uint64),
+                np.zeros(1, np.int64),
+                np.empty(0, bool),
+                self._num_perm,
+                self._seed,
+            )
+        return Signatures(
+            hashvalues=np.concatenate(hv),
+            fingerprints=np.concatenate(fps),
+            offsets=_offsets(np.concatenate(counts)),
+            char_shingled=np.concatenate(chars),
             num_perm=self._num_perm,
             seed=self._seed,
         )
-        seconds = {"normalize": sum(p[2][0] for p in parts), "signatures": sum(p[2][1] for p in parts)}
-        return norm, sigs, seconds
 
 
 def _byte_batches(off: np.ndarray, batch_bytes: int) -> list[tuple[int, int]]:

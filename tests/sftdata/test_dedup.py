@@ -1073,14 +1073,25 @@ def test_exact_groups_by_hash_equal_the_dict_of_texts():
     with minhash.SignStream(WORDS5, threads=2, batch_chars=8) as stream:
         for t in texts:
             stream.add(t)
-        norm, _, _ = stream.result()
-    assert norm.hashes is not None and len(norm.hashes) == len(texts)
+        signed = stream.parts()  # many batches of a few texts
+    norm = signed.normalized()
+    assert norm.hashes is not None and len(norm.hashes) == len(texts) == len(signed)
+    assert all(signed.text(i).tobytes() == norm.packed.text(i) for i in range(len(texts)))
     want_uid, want_first = dedup._exact_groups(norm.packed)
-    uid, first = dedup._exact_groups(norm.packed, norm.hashes)
+    for uid, first in (dedup._exact_groups(norm.packed, norm.hashes), dedup._exact_groups_parts(signed)):
+        assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
+    collide = np.zeros(len(texts), np.uint64)  # every text "shares" one hash
+    assert dedup._exact_groups_hashed(signed.lengths, collide, signed.text) is None
+    uid, first = dedup._exact_groups(norm.packed, collide)
     assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
-    assert dedup._exact_groups_hashed(norm.packed, np.zeros(len(texts), np.uint64)) is None  # all "collide"
-    uid, first = dedup._exact_groups(norm.packed, np.zeros(len(texts), np.uint64))
-    assert np.array_equal(uid, want_uid) and np.array_equal(first, want_first)
+    # the signatures of some rows, taken batch by batch, equal Signatures.take of the whole
+    whole = signed.signatures()
+    for rows in (want_first, np.array([], np.int64), np.arange(len(texts)), np.array([0, len(texts) - 1])):
+        got, want = signed.signatures(rows), whole.take(rows)
+        for field in ("hashvalues", "fingerprints", "offsets", "char_shingled"):
+            assert np.array_equal(getattr(got, field), getattr(want, field)), field
+    with pytest.raises(ValueError):
+        signed.signatures(np.array([3, 1]))
 
 
 def test_nfkc_by_decomposing_compatibility_characters_first_equals_unicodedata():
