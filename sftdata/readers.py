@@ -274,7 +274,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         if isinstance(raw, bytes):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            if not raw.strip():
+            if not raw or (raw[0] in _ASCII_SPACE and not raw.strip()):  # no copy of a line that starts with text
                 continue
             number += 1
             if keep is not None and not keep(number):
@@ -321,6 +321,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
 
 
 _SLOW = object()  # _fast_loads: this line takes the json path
+_ASCII_SPACE = frozenset(b" \t\n\r\x0b\x0c")  # what bytes.strip() strips
 
 
 def _fast_loads(raw: bytes) -> Any:

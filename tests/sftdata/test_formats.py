@@ -1013,3 +1013,23 @@ def test_shape_is_a_field_not_meta_and_round_trips_through_messages(tmp_path):
     )
     (odd,) = [c for c in formats.read(str(hand)) if isinstance(c, Conversation)]
     assert odd.shape == "chat" and odd.meta == {"kind": "something-else"}  # unknown: kept, not obeyed
+
+
+def test_empty_content_warning_only_for_blank_messages():
+    """format.empty-content for a message that is empty or only whitespace (Unicode whitespace
+    too), not for one that merely starts with whitespace, nor for a tool-call turn."""
+    from sftdata.formats import _content_warnings
+    from sftdata.records import Conversation, Message, Source
+
+    msgs = (
+        Message("user", " starts with a space"),
+        Message("assistant", "\u3000\n\t "),
+        Message("user", ""),
+        Message("assistant", "", tool_calls=({"function": {"name": "f", "arguments": "{}"}},)),
+        Message("user", "\nx"),
+        Message("assistant", "ok"),
+    )
+    conv = Conversation("f/1", msgs, Source("f", 1))
+    got = [f.message for f in _content_warnings(conv)]
+    assert got == ["message 1 (assistant) has empty content", "message 2 (user) has empty content"]
+    assert _content_warnings(Conversation("f/2", msgs[:1] + msgs[4:], Source("f", 2))) == []
