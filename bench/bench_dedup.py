@@ -639,8 +639,8 @@ NOTES = """### How it works, and where the time goes
 - Where the time goes, one thread, whole T0 (9.9M shingles), CPU seconds measured per stage while
   developing (a 2-core AVX-512 Xeon): SHA-1 ~0.35 (about half of it loading and padding message
   words, half the rounds), shingle ranges ~0.09, minimum ~0.08, Python (CJK check, join, encode)
-  ~0.15. On a 2-core AMD EPYC (znver1, AVX2 on 128-bit units) the SIMD SHA-1 takes 1.5 s and the
-  SHA-instruction one 0.67 s.
+  ~0.15. On a 2-core AMD EPYC (znver1, AVX2 on 128-bit units) the SIMD SHA-1 takes 1.42 s and the
+  SHA-instruction one 0.54 s (`python bench/bench_dedup.py --sha1`).
 - The kernels are compiled once per machine and numba version (the "compile" cost above) and cached
   under `sftdata/__pycache__` (or NUMBA_CACHE_DIR); every later process pays only the cache load,
   most of it `import numba`. The end-to-end run includes that load in its signatures stage.

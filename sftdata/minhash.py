@@ -733,7 +733,7 @@ def _sha1_prefixes(messages: Sequence[bytes], *, ni: bool = False) -> np.ndarray
 #   2. SHA-1 of every shingle, _LANES messages at a time with the same number of 64-byte blocks:
 #      every step of the 80 rounds is a loop over the lanes, which LLVM turns into SIMD. Where the
 #      CPU has SHA instructions, `_sign_batch_ni` takes `_sign_batch`'s place and hashes two
-#      messages at a time with them (`_sha1ni`: 2.3x faster on T0).
+#      messages at a time with them (section 2c: 2.6x faster on T0).
 #   3. MinHash: per text, min over its shingles of (a * fmix32(h) + b) mod 2**32, where h is the
 #      first 4 digest bytes read little-endian (datasketch `sha1_hash32`).
 # ---------------------------------------------------------------------------------------------
@@ -1075,7 +1075,7 @@ def _sign_batch_ni(
 # sha1rnds4 does four rounds in one instruction. numba cannot emit it, so `_ir_sha1ni` writes the
 # LLVM IR and `_sha1ni_intrinsic` hands it to numba as an intrinsic. It lives in this file so that
 # numba's cache, which checks this file's time stamp, is rebuilt whenever it changes. On T0's
-# 9.9M shingles (one 64-byte block each): 0.67 s against the SIMD kernel's 1.5 s on an AMD EPYC
+# 9.9M shingles (one 64-byte block each): 0.54 s against the SIMD kernel's 1.42 s on an AMD EPYC
 # (znver1). llvmlite and numba are imported inside the functions, as everywhere in this module.
 # ---------------------------------------------------------------------------------------------
 
