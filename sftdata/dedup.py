@@ -203,8 +203,8 @@ def _band_pairs_kernel(order: np.ndarray, sorted_keys: np.ndarray, max_bucket: i
             e += 1
         length = e - s
         big += length > max_bucket
-        for p in range(min(length, max_bucket)):
-            total += length - 1 - p
+        m = max(0, min(length, max_bucket))  # members that pair with every later one
+        total += m * (length - 1) - m * (m - 1) // 2
         s = e
     out = np.empty(total, np.int64)
     k = 0

@@ -11,7 +11,7 @@
    use and cached on disk): per batch of texts, one call without the GIL finds the shingles' byte
    ranges in the UTF-8 buffer, hashes them with SHA-1 and takes the per-permutation minimum;
    batches run on several threads. SHA-1 runs on the CPU's SHA instructions where it has them
-   (`_sha1ni`: AMD Zen, recent Intel), else as SIMD lanes, 32 messages at a time.
+   (section 2c: AMD Zen, recent Intel), else as SIMD lanes, 32 messages at a time.
 
 Shingles: `words:N` are N consecutive words of the normalised text joined by single spaces;
 `chars:N` are N consecutive characters. A text with fewer units than N is one shingle (the whole
@@ -879,8 +879,8 @@ def _sha1_batch(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.nd
 
 
 def _sha1_batch_ni(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """`_sha1_batch` with the CPU's SHA instructions (`_sha1ni`, compiled only where `_sha1ni.
-    available()`): messages of the same block count go _sha1ni.WAYS at a time."""
+    """`_sha1_batch` with the CPU's SHA instructions (`_sha1ni`, section 2c; compiled only where
+    `_use_sha_ni()`): messages of the same block count go _NI_WAYS at a time."""
     m = len(start)
     first, order, top = _block_order(length)
     out = np.empty(m, np.uint64)
@@ -898,14 +898,6 @@ def _sha1_batch_ni(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> np
             for lane in range(min(_NI_WAYS, hi - g)):
                 out[order[g + lane]] = got[lane]
     return out
-
-
-_NI_WAYS = 2  # = _sha1ni.WAYS (a test checks), here so that this module does not import numba
-
-
-def _sha1ni(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, out: np.ndarray) -> None:
-    """Replaced by `_sha1ni.sha1ni` (an LLVM intrinsic) in `_jit`; never called as Python."""
-    raise RuntimeError("the SHA-NI kernel runs only compiled")
 
 
 def _bytes_hash(buf: np.ndarray, s: int, n: int) -> Any:
@@ -1062,7 +1054,7 @@ def _sign_batch_ni(
     buf: np.ndarray, off: np.ndarray, is_chars: np.ndarray, size: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_sign_batch` hashing with the CPU's SHA instructions; `_jit` puts it in `_sign_batch`'s
-    place where `_sha1ni.available()`."""
+    place where `_use_sha_ni()`."""
     start, length, counts, first = _shingle_ranges(buf, off, is_chars, size)
     fps = _sha1_batch_ni(buf, start, length)
     return _permute(fps, counts, first, a, b), fps, counts
@@ -1083,11 +1075,11 @@ _NI_WAYS = 2  # messages hashed together: two independent round chains hide sha1
 _NI_FEATURES = ("sha", "ssse3", "sse4.1")
 
 
-def _sha_ni_available() -> bool:
-    """Whether the kernels may use SHA-NI: an x86-64 CPU with the SHA, SSSE3 and SSE4.1
-    extensions, numba compiling for the host CPU (not NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, which
-    build for other machines) and compiling at all (not NUMBA_DISABLE_JIT), and SFTDATA_SHA_NI not
-    set to 0 (the portable kernel then)."""
+def _use_sha_ni() -> bool:
+    """Whether `_sign_batch` hashes with the CPU's SHA instructions (SHA-NI): an x86-64 CPU with
+    the SHA, SSSE3 and SSE4.1 extensions, numba compiling for the host CPU (not NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES, which build for other machines) and compiling at all (not
+    NUMBA_DISABLE_JIT), and SFTDATA_SHA_NI not set to 0 (the portable kernel then)."""
     if os.environ.get("SFTDATA_SHA_NI", "1").strip() == "0":
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -1243,7 +1235,7 @@ def _sha1ni_intrinsic() -> Any:
 
 
 def _sha1ni(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int, out: np.ndarray) -> None:
-    """Replaced by `_sha1ni_intrinsic()` in `_jit` (where `_sha_ni_available()`); never called as Python."""
+    """Replaced by `_sha1ni_intrinsic()` in `_jit` (where `_use_sha_ni()`); never called as Python."""
     raise RuntimeError("the SHA-NI kernel runs only compiled")
 
 
@@ -1263,11 +1255,6 @@ def import_numba() -> Any:
     except ImportError as e:  # a dependency of sftlab; no slow fallback
         raise ImportError("sftdata dedup computes MinHash signatures with numba: pip install 'numba>=0.60'") from e
     return numba
-
-
-def _use_sha_ni() -> bool:
-    """Whether `_sign_batch` hashes with the CPU's SHA instructions (`_sha_ni_available()`)."""
-    return _sha_ni_available()
 
 
 def _jit() -> None:
