@@ -14,7 +14,12 @@ fi
 python -m compileall -q sftdata sfttrain probes tui  # prints only what fails to compile
 stamp=.venv/.sftlab-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# dedup's kernels compiled ahead of time for this CPU (sftdata/aot.py): every `sftdata dedup` then
+# skips importing numba and loading its cache (0.5 s). Rebuilt only when the kernels' sources,
+# versions or CPU change (about 30 s); without it numba's JIT runs, so a failure only warns.
+build_kernels() { python -m sftdata.aot --quiet || true; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  build_kernels
   exit 0
 fi
 # torch first, pinned: a bare `torch` requirement would pull several GB of CUDA wheels.
@@ -33,3 +38,4 @@ if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ 
     || echo "setup: could not install tmux; the sfttui terminal test will be skipped" >&2
 fi
 echo "$want" > "$stamp"
+build_kernels

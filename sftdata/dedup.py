@@ -434,7 +434,16 @@ def _jaccard_kernel(keys: np.ndarray, off: np.ndarray, left: np.ndarray, right: 
 
 
 _JIT_LOCK = threading.Lock()
-_jitted = False
+_jitted = False  # the entry points are compiled (ahead of time or by numba)
+_numba_bound = False  # they are numba's (`_jit_numba`)
+
+# the compiled entry points and their signatures (see minhash._AOT_EXPORTS and sftdata/aot.py)
+_AOT_EXPORTS = {
+    "_band_pairs_kernel": "Tuple((int64[::1], int64))(int64[::1], uint64[::1], int64)",
+    "_sets_kernel": "Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])",
+    "_estimate_kernel": "float64[::1](uint32[:, ::1], int64[::1], int64[::1])",
+    "_jaccard_kernel": "float64[::1](uint64[::1], int64[::1], int64[::1], int64[::1])",
+}
 
 
 def load_kernels() -> None:
@@ -445,27 +454,35 @@ def load_kernels() -> None:
 
 
 def _jit() -> None:
-    """Compile the verification kernels (or load them from numba's cache) in place of the Python
-    functions above; `import sftdata.dedup` does not import numba. Idempotent, thread-safe."""
+    """Put the verification kernels in place of the Python functions above: from the
+    ahead-of-time module where it is built (sftdata/aot.py), else numba's (`_jit_numba`);
+    `import sftdata.dedup` does not import numba. Idempotent, thread-safe."""
     global _jitted
     with _JIT_LOCK:
         if _jitted:
             return
+        from sftdata import aot
+
+        compiled = aot.kernels("dedup", _AOT_EXPORTS)
+        if compiled is not None:
+            globals().update(compiled)
+            _jitted = True
+            return
+    _jit_numba()
+
+
+def _jit_numba() -> None:
+    """Compile the verification kernels with numba (or load them from numba's cache). Idempotent,
+    thread-safe."""
+    global _jitted, _numba_bound
+    with _JIT_LOCK:
+        if _numba_bound:
+            return
         numba = minhash.import_numba()
         g = globals()
-        g["_band_pairs_kernel"] = numba.njit(
-            "Tuple((int64[::1], int64))(int64[::1], uint64[::1], int64)", nogil=True, cache=True
-        )(_band_pairs_kernel)
-        g["_sets_kernel"] = numba.njit(
-            "Tuple((uint64[::1], int64[::1]))(uint64[::1], int64[::1], boolean[::1])", nogil=True, cache=True
-        )(_sets_kernel)
-        g["_estimate_kernel"] = numba.njit(
-            "float64[::1](uint32[:, ::1], int64[::1], int64[::1])", nogil=True, cache=True
-        )(_estimate_kernel)
-        g["_jaccard_kernel"] = numba.njit(
-            "float64[::1](uint64[::1], int64[::1], int64[::1], int64[::1])", nogil=True, cache=True
-        )(_jaccard_kernel)
-        _jitted = True
+        for name, signature in _AOT_EXPORTS.items():
+            g[name] = numba.njit(signature, nogil=True, cache=True)(_PY[name])
+        _numba_bound = _jitted = True
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -696,6 +713,7 @@ def dedup(
         **_settings(config, spec, params),
         "seconds": clock.laps,
         "kernel_seconds": {k: round(v, 3) for k, v in kernel_seconds.items()},
+        "kernels": minhash.compiled_by(),
     }
     log.info("dedup: seconds per stage %s", clock.laps)
     return DedupResult(
@@ -1113,3 +1131,6 @@ def _contamination_finding(
         "otherwise the evaluation measures memorisation",
         data={"other": _side(other), "verified_jaccard": round(verified, 4), "estimated_jaccard": round(estimate, 4)},
     )
+
+
+_PY = {name: globals()[name] for name in _AOT_EXPORTS}  # the kernels as Python (for `_jit_numba`)

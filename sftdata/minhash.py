@@ -714,7 +714,7 @@ def _sha1_prefixes(messages: Sequence[bytes], *, ni: bool = False) -> np.ndarray
     """The first 8 SHA-1 digest bytes (big-endian uint64) of each message, computed by the portable
     kernel that signs shingles, or with `ni` by the SHA-NI one (both equal to
     `hashlib.sha1(m).digest()[:8]`; the tests check it)."""
-    _jit()
+    _jit_numba()
     off = _offsets(np.array([len(m) for m in messages], dtype=np.int64))
     kernel = _sha1_batch_ni if ni else _sha1_batch
     return kernel(_buffer(b"".join(messages)), off[:-1].copy(), np.diff(off))
@@ -1240,7 +1240,18 @@ def _sha1ni(buf: np.ndarray, start: np.ndarray, length: np.ndarray, nblocks: int
 
 
 _JIT_LOCK = threading.Lock()
-_jitted = False
+_jitted = False  # the entry points are compiled (ahead of time or by numba)
+_numba_bound = False  # everything is compiled by numba (`_jit_numba`)
+
+# The compiled entry points and their signatures: `_jit` binds them from the ahead-of-time module
+# (sftdata/aot.py) where it is built, else compiles them with numba; `aot.build` compiles these.
+_AOT_EXPORTS = {
+    "_sign_batch": "Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
+    "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
+    "_normalize_batch": "Tuple((uint8[::1], int64[::1], int64[::1], boolean[::1], boolean[::1]))"
+    "(uint8[::1], int64[::1], uint32[::1], boolean[::1])",
+    "_hash_texts": "uint64[::1](uint8[::1], int64[::1])",
+}
 
 
 def import_numba() -> Any:
@@ -1257,15 +1268,41 @@ def import_numba() -> Any:
     return numba
 
 
+def compiled_by() -> str:
+    """Who compiled the signing kernels this process runs: "aot" (the module `python -m
+    sftdata.aot` built), "numba" (its JIT), or "" (not compiled yet)."""
+    return "numba" if _numba_bound else "aot" if _jitted else ""
+
+
 def _jit() -> None:
-    """Compile the kernels (or load them from numba's cache: `__pycache__` next to this file, or
-    NUMBA_CACHE_DIR) and put them in place of the Python functions. Idempotent, thread-safe."""
+    """Put the compiled entry points (`_AOT_EXPORTS`) in place of the Python functions: from the
+    ahead-of-time module where it is built for this machine (no numba import), else numba's
+    (`_jit_numba`). Idempotent, thread-safe."""
     global _jitted
     with _JIT_LOCK:
         if _jitted:
             return
+        from sftdata import aot
+
+        compiled = aot.kernels("minhash", _AOT_EXPORTS)
+        if compiled is not None:
+            globals().update(compiled)
+            _jitted = True
+            return
+    _jit_numba()
+
+
+def _jit_numba() -> None:
+    """Compile every kernel with numba (or load it from numba's cache: `__pycache__` next to this
+    file, or NUMBA_CACHE_DIR) and put it in place of its Python function, the entry points too.
+    Idempotent, thread-safe."""
+    global _jitted, _numba_bound
+    with _JIT_LOCK:
+        if _numba_bound:
+            return
         numba = import_numba()
         g = globals()
+        g.update(_PY)  # the Python functions, should the entry points be bound ahead of time
         for name in ("_rotl", "_load_be", "_round", "_fmix32", "_is_cjk"):
             g[name] = numba.njit(inline="always")(g[name])
         for name in ("_block_order", "_shingle_ranges", "_permute"):  # compiled into their callers
@@ -1273,22 +1310,38 @@ def _jit() -> None:
         g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_sha1_lanes)
         g["_sha1_batch"] = numba.njit(nogil=True, cache=True)(_sha1_batch)  # lazy: tests, `_sha1_prefixes`
         g["_bytes_hash"] = numba.njit(inline="always")(_bytes_hash)
-        g["_hash_texts"] = numba.njit("uint64[::1](uint8[::1], int64[::1])", nogil=True, cache=True)(_hash_texts)
+        g["_hash_texts"] = numba.njit(_AOT_EXPORTS["_hash_texts"], nogil=True, cache=True)(_hash_texts)
         sign = _sign_batch
         if _use_sha_ni():
             g["_sha1ni"] = _sha1ni_intrinsic()
             g["_sha1_batch_ni"] = numba.njit(nogil=True, cache=True)(_sha1_batch_ni)
             sign = _sign_batch_ni
         g["_sign_batch"] = numba.njit(  # compiled (or loaded) now, before any worker needs it
-            "Tuple((uint32[:, ::1], uint64[::1], int64[::1]))(uint8[::1], int64[::1], "
-            "boolean[::1], int64[::1], uint32[::1], uint32[::1])",
-            nogil=True,
-            cache=True,
+            _AOT_EXPORTS["_sign_batch"], nogil=True, cache=True
         )(sign)
-        g["_normalize_batch"] = numba.njit(
-            "Tuple((uint8[::1], int64[::1], int64[::1], boolean[::1], boolean[::1]))"
-            "(uint8[::1], int64[::1], uint32[::1], boolean[::1])",
-            nogil=True,
-            cache=True,
-        )(_normalize_batch)
-        _jitted = True
+        g["_normalize_batch"] = numba.njit(_AOT_EXPORTS["_normalize_batch"], nogil=True, cache=True)(_normalize_batch)
+        _numba_bound = _jitted = True
+
+
+# the functions `_jit_numba` compiles, as Python (the entry points may be rebound ahead of time first)
+_PY = {
+    name: globals()[name]
+    for name in (
+        "_rotl",
+        "_load_be",
+        "_round",
+        "_fmix32",
+        "_is_cjk",
+        "_block_order",
+        "_shingle_ranges",
+        "_permute",
+        "_sha1_lanes",
+        "_sha1_batch",
+        "_bytes_hash",
+        "_hash_texts",
+        "_sha1_batch_ni",
+        "_sign_batch",
+        "_normalize_batch",
+        "_sha1ni",
+    )
+}

@@ -200,7 +200,14 @@ def _load_kernels() -> None:
     the first time numba loads a compiled function it imports `scipy.linalg.cython_blas` only to
     learn whether np.correlate/np.convolve may call BLAS (sftdata's kernels call neither), 0.45 s.
     The import is blocked only in this command's process and only while the kernels load; numba
-    then uses its own loop for those two functions for the rest of the process."""
+    then uses its own loop for those two functions for the rest of the process. Where the kernels
+    were compiled ahead of time (`python -m sftdata.aot`) none of this happens: numba is not
+    imported at all."""
+    from sftdata import aot
+
+    if aot.in_use():
+        dedup.load_kernels()
+        return
     blocked = _BLAS not in sys.modules
     if blocked:
         sys.modules[_BLAS] = None  # type: ignore[assignment]  # `import` raises ImportError

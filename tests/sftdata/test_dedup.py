@@ -325,7 +325,8 @@ def test_compiling_never_swaps_the_callers_stdout_and_stderr():
     """Numba colours its messages through colorama, whose init()/deinit() replace sys.stdout and
     sys.stderr and put back the streams they saw. The CLI compiles on a thread while the caller
     goes on; a caller that redirects its streams meanwhile (pytest's capsys, a notebook, the pytest
-    fixture) had its output sent to a stale stream. So numba must format without colorama."""
+    fixture) had its output sent to a stale stream. So numba must format without colorama.
+    (With numba's JIT: the ahead-of-time kernels, sftdata/aot.py, do not import numba at all.)"""
     code = (
         "import colorama.initialise as ci\n"
         "calls = []\n"
@@ -341,6 +342,7 @@ def test_compiling_never_swaps_the_callers_stdout_and_stderr():
         "print(len(calls))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING"}
+    env["SFTDATA_AOT"] = "0"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "0", out.stdout + out.stderr
 
@@ -1139,7 +1141,7 @@ def test_cli_kernel_loading_without_registries_gives_the_same_result(tmp_path):
     for flag in ("0", "1"):
         proc = subprocess.run(
             [sys.executable, "-c", _FAST_LOAD_PROBE, str(path)],
-            env={**os.environ, "SFTDATA_NUMBA_FAST_LOAD": flag},
+            env={**os.environ, "SFTDATA_NUMBA_FAST_LOAD": flag, "SFTDATA_AOT": "0"},  # numba's loading
             capture_output=True,
             text=True,
             check=False,
