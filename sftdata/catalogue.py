@@ -486,6 +486,18 @@ def finding(
     )
 
 
+def finding_of(check_id: str) -> Callable[[str, Conversation, str, dict[str, Any]], Finding]:
+    """`finding(check_id, message, conv, hint=hint, data=data)` as a function of those four, with
+    the catalogue looked up once: for call sites that build thousands (dedup: one per dropped
+    example). A KeyError now for an id that is not catalogued."""
+    severity = CHECKS[check_id].severity
+
+    def make(message: str, conv: Conversation, hint: str, data: dict[str, Any]) -> Finding:
+        return _new_finding(check_id, severity, message, hint, conv.id, conv.source, data)
+
+    return make
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -29,6 +29,7 @@ The pipeline, top to bottom (signatures and normalisation live in `sftdata.minha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -42,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from sftdata import minhash
-from sftdata.catalogue import finding
+from sftdata.catalogue import finding, finding_of
 from sftdata.minhash import THREADS, ShingleSpec, Signatures, _map, parse_shingle
 from sftdata.records import Conversation, Finding
 
@@ -612,7 +613,17 @@ class DedupResult:
     findings: tuple[Finding, ...]
     summary: dict[str, Any]
     params: LshParams
-    clusters: dict[str, list[Any]] = field(default_factory=dict)  # columns of dedup/clusters.parquet
+    # the columns of dedup/clusters.parquet, or a function that makes them (on first use: a run
+    # that writes no run directory never needs them)
+    cluster_table: dict[str, list[Any]] | Callable[[], dict[str, list[Any]]] = field(default_factory=dict)
+
+    @property
+    def clusters(self) -> dict[str, list[Any]]:
+        """dedup/clusters.parquet's columns: every member of a cluster, its cluster id and size,
+        representative, and its estimated and verified Jaccard to the representative."""
+        if callable(self.cluster_table):
+            object.__setattr__(self, "cluster_table", self.cluster_table())
+        return self.cluster_table  # type: ignore[return-value]
 
 
 def dedup(
@@ -703,7 +714,7 @@ def dedup(
     size_of[c.members] = c.size[c.cluster[c.members]]
     similarity = dict(zip(mo.tolist(), zip(rep_est.tolist(), rep_ver.tolist())))
     findings = _findings(examples, raw, pairs, dropped, c.rep_of, uid, size_of, similarity)
-    clusters = _clusters_table(examples, c, rep_est, rep_ver)
+    clusters = functools.partial(_clusters_table, examples, c, rep_est, rep_ver)
     clock.start(None)
     summary = {
         **_counts(examples, n_train, uid, n_texts, pairs, c, dropped),
@@ -1017,6 +1028,7 @@ def _findings(
     xs = np.sort(dropped)
     reps = rep_of[xs]
     kept: dict[int, _Kept] = {}  # what the findings say about each representative, worked out once
+    numbers = _Numbers()
     for x, rep, same, size in zip(
         xs.tolist(), reps.tolist(), (uid[xs] == uid[reps]).tolist(), cluster_size[xs].tolist(), strict=True
     ):
@@ -1024,7 +1036,9 @@ def _findings(
         k = kept.get(rep)
         if k is None:
             k = kept[rep] = _kept(examples[rep], texts[rep])
-        findings.append(_duplicate_finding(examples[x], texts[x], k, "exact" if same else "near", est, ver, size))
+        findings.append(
+            _duplicate_finding(examples[x], texts[x], k, "exact" if same else "near", est, ver, size, numbers)
+        )
     return findings
 
 
@@ -1048,6 +1062,11 @@ def _basename(config: DedupConfig, spec: ShingleSpec, params: LshParams) -> byte
 
 def snippet(text: str, width: int = 60) -> str:
     """The first `width` characters of text with its whitespace collapsed ("…" when cut)."""
+    head = text[: width + 8]
+    # usual prose: nothing to collapse at the start (isprintable() is False for every whitespace
+    # character but " "), so the collapsed text starts with head less a trailing space
+    if head[:1] != " " and "  " not in head and head.isprintable() and len(head.rstrip(" ")) > width:
+        return head[: width - 1] + "…"
     flat = " ".join(text[: width * 2].split())  # enough unless the start is mostly whitespace
     if len(flat) <= width:
         flat = " ".join(text[: width * 4].split())
@@ -1081,9 +1100,43 @@ def _kept(kept: Conversation, text: str) -> _Kept:
     )
 
 
+class _Numbers:
+    """round(v, 4) and f"{v:.3f}" of the Jaccards the findings print, each worked out once per
+    value: MinHash estimates take only num_perm + 1 values, and T0's 23.6k findings hold a few
+    thousand distinct verified ones (a tenth of the findings stage)."""
+
+    def __init__(self) -> None:
+        self._r4: dict[float, float] = {}
+        self._f3: dict[float, str] = {}
+
+    def round4(self, v: float) -> float:
+        r = self._r4.get(v)
+        if r is None:
+            r = self._r4[v] = round(v, 4)
+        return r
+
+    def f3(self, v: float) -> str:
+        r = self._f3.get(v)
+        if r is None:
+            r = self._f3[v] = f"{v:.3f}"
+        return r
+
+
+_EXACT, _NEAR = finding_of("dedup.exact"), finding_of("dedup.near")
+_CHECK_THE_PAIR = " (check the pair in dedup/clusters.parquet if the texts should both stay)"
+
+
 def _duplicate_finding(
-    ex: Conversation, text: str, kept: _Kept, kind: str, estimate: float, verified: float, size: int
+    ex: Conversation,
+    text: str,
+    kept: _Kept,
+    kind: str,
+    estimate: float,
+    verified: float,
+    size: int,
+    numbers: _Numbers | None = None,
 ) -> Finding:
+    numbers = numbers if numbers is not None else _Numbers()
     mine = snippet(text)
     if kind == "exact":
         message = (
@@ -1093,24 +1146,18 @@ def _duplicate_finding(
     else:
         message = (
             f"{ex.source} near-duplicates {kept.where}, which -o keeps: verified Jaccard "
-            f"{verified:.3f} (MinHash estimate {estimate:.3f}); cluster of {size} examples: {mine!r} vs "
-            f"{kept.snippet}"
+            f"{numbers.f3(verified)} (MinHash estimate {numbers.f3(estimate)}); cluster of {size} examples: "
+            f"{mine!r} vs {kept.snippet}"
         )
-    return finding(
-        "dedup.exact" if kind == "exact" else "dedup.near",
+    return (_EXACT if kind == "exact" else _NEAR)(
         message,
         ex,
-        hint=kept.hint
-        + (
-            ""
-            if verified >= 1.0 or kind == "exact"
-            else " (check the pair in dedup/clusters.parquet if the texts should both stay)"
-        ),
-        data={
+        kept.hint if verified >= 1.0 or kind == "exact" else kept.hint + _CHECK_THE_PAIR,
+        {
             "other": kept.side,
             "cluster_size": size,
-            "verified_jaccard": round(verified, 4),
-            "estimated_jaccard": round(estimate, 4),
+            "verified_jaccard": numbers.round4(verified),
+            "estimated_jaccard": numbers.round4(estimate),
         },
     )
 
