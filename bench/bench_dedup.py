@@ -116,7 +116,7 @@ def sha1_kernels(path: Path, limit: int | None, repeats: int) -> str:
 
     texts = [dedup.text_of(c) for c in read(path, limit)]
     norm = minhash.normalize_many(texts)
-    minhash._jit()
+    minhash._jit_numba()  # the SHA-1 kernels by themselves are numba's (the ahead-of-time module holds the entry points)
     packed = norm.packed
     is_chars, size = minhash._shingling(norm.cjk, minhash.ShingleSpec("words", 5))
     start, length, _, _ = minhash._shingle_ranges(packed.buf, packed.off, is_chars, size)
@@ -246,21 +246,32 @@ import time
 t = time.perf_counter()
 from sftdata import dedup
 dedup.load_kernels()
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, dedup.compiled_by())
 """
 
 
 def jit_cost() -> dict:
-    """Seconds for `dedup.load_kernels()` (numba import included) in a fresh process with an empty numba
-    cache (it compiles the kernels), then in another fresh process (it loads them from the cache)."""
-    out = {}
+    """Seconds for `dedup.load_kernels()` in a fresh process: with numba's JIT (SFTDATA_AOT=0,
+    `import numba` included) and an empty numba cache (it compiles the kernels), then in another
+    fresh process (it loads them from the cache); and from the ahead-of-time module (`python -m
+    sftdata.aot`) where it is built (None where not)."""
+    from sftdata import aot
+
+    out: dict = {}
     with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, SFTDATA_AOT="0")
         for key in ("compile_s", "cache_load_s"):
             proc = subprocess.run(
                 [sys.executable, "-c", _JIT_PROBE], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, check=True
             )
-            out[key] = float(proc.stdout.strip().splitlines()[-1])
+            out[key] = float(proc.stdout.strip().splitlines()[-1].split()[0])
+    out["aot_load_s"] = None
+    if aot.path().is_file():
+        proc = subprocess.run(
+            [sys.executable, "-c", _JIT_PROBE], cwd=REPO, stdout=subprocess.PIPE, text=True, check=True
+        )
+        seconds, by = proc.stdout.strip().splitlines()[-1].split()
+        out["aot_load_s"] = float(seconds) if by == "aot" else None
     return out
 
 
@@ -425,9 +436,17 @@ def render_e2e(r: dict, machine: dict, command: str) -> str:
         f"datasketch (its own bands x rows {res['bands_rows'][0]} x {res['bands_rows'][1]} for threshold 0.8, "
         f"no verification) found {res['candidate_pairs']:,} candidate pairs and would drop {res['dropped']:,}; "
         f"sftdata ({s['bands']} x {s['rows']}, every pair verified) found {s['near_pairs']:,} near pairs and "
-        f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters).",
+        f"{s['exact_duplicates']:,} exact duplicates, and drops {s['removed']:,} ({s['clusters']:,} clusters). "
+        f"sftdata's kernels: {_kernels(s.get('kernels'))}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _kernels(by: str | None) -> str:
+    return {
+        "aot": "compiled ahead of time (`python -m sftdata.aot`, as scripts/setup.sh builds them; numba not imported)",
+        "numba": "numba's JIT, loaded from its on-disk cache",
+    }.get(by or "", by or "not reported")
 
 
 def _t0_examples(findings: list[dict]) -> list[str]:
@@ -571,7 +590,13 @@ def render(r: dict) -> str:
         f"One-time costs of the compiled kernels, not in the table: compiling them on the first run after "
         f"installing or editing `sftdata/dedup.py` (empty numba cache) **{tp['jit']['compile_s']:.1f} s**; "
         f"loading them from numba's on-disk cache in a later process **{tp['jit']['cache_load_s']:.2f} s** "
-        f"(both in a fresh process, `import numba` included).",
+        f"(both in a fresh process, `import numba` included); "
+        + (
+            f"loading the module `python -m sftdata.aot` compiled ahead of time (what `sftdata dedup` does "
+            f"where it is built) **{tp['jit']['aot_load_s']:.3f} s**."
+            if tp["jit"].get("aot_load_s") is not None
+            else "no ahead-of-time module is built here (`python -m sftdata.aot`)."
+        ),
         "",
         f"### End to end: {e2e['summary']['examples']:,} T0 rows",
         "",
@@ -642,8 +667,9 @@ NOTES = """### How it works, and where the time goes
   ~0.15. On a 2-core AMD EPYC (znver1, AVX2 on 128-bit units) the SIMD SHA-1 takes 1.42 s and the
   SHA-instruction one 0.54 s (`python bench/bench_dedup.py --sha1`).
 - The kernels are compiled once per machine and numba version (the "compile" cost above) and cached
-  under `sftdata/__pycache__` (or NUMBA_CACHE_DIR); every later process pays only the cache load,
-  most of it `import numba`. The end-to-end run includes that load in its signatures stage.
+  under `sftdata/__pycache__` (or NUMBA_CACHE_DIR); every later process pays the cache load, most of
+  it `import numba`, unless `python -m sftdata.aot` (run by scripts/setup.sh) compiled them ahead of
+  time into an extension module: then a process imports that (a millisecond) and never numba.
 - LSH bands x rows come from the threshold: the fewest false positives among (b, r) with
   b*r <= num_perm and P(candidate | J = threshold) >= 0.95; at 0.8 and 128 permutations that is 13 x 7
   (P = 0.953; P(0.85) = 0.993; P(0.5) = 0.10). datasketch's default weights give 9 x 13 here, which finds a

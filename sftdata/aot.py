@@ -53,9 +53,9 @@ log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parent
 # the modules whose `_AOT_EXPORTS` ({function name: numba signature}) are built, by export prefix
 MODULES = {"minhash": "sftdata.minhash", "dedup": "sftdata.dedup"}
-_SOURCES = ("minhash.py", "dedup.py", "aot.py")  # what the machine code is compiled from
+_SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # this file as imported
 _PREFIX = "sftdata_kernels_"
-_NUMBA_OVERRIDES = ("NUMBA_DISABLE_JIT", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_BOUNDSCHECK")
+_NUMBA_OVERRIDES = ("NUMBA_DISABLE_JIT", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_BOUNDSCHECK", "NUMBA_OPT")
 
 _lock = threading.Lock()
 _UNSET: Any = object()
@@ -68,9 +68,13 @@ def directory() -> Path:
 
 
 def disabled_by() -> str | None:
-    """The environment variable that turns the ahead-of-time kernels off, if one does."""
+    """Why the ahead-of-time kernels are off, if they are: SFTDATA_AOT=0, a numba setting that
+    changes what numba compiles (its JIT then runs, as asked), or a system without /proc/cpuinfo
+    to key the CPU's features by."""
     if os.environ.get("SFTDATA_AOT", "1").strip() == "0":
         return "SFTDATA_AOT=0"
+    if not os.path.isfile("/proc/cpuinfo"):
+        return "no /proc/cpuinfo (ahead-of-time kernels are built on Linux only)"
     for name in _NUMBA_OVERRIDES:
         if os.environ.get(name, "").strip() not in ("", "0"):
             return name
@@ -78,14 +82,28 @@ def disabled_by() -> str | None:
 
 
 def key() -> str:
-    """16 hex digits naming the module this machine and these sources need."""
+    """16 hex digits naming the module these sources need on this machine: the sources as this
+    process imported them (a process that imported older ones never loads a newer build)."""
     h = hashlib.sha256()
-    for name in _SOURCES:
-        h.update((PACKAGE / name).read_bytes())
-    sha_ni = os.environ.get("SFTDATA_SHA_NI", "1").strip() != "0"
-    h.update(f"|{sys.version}|{np.__version__}|{platform.machine()}|{_numba_version_file()}|sha_ni={sha_ni}|".encode())
-    h.update(_cpu().encode())
+    for digest in source_digests():
+        h.update(digest.encode())
+    h.update(environment().encode())
     return h.hexdigest()[:16]
+
+
+def source_digests() -> list[str]:
+    """SHA-256 of minhash.py, dedup.py and this file as they were when imported."""
+    from sftdata import dedup, minhash
+
+    return [minhash._SOURCE_DIGEST, dedup._SOURCE_DIGEST, _SOURCE_DIGEST]
+
+
+def environment() -> str:
+    """What the machine code depends on besides the sources: Python, numpy, numba and llvmlite
+    versions, the CPU (model and feature flags) and the SHA-NI switch."""
+    sha_ni = os.environ.get("SFTDATA_SHA_NI", "1").strip() != "0"
+    versions = "|".join(_version_file(m) for m in ("numba", "llvmlite"))
+    return f"{sys.version}|{np.__version__}|{platform.machine()}|{versions}|sha_ni={sha_ni}|{_cpu()}"
 
 
 def module_name() -> str:
@@ -97,9 +115,9 @@ def path() -> Path:
     return directory() / (module_name() + importlib.machinery.EXTENSION_SUFFIXES[0])
 
 
-def _numba_version_file() -> str:
-    """numba's _version.py (found without importing numba), or '' when numba is not installed."""
-    spec = importlib.util.find_spec("numba")
+def _version_file(package: str) -> str:
+    """A package's _version.py (found without importing it), or '' when it is not installed."""
+    spec = importlib.util.find_spec(package)
     for where in (spec.submodule_search_locations or []) if spec else []:
         try:
             return (Path(where) / "_version.py").read_text(encoding="utf-8")
@@ -110,15 +128,11 @@ def _numba_version_file() -> str:
 
 def _cpu() -> str:
     """The CPU the code is compiled for: vendor, model and feature flags of the first processor in
-    /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            block = f.read().split("\n\n", 1)[0]
-    except OSError:
-        return f"{platform.system()}|{platform.processor()}"
+    /proc/cpuinfo (hence Linux only: elsewhere `disabled_by` says so)."""
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        block = f.read().split("\n\n", 1)[0]
     keep = ("vendor_id", "cpu family", "model", "model name", "flags", "Features", "CPU implementer", "CPU part")
-    lines = [ln for ln in block.splitlines() if ln.split(":", 1)[0].strip() in keep]
-    return "\n".join(lines)
+    return "\n".join(ln for ln in block.splitlines() if ln.split(":", 1)[0].strip() in keep)
 
 
 def load() -> Any:
@@ -222,7 +236,9 @@ def parse_args(signature: str) -> list[tuple[np.dtype, int]]:
 
 
 def checked(name: str, fn: Callable[..., Any], signature: str) -> Callable[..., Any]:
-    """fn with its arguments checked against `signature` (see `parse_args`)."""
+    """fn with its arguments checked against `signature` (see `parse_args`): arrays (or ndarray
+    subclasses such as np.memmap) of exactly the dtype, dimensions and C layout, writeable;
+    integers, or floats converted to integers, for int64 scalars."""
     specs = parse_args(signature)
 
     def call(*args: Any) -> Any:
@@ -230,10 +246,12 @@ def checked(name: str, fn: Callable[..., Any], signature: str) -> Callable[..., 
             raise TypeError(f"{name}() takes {len(specs)} arguments, got {len(args)}")
         for k, (a, (dtype, ndim)) in enumerate(zip(args, specs)):
             if ndim == 0:
-                if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-                    raise TypeError(f"{name}(): argument {k} must be an integer, got {type(a).__name__}")
+                if isinstance(a, (float, np.floating)):  # numba's dispatcher converts it too
+                    args = (*args[:k], int(a), *args[k + 1 :])
+                elif not isinstance(a, (int, np.integer)):
+                    raise TypeError(f"{name}(): argument {k} must be a number, got {type(a).__name__}")
             elif not (
-                type(a) is np.ndarray
+                isinstance(a, np.ndarray)
                 and a.dtype == dtype
                 and a.ndim == ndim
                 and a.flags.c_contiguous
@@ -260,6 +278,9 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
     there already (or `force`); delete the modules of other keys. Returns the module's path.
     Written under a temporary name and renamed, so a reader never sees half a file. Raises
     RuntimeError (with the reason) when it cannot be built."""
+    why = disabled_by()
+    if why is not None:  # e.g. NUMBA_CPU_NAME would build for another CPU under this one's key
+        raise RuntimeError(f"not built: {why}")
     where = Path(directory_) if directory_ is not None else directory()
     name = module_name()
     target = where / (name + importlib.machinery.EXTENSION_SUFFIXES[0])
@@ -311,6 +332,7 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
             raise RuntimeError(f"the compiler wrote no {target.name}")
         manifest = {
             "module": name,
+            "environment": hashlib.sha256(environment().encode()).hexdigest()[:16],
             "numba": _numba_version(),
             "python": sys.version.split()[0],
             "numpy": np.__version__,
@@ -326,10 +348,31 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
         pycc_compiler.Flags = before_flags
         codegen.AOTCPUCodegen._customize_tm_features = host_features
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in where.glob(_PREFIX + "*"):  # other keys' modules: never loaded again
-        if old.name.split(".", 1)[0] != name:
-            old.unlink(missing_ok=True)
+    _remove_outdated(where, name, manifest["environment"])
     return target
+
+
+def _remove_outdated(where: Path, name: str, env: str) -> None:
+    """Delete the modules built here for older sources in this same environment (they are never
+    loaded again), and build folders a killed build left. Modules of other environments (another
+    Python, CPU or numba sharing the folder) stay; what cannot be deleted is left."""
+    for manifest in where.glob(_PREFIX + "*.json"):
+        other = manifest.name[: -len(".json")]
+        if other == name:
+            continue
+        try:
+            if json.loads(manifest.read_text(encoding="utf-8")).get("environment") != env:
+                continue
+            for file in where.glob(other + ".*"):
+                file.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue
+    for tmp in where.glob(".build-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > 3600:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _numba_version() -> str:
@@ -373,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         target = build(force=args.force)
-    except (RuntimeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever stops the build, dedup still runs on numba's JIT
         sys.stderr.write(
             f"sftdata.aot: could not build the ahead-of-time kernels: {e}\n"
             "  sftdata dedup still works: numba compiles the kernels on first use (about 0.5 s more per run)\n"

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,6 +71,7 @@ __all__ = [
 FIELDS = ("prompt", "answer", "all")
 KEEP = ("first", "longest")
 MIN_RECALL = 0.95  # probability that a pair at exactly the threshold becomes an LSH candidate
+_SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # as imported: keys the AOT module
 # progress and summary["seconds"]: "read" takes the examples in (the CLI reads its files here) while
 # worker threads normalise and sign their texts; "signatures" is the signing left when the input
 # ends, then exact duplicates (summary["kernel_seconds"]: the workers' seconds in each kernel)
@@ -480,10 +482,17 @@ def _jit_numba() -> None:
         if _numba_bound:
             return
         numba = minhash.import_numba()
-        g = globals()
-        for name, signature in _AOT_EXPORTS.items():
-            g[name] = numba.njit(signature, nogil=True, cache=True)(_PY[name])
+        compiled = {name: numba.njit(sig, nogil=True, cache=True)(_PY[name]) for name, sig in _AOT_EXPORTS.items()}
+        globals().update(compiled)
         _numba_bound = _jitted = True
+
+
+def compiled_by() -> str:
+    """Who compiled the kernels a dedup run uses: "aot", "numba", "aot+numba" (a process that
+    compiled some with numba since), or "" (none yet)."""
+    mine = "numba" if _numba_bound else "aot" if _jitted else ""
+    theirs = minhash.compiled_by()
+    return mine if mine == theirs else "+".join(sorted({mine, theirs} - {""}))
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -724,7 +733,7 @@ def dedup(
         **_settings(config, spec, params),
         "seconds": clock.laps,
         "kernel_seconds": {k: round(v, 3) for k, v in kernel_seconds.items()},
-        "kernels": minhash.compiled_by(),
+        "kernels": compiled_by(),
     }
     log.info("dedup: seconds per stage %s", clock.laps)
     return DedupResult(

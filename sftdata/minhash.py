@@ -22,6 +22,7 @@ no spaces between words. (Korean does, so Hangul is not counted.)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -32,6 +33,7 @@ import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,7 @@ __all__ = [
 CJK_SHARE = 0.30  # a text is CJK-heavy above this share of CJK characters
 CJK_CHARS = 3  # character n-gram size used for CJK-heavy texts
 THREADS = min(os.cpu_count() or 1, 8)  # normalising and signing run on this many threads by default
+_SOURCE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # as imported: keys the AOT module
 
 # ---------------------------------------------------------------------------------------------
 # 1. Normalisation (reference functions; `normalize_many` is the compiled version)
@@ -1294,7 +1297,8 @@ def _jit() -> None:
 
 def _jit_numba() -> None:
     """Compile every kernel with numba (or load it from numba's cache: `__pycache__` next to this
-    file, or NUMBA_CACHE_DIR) and put it in place of its Python function, the entry points too.
+    file, or NUMBA_CACHE_DIR) and put it in place of its Python function, the entry points too
+    (those last, once compiled: a thread running the ahead-of-time ones meanwhile keeps them).
     Idempotent, thread-safe."""
     global _jitted, _numba_bound
     with _JIT_LOCK:
@@ -1302,24 +1306,25 @@ def _jit_numba() -> None:
             return
         numba = import_numba()
         g = globals()
-        g.update(_PY)  # the Python functions, should the entry points be bound ahead of time
         for name in ("_rotl", "_load_be", "_round", "_fmix32", "_is_cjk"):
-            g[name] = numba.njit(inline="always")(g[name])
+            g[name] = numba.njit(inline="always")(_PY[name])
         for name in ("_block_order", "_shingle_ranges", "_permute"):  # compiled into their callers
-            g[name] = numba.njit(nogil=True)(g[name])
-        g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_sha1_lanes)
-        g["_sha1_batch"] = numba.njit(nogil=True, cache=True)(_sha1_batch)  # lazy: tests, `_sha1_prefixes`
-        g["_bytes_hash"] = numba.njit(inline="always")(_bytes_hash)
-        g["_hash_texts"] = numba.njit(_AOT_EXPORTS["_hash_texts"], nogil=True, cache=True)(_hash_texts)
-        sign = _sign_batch
+            g[name] = numba.njit(nogil=True)(_PY[name])
+        g["_sha1_lanes"] = numba.njit(nogil=True, cache=True)(_PY["_sha1_lanes"])
+        g["_sha1_batch"] = numba.njit(nogil=True, cache=True)(_PY["_sha1_batch"])  # lazy: tests, `_sha1_prefixes`
+        g["_bytes_hash"] = numba.njit(inline="always")(_PY["_bytes_hash"])
+        sign = _PY["_sign_batch"]
         if _use_sha_ni():
             g["_sha1ni"] = _sha1ni_intrinsic()
-            g["_sha1_batch_ni"] = numba.njit(nogil=True, cache=True)(_sha1_batch_ni)
-            sign = _sign_batch_ni
-        g["_sign_batch"] = numba.njit(  # compiled (or loaded) now, before any worker needs it
-            _AOT_EXPORTS["_sign_batch"], nogil=True, cache=True
-        )(sign)
-        g["_normalize_batch"] = numba.njit(_AOT_EXPORTS["_normalize_batch"], nogil=True, cache=True)(_normalize_batch)
+            g["_sha1_batch_ni"] = numba.njit(nogil=True, cache=True)(_PY["_sha1_batch_ni"])
+            sign = _PY["_sign_batch_ni"]
+        entry = {  # compiled (or loaded) now, before any worker needs them
+            "_hash_texts": _PY["_hash_texts"],
+            "_sign_batch": sign,
+            "_normalize_batch": _PY["_normalize_batch"],
+        }
+        compiled = {name: numba.njit(_AOT_EXPORTS[name], nogil=True, cache=True)(fn) for name, fn in entry.items()}
+        g.update(compiled)
         _numba_bound = _jitted = True
 
 
@@ -1341,6 +1346,7 @@ _PY = {
         "_hash_texts",
         "_sha1_batch_ni",
         "_sign_batch",
+        "_sign_batch_ni",
         "_normalize_batch",
         "_sha1ni",
     )

@@ -4,6 +4,7 @@ argument types, releasing the GIL, and never used when stale or turned off."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import json
 import os
@@ -81,7 +82,8 @@ aot_kernels = kernels()
 
 # the GIL: the main thread runs while a worker is inside a kernel (its steps time-stamped inside
 # the kernel's window; with the GIL held there are none: the main thread waits for the return)
-many_l, many_r = np.tile(left, 10), np.tile(right, 10)
+reps = max(10, 3_000_000 // len(left))  # a long call (~0.3 s and more), whatever the texts
+many_l, many_r = np.tile(left, reps), np.tile(right, reps)
 started, window, stamps = threading.Event(), [], []
 def work():
     started.set()
@@ -103,7 +105,7 @@ for bad in (
     lambda: aot_kernels["_jaccard_kernel"](keys, koff.astype(np.int32), left, right),
     lambda: aot_kernels["_jaccard_kernel"](keys, koff, np.repeat(left, 2)[::2], right),
     lambda: aot_kernels["_jaccard_kernel"](keys, koff, left),
-    lambda: aot_kernels["_band_pairs_kernel"](left, keys[: len(left)], 2.5),
+    lambda: aot_kernels["_band_pairs_kernel"](left, keys[: len(left)], "2"),
 ):
     try:
         bad()
@@ -143,9 +145,14 @@ def test_build_load_and_agree_with_numba(tmp_path):
     kdir = tmp_path / "kernels"
     kdir.mkdir()
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    env_digest = hashlib.sha256(aot.environment().encode()).hexdigest()[:16]
+    # an older build for this environment (deleted by the build) and one of another environment
+    # sharing the folder, e.g. another Python or CPU (kept)
     stale = [kdir / ("sftdata_kernels_0123456789abcdef" + suffix), kdir / "sftdata_kernels_0123456789abcdef.json"]
-    for p in stale:
-        p.write_bytes(b"stale")
+    other = [kdir / ("sftdata_kernels_fedcba9876543210" + suffix), kdir / "sftdata_kernels_fedcba9876543210.json"]
+    for files, env in ((stale, env_digest), (other, "another")):
+        files[0].write_bytes(b"old")
+        files[1].write_text(json.dumps({"environment": env}))
     build = subprocess.run(
         [sys.executable, "-m", "sftdata.aot", "--dir", str(kdir)], env=_env(), capture_output=True, text=True
     )
@@ -158,7 +165,7 @@ def test_build_load_and_agree_with_numba(tmp_path):
         [sys.executable, "-c", "from sftdata import aot; print(aot.path())"], env=env, capture_output=True, text=True
     ).stdout.strip()
     assert Path(key).is_file() and Path(key).parent == kdir
-    assert not any(p.exists() for p in stale)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in other)
     manifest = json.loads(Path(key).with_name(Path(key).name.split(".")[0] + ".json").read_text())
     assert set(manifest["exports"]["minhash"]) == set(minhash._AOT_EXPORTS)
     again = subprocess.run(
@@ -180,6 +187,17 @@ def test_build_load_and_agree_with_numba(tmp_path):
     # without the release gave 0 steps inside a 0.6 s kernel)
     assert report["kernel_seconds"] > 0.05, report
     assert report["main_thread_steps_during_kernel"] > 100, report
+
+    # the module is there and up to date, and each switch turns it off
+    probe_use = "from sftdata import aot; print(aot.in_use())"
+    for name, value in (("", ""), ("SFTDATA_AOT", "0"), ("NUMBA_DISABLE_JIT", "1"), ("NUMBA_CPU_NAME", "generic")):
+        use = subprocess.run(
+            [sys.executable, "-c", probe_use],
+            env={**env, **({name: value} if name else {})},
+            capture_output=True,
+            text=True,
+        )
+        assert use.stdout.strip() == ("True" if not name else "False"), (name, use.stdout, use.stderr)
 
     data = tmp_path / "train.jsonl"
     rows = [{"instruction": t[: len(t) // 2], "output": t[len(t) // 2 :]} for t in _texts() if t]
@@ -215,7 +233,9 @@ def _can_build() -> bool:
 def test_stale_or_disabled_module_is_never_loaded(monkeypatch, tmp_path):
     """The key changes with SFTDATA_SHA_NI (and the sources, the CPU, the versions); a module
     under another key is not loaded; SFTDATA_AOT=0 and numba's own debugging/cross-compiling
-    switches turn it off."""
+    switches turn it off, and `build` refuses to build under them (NUMBA_CPU_NAME would compile
+    for another CPU under this one's key). (That a real, current module is then not loaded: the
+    build test.)"""
     monkeypatch.delenv("SFTDATA_SHA_NI", raising=False)
     k = aot.key()
     monkeypatch.setenv("SFTDATA_SHA_NI", "0")
@@ -225,11 +245,29 @@ def test_stale_or_disabled_module_is_never_loaded(monkeypatch, tmp_path):
     monkeypatch.setenv("SFTDATA_KERNEL_DIR", str(tmp_path))
     (tmp_path / ("sftdata_kernels_0000000000000000" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"x")
     assert not aot.path().exists() and aot._load() is None
-    for name, value in (("SFTDATA_AOT", "0"), ("NUMBA_DISABLE_JIT", "1"), ("NUMBA_BOUNDSCHECK", "1")):
+    for name, value in (("SFTDATA_AOT", "0"), ("NUMBA_CPU_NAME", "generic"), ("NUMBA_BOUNDSCHECK", "1")):
         monkeypatch.setenv(name, value)
-        assert aot.disabled_by() is not None and aot._load() is None
+        assert aot.disabled_by() is not None
+        with pytest.raises(RuntimeError, match="not built"):
+            aot.build(tmp_path)
         monkeypatch.delenv(name)
     assert aot.disabled_by() is None
+
+
+def test_the_key_is_of_the_sources_as_imported():
+    """A process that imported minhash.py before it changed on disk keeps the key of what it
+    runs: it would never load a module built from the newer file."""
+    assert aot.source_digests()[0] == minhash._SOURCE_DIGEST
+    import hashlib as h
+
+    assert minhash._SOURCE_DIGEST == h.sha256(Path(minhash.__file__).read_bytes()).hexdigest()
+    before = aot.key()
+    saved = minhash._SOURCE_DIGEST
+    try:
+        minhash._SOURCE_DIGEST = "0" * 64  # as if the file had changed since
+        assert aot.key() != before
+    finally:
+        minhash._SOURCE_DIGEST = saved
 
 
 def test_a_module_that_fails_to_import_falls_back(monkeypatch, tmp_path, caplog):
@@ -253,9 +291,11 @@ def test_argument_checks_follow_the_signatures():
     for exports in (minhash._AOT_EXPORTS, dedup._AOT_EXPORTS):
         for signature in exports.values():
             assert all(ndim in (0, 1, 2) for _, ndim in aot.parse_args(signature))
-    f = aot.checked("f", lambda *a: "ran", "float64[::1](uint64[::1], uint32[:, ::1], int64)")
+    f = aot.checked("f", lambda *a: a[2], "float64[::1](uint64[::1], uint32[:, ::1], int64)")
     ok = (np.zeros(4, np.uint64), np.zeros((2, 3), np.uint32), 5)
-    assert f(*ok) == "ran" and f(ok[0], ok[1], np.int64(5)) == "ran"
+    assert f(*ok) == 5 and f(ok[0], ok[1], np.int64(5)) == 5
+    assert f(ok[0], ok[1], 5.7) == 5 and type(f(ok[0], ok[1], 5.7)) is int  # numba converts a float too
+    assert f(ok[0].view(np.memmap), ok[1], 1) == 1  # ndarray subclasses are arrays
     readonly = np.zeros(4, np.uint64)
     readonly.flags.writeable = False
     for bad in (
@@ -265,8 +305,8 @@ def test_argument_checks_follow_the_signatures():
         (ok[0], np.zeros(6, np.uint32), 5),  # dimensions
         (readonly, ok[1], 5),  # numba's signature is of a writeable array
         (list(range(4)), ok[1], 5),  # not an array
-        (ok[0], ok[1], 5.0),  # not an integer
-        (ok[0], ok[1], True),
+        (ok[0], ok[1], "5"),  # not a number
+        (ok[0], ok[1], None),
         ok[:2],  # too few
     ):
         with pytest.raises(TypeError):
