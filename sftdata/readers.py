@@ -215,9 +215,6 @@ def _iter_jsonl(path: str, gz: bool, keep: Keep | None = None) -> Iterator[RawRe
 
 
 _CHUNK = 1 << 16  # bytes of (decompressed) text read at a time (memory stays bounded)
-# blocks the gzip thread decompresses ahead (it buffers 8 + 2 of them: ~1.3 MB; isal's default
-# 1 MiB blocks would hold ~12 MB, and gain nothing measurable on T0)
-_GZ_BLOCK = 1 << 17
 
 
 def _chunked_lines(path: str, gz: bool) -> Iterator[bytes]:
@@ -228,7 +225,7 @@ def _chunked_lines(path: str, gz: bool) -> Iterator[bytes]:
     the place, that reading line by line gives."""
     given = 0
     fast_gzip, fast_errors = _fast_gzip()
-    with fast_gzip.open(path, "rb", threads=1, block_size=_GZ_BLOCK) if gz else open(path, "rb") as f:
+    with fast_gzip.open(path, "rb") if gz else open(path, "rb") as f:
         rest = b""
         try:
             while True:
@@ -254,13 +251,11 @@ def _chunked_lines(path: str, gz: bool) -> Iterator[bytes]:
 
 def _fast_gzip() -> tuple[Any, tuple[type[BaseException], ...]]:
     """isal's gzip (python-isal: the same API, 2x faster decompression than zlib: 0.17 vs 0.37 s
-    on T0), decompressing on a thread of its own without the GIL (`igzip_threaded`, threads=1:
-    the reading thread only copies blocks, 0.15 -> 0.066 s of its time on T0, so the parser
-    runs sooner), and the errors it raises on a broken stream. A broken stream is read again by
-    `gzip`, so what is read and the errors stay the standard library's."""
-    from isal import igzip_threaded, isal_zlib  # a dependency of sftlab, imported on first use
+    on T0) and the errors it raises on a broken stream. A broken stream is read again by `gzip`,
+    so what is read and the errors stay the standard library's."""
+    from isal import igzip, isal_zlib  # a dependency of sftlab, imported on first use
 
-    return igzip_threaded, (OSError, EOFError, zlib.error, isal_zlib.error)
+    return igzip, (OSError, EOFError, zlib.error, isal_zlib.error)
 
 
 def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None = None) -> Iterator[RawRecord]:
