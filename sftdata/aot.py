@@ -9,18 +9,20 @@ extension module (numba's `pycc`) for this machine's CPU; importing it takes a m
 it is missing, out of date or turned off, everything runs through numba's JIT as before.
 
 - Where: `SFTDATA_KERNEL_DIR`, else `__pycache__` next to this file (as numba's own cache).
-- Which: the file name carries a key of everything the machine code depends on: the sources of
-  minhash.py, dedup.py and this file, the Python and numpy versions, numba's version file, the
-  CPU (model and feature flags) and SFTDATA_SHA_NI. A change to any of them means a different
-  name, so a stale module is never loaded; `build` deletes the modules of other keys.
+- Which: the file name carries a key of what the machine code depends on: the sources of
+  minhash.py, dedup.py and this file as the process imported them, the Python and numpy versions,
+  numba's and llvmlite's version files, the CPU (model and feature flags, from /proc/cpuinfo:
+  Linux only) and SFTDATA_SHA_NI. A change to any of them means another name, so a stale module
+  is never loaded; `build` deletes older builds of the same environment.
 - When not: `SFTDATA_AOT=0`, or any of NUMBA_DISABLE_JIT, NUMBA_CPU_NAME, NUMBA_CPU_FEATURES,
-  NUMBA_BOUNDSCHECK set (someone debugging or cross-compiling with numba gets numba).
+  NUMBA_BOUNDSCHECK, NUMBA_OPT set (someone debugging, tuning or cross-compiling with numba gets
+  numba; `build` refuses to run under them), or no /proc/cpuinfo.
 - Same code: the kernels are compiled from the same functions with the helpers numba inlines,
   for the host CPU's model and features as the JIT does, each releasing the GIL as `nogil=True`
-  does (pycc's wrappers hold it; the build asks for the release). Each entry point checks its
-  arguments' dtypes, dimensions and layout as numba's dispatcher does with an explicit signature
-  (a wrong array type raises TypeError instead of being read as raw memory). Tests compare every
-  kernel and a whole dedup run with numba's JIT.
+  does (pycc's wrappers hold it; the build asks for the release). Each entry point refuses what
+  numba's dispatcher refuses with an explicit signature: arrays of another dtype, dimension or
+  layout, read-only arrays, non-numbers (a wrong array would otherwise be read as raw memory).
+  Tests compare every kernel and a whole dedup run with numba's JIT.
 
 numba's pycc is marked "pending deprecation"; should it go away, the build fails with a message
 and the JIT path is what runs.

@@ -7,8 +7,9 @@
    datasketch 2.x `MinHash` (scheme "affine32": SHA-1 of each UTF-8 shingle, first 4 digest bytes
    read little-endian, MurmurHash3 fmix32, then `a * h + b mod 2**32` per permutation, with `a`/`b`
    drawn from `np.random.RandomState(seed)` exactly as datasketch draws them), so the signatures
-   can go into datasketch's own LSH and storage. It runs compiled kernels (numba, imported on first
-   use and cached on disk): per batch of texts, one call without the GIL finds the shingles' byte
+   can go into datasketch's own LSH and storage. It runs compiled kernels (compiled ahead of time
+   by `python -m sftdata.aot` where that module is built, else numba's JIT, imported on first use
+   and cached on disk): per batch of texts, one call without the GIL finds the shingles' byte
    ranges in the UTF-8 buffer, hashes them with SHA-1 and takes the per-permutation minimum;
    batches run on several threads. SHA-1 runs on the CPU's SHA instructions where it has them
    (section 2c: AMD Zen, recent Intel), else as SIMD lanes, 32 messages at a time.
@@ -427,8 +428,9 @@ def minhash_signatures(
     batches of about `batch_bytes` characters on `threads` threads (the kernels release the GIL).
     Empty texts get the empty signature (all 0xFFFFFFFF, as datasketch) and an empty set.
 
-    The first call in a process loads the kernels from numba's on-disk cache; the first call after
-    installing or editing this file compiles them (seconds, once)."""
+    The first call in a process loads the kernels: the ahead-of-time module (sftdata/aot.py) where
+    it is built, else numba's on-disk cache; with neither (after installing or editing this file)
+    numba compiles them (seconds, once)."""
     packed = pack([t.encode("utf-8") for t in normalized])
     cjk = np.array([spec.kind == "words" and is_cjk_heavy(t) for t in normalized], dtype=bool)
     return sign_packed(packed, cjk, spec, num_perm=num_perm, seed=seed, threads=threads, batch_bytes=batch_bytes)
@@ -726,8 +728,10 @@ def _sha1_prefixes(messages: Sequence[bytes], *, ni: bool = False) -> np.ndarray
 # ---------------------------------------------------------------------------------------------
 # 2b. The compiled kernels (numba)
 #
-# Plain Python functions until `_jit` compiles them (or loads them from numba's cache) and puts the
-# compiled versions in their place in this module, so `import sftdata.dedup` does not import numba.
+# Plain Python functions until `_jit` puts compiled versions in their place in this module: the entry
+# points (`_AOT_EXPORTS`) from the ahead-of-time module (sftdata/aot.py) where it is built, else
+# everything from numba (`_jit_numba`: compiled, or loaded from numba's cache). So `import
+# sftdata.dedup` does not import numba, and with the ahead-of-time module nothing does.
 # A batch is one uint8 buffer of UTF-8 texts with int64 offsets; `_sign_batch` does the whole batch
 # in one call that releases the GIL:
 #   1. shingles: byte ranges of the buffer. A word unit starts at a text start or after a space

@@ -193,7 +193,8 @@ def _dedup(argv: list[str] | None) -> int:
 
 
 def _load_kernels() -> None:
-    """Load the compiled kernels (numba's on-disk cache; 0.5-0.7 s) before reading, in this
+    """Load the compiled kernels (the ahead-of-time module: milliseconds; else numba's on-disk
+    cache: 0.5-0.7 s) before reading, in this
     thread. On a thread of their own while the main thread parsed the input they took 2.7 s on T0:
     loading calls into LLVM, releasing the GIL each time, and waited up to the 5 ms switch
     interval for it back every time, so the signing workers started late. Without scipy.linalg:
