@@ -302,7 +302,7 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
         try:
             row = _loads(text)
         except json.JSONDecodeError as e:
-            yield _new_raw(number, new_source(path, lineno), error=f"not valid JSON: {e.msg} at column {e.colno}")
+            yield _new_raw(number, new_source(path, lineno), error=_json_error(text, e))
             continue
         except RecursionError:
             yield _new_raw(number, new_source(path, lineno), error="not readable JSON: nested too deeply")
@@ -318,6 +318,19 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
                 yield _new_raw(number, new_source(path, lineno), error=why)
                 continue
         yield _new_raw(number, new_source(path, lineno), row)
+
+
+def _json_error(line: str, e: json.JSONDecodeError) -> str:
+    """What is wrong with a JSONL line json.loads refused, at its column in the line; a line that
+    ends before its value does says so (json.loads counts the line's own newline as a second line
+    and reported "line 2 column 1": only that column was shown)."""
+    body = len(line.rstrip("\r\n"))
+    if e.pos >= body:
+        return (
+            f"not valid JSON: the line ends before the record does ({e.msg} after column {body}): "
+            "was the line cut short?"
+        )
+    return f"not valid JSON: {e.msg} at column {e.pos + 1}"
 
 
 _SLOW = object()  # _fast_loads: this line takes the json path
