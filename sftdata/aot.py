@@ -5,7 +5,7 @@ extension module, so that a command loads them without importing numba.
 Through numba's JIT every process pays for `import numba` (0.3 s) and for loading the kernels
 from numba's on-disk cache (0.17 s): 10% of a whole T0 run. `python -m sftdata.aot` (which
 `scripts/setup.sh` runs) compiles the same Python functions with the same numba compiler into one
-extension module (numba's `pycc`) for this machine's CPU; importing it takes a millisecond. Where
+extension module (numba's `pycc`) for this machine's CPU; importing it takes milliseconds. Where
 it is missing, out of date or turned off, everything runs through numba's JIT as before.
 
 - Where: `SFTDATA_KERNEL_DIR`, else `__pycache__` next to this file (as numba's own cache).
@@ -13,7 +13,7 @@ it is missing, out of date or turned off, everything runs through numba's JIT as
   minhash.py, dedup.py and this file as the process imported them, the Python and numpy versions,
   numba's and llvmlite's version files, the CPU (model and feature flags, from /proc/cpuinfo:
   Linux only) and SFTDATA_SHA_NI. A change to any of them means another name, so a stale module
-  is never loaded; `build` deletes older builds of the same environment.
+  is never loaded; `build` deletes the same environment's builds beyond the 3 most recent.
 - When not: `SFTDATA_AOT=0`, or any of NUMBA_DISABLE_JIT, NUMBA_CPU_NAME, NUMBA_CPU_FEATURES,
   NUMBA_BOUNDSCHECK, NUMBA_OPT set (someone debugging, tuning or cross-compiling with numba gets
   numba; `build` refuses to run under them), or no /proc/cpuinfo.
@@ -78,8 +78,9 @@ def disabled_by() -> str | None:
     if not os.path.isfile("/proc/cpuinfo"):
         return "no /proc/cpuinfo (ahead-of-time kernels are built on Linux only)"
     for name in _NUMBA_OVERRIDES:
-        if os.environ.get(name, "").strip() not in ("", "0"):
-            return name
+        value = os.environ.get(name, "").strip()
+        if value and (value != "0" or name == "NUMBA_OPT"):  # NUMBA_OPT=0 is a level: unoptimised
+            return f"{name}={value}"
     return None
 
 
@@ -344,8 +345,9 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
             "exports": {p: sorted(importlib.import_module(m)._AOT_EXPORTS) for p, m in MODULES.items()},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        os.replace(built, target)
+        # the manifest first: a module is never there without it (`_remove_outdated` goes by manifests)
         os.replace(tmp / "manifest.json", target.with_name(name + ".json"))
+        os.replace(built, target)
     finally:
         pycc_compiler.Flags = before_flags
         codegen.AOTCPUCodegen._customize_tm_features = host_features
@@ -354,21 +356,30 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
     return target
 
 
+_KEEP_BUILDS = 3  # other builds of one environment kept (worktrees or branches sharing a folder)
+
+
 def _remove_outdated(where: Path, name: str, env: str) -> None:
-    """Delete the modules built here for older sources in this same environment (they are never
-    loaded again), and build folders a killed build left. Modules of other environments (another
-    Python, CPU or numba sharing the folder) stay; what cannot be deleted is left."""
+    """Delete the builds here of this same environment but other sources beyond the
+    _KEEP_BUILDS most recent (two worktrees sharing the folder do not delete each other's), and
+    build folders a killed build left. Builds of other environments (another Python, CPU or numba
+    sharing the folder) stay; what cannot be deleted is left."""
+    mine = []
     for manifest in where.glob(_PREFIX + "*.json"):
         other = manifest.name[: -len(".json")]
         if other == name:
             continue
         try:
-            if json.loads(manifest.read_text(encoding="utf-8")).get("environment") != env:
-                continue
-            for file in where.glob(other + ".*"):
-                file.unlink()
+            if json.loads(manifest.read_text(encoding="utf-8")).get("environment") == env:
+                mine.append((manifest.stat().st_mtime, other))
         except (OSError, ValueError, AttributeError):
             continue
+    for _, other in sorted(mine, reverse=True)[_KEEP_BUILDS:]:
+        for file in where.glob(other + ".*"):
+            try:
+                file.unlink()
+            except OSError:
+                continue
     for tmp in where.glob(".build-*"):
         try:
             if time.time() - tmp.stat().st_mtime > 3600:

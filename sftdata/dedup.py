@@ -630,9 +630,11 @@ class DedupResult:
     def clusters(self) -> dict[str, list[Any]]:
         """dedup/clusters.parquet's columns: every member of a cluster, its cluster id and size,
         representative, and its estimated and verified Jaccard to the representative."""
-        if callable(self.cluster_table):
-            object.__setattr__(self, "cluster_table", self.cluster_table())
-        return self.cluster_table  # type: ignore[return-value]
+        table = self.cluster_table
+        if callable(table):
+            table = table()
+            object.__setattr__(self, "cluster_table", table)
+        return table
 
 
 def dedup(
@@ -1074,7 +1076,7 @@ def snippet(text: str, width: int = 60) -> str:
     head = text[: width + 8]
     # usual prose: nothing to collapse at the start (isprintable() is False for every whitespace
     # character but " "), so the collapsed text starts with head less a trailing space
-    if head[:1] != " " and "  " not in head and head.isprintable() and len(head.rstrip(" ")) > width:
+    if width > 0 and head[:1] != " " and "  " not in head and head.isprintable() and len(head.rstrip(" ")) > width:
         return head[: width - 1] + "…"
     flat = " ".join(text[: width * 2].split())  # enough unless the start is mostly whitespace
     if len(flat) <= width:

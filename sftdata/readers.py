@@ -321,16 +321,16 @@ def _jsonl_records(path: str, lines: Any, first_line: int = 1, keep: Keep | None
 
 
 def _json_error(line: str, e: json.JSONDecodeError) -> str:
-    """What is wrong with a JSONL line json.loads refused, at its column in the line; a line that
-    ends before its value does says so (json.loads counts the line's own newline as a second line
-    and reported "line 2 column 1": only that column was shown)."""
-    body = len(line.rstrip("\r\n"))
-    if e.pos >= body:
-        return (
-            f"not valid JSON: the line ends before the record does ({e.msg} after column {body}): "
-            "was the line cut short?"
-        )
-    return f"not valid JSON: {e.msg} at column {e.pos + 1}"
+    """What is wrong with a JSONL line json.loads refused, at its column (in characters) in the
+    line. A line that ends before its record does says so: json.loads counts the line's own
+    newline as a second line and reported "line 2 column 1", of which only the column was shown;
+    a string cut off with no newline after it is the same case."""
+    body = len(line.rstrip(" \t\r\n"))
+    cut_string = e.msg.startswith("Unterminated string")
+    what = "a string is not closed" if cut_string else e.msg.removesuffix(" at")  # "Invalid control character at"
+    if e.pos >= body or cut_string:
+        return f"not valid JSON: the line ends before the record does ({what}, line {body} characters long): was it cut short?"
+    return f"not valid JSON: {what} at column {e.pos + 1}"
 
 
 _SLOW = object()  # _fast_loads: this line takes the json path

@@ -108,14 +108,48 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         f.write("\n")
 
 
-def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any], *, finite: bool = False) -> int:
+    """One JSON line per row (json.dumps(row, ensure_ascii=False, default=str)), atomically;
+    returns the number of rows. With `finite=True` msgspec encodes each line, about 10x faster
+    (dedup writes 23.6k findings on T0: 0.5 -> 0.05 s): the same JSON values, without the spaces
+    after `,` and `:`, for rows the caller knows hold only dicts, lists, tuples, str, int, bool,
+    None and floats that are never NaN or infinite. A row holding anything else (msgspec refuses
+    a type it does not know) goes through json.dumps; sets, dates and dataclasses, which msgspec
+    encodes its own way, must not be in them (as for `kit.print_json`)."""
+    encode = _plain_encoder() if finite else None
     n = 0
-    with atomic_open(path) as f:
+    with atomic_open(path, "wb") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str))
-            f.write("\n")
+            data = None
+            if encode is not None:
+                try:
+                    data = encode(row)
+                except (TypeError, ValueError, UnicodeError, OverflowError):
+                    data = None
+            if data is None:
+                data = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+            f.write(data)
+            f.write(b"\n")
             n += 1
     return n
+
+
+def _plain_encoder() -> Any:
+    """msgspec's JSON encoder refusing (TypeError) every type it would encode only through a hook."""
+    import msgspec
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is left to json.dumps")
+
+    encoder = msgspec.json.Encoder(enc_hook=refuse)
+
+    def encode(row: Any) -> bytes:
+        try:
+            return encoder.encode(row)
+        except msgspec.MsgspecError as e:
+            raise ValueError(str(e)) from None
+
+    return encode
 
 
 def write_parquet(path: str | os.PathLike[str], table: Any) -> None:

@@ -376,7 +376,9 @@ def _write_run_dir(
     table = pa.Table.from_pydict(result.clusters, schema=schema)
     rundir.write_parquet(os.path.join(run_dir, "dedup", "clusters.parquet"), table)
     rundir.write_parquet(os.path.join(run_dir, "dedup", "pairs.parquet"), _pairs_table(result))
-    rundir.write_jsonl(os.path.join(run_dir, "dedup", "findings.jsonl"), (f.to_dict() for f in findings))
+    rundir.write_jsonl(  # what --json prints: plain values, finite Jaccards
+        os.path.join(run_dir, "dedup", "findings.jsonl"), (f.to_dict() for f in findings), finite=True
+    )
     rundir.write_json(os.path.join(run_dir, "dedup", "summary.json"), summary)
     command = ["sftdata", "dedup", *(argv if argv is not None else sys.argv[1:])]
     rundir.update_manifest(run_dir, "dedup", command=command, config=dataclasses.asdict(config), inputs=inputs)

@@ -138,7 +138,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_build_load_and_agree_with_numba(tmp_path):
     """`python -m sftdata.aot --dir D` builds the module named by this machine's key (and removes
-    other keys' modules); loaded from D, no numba is imported, every kernel gives numba's JIT
+    this environment's builds beyond the 3 most recent); loaded from D, no numba is imported, every kernel gives numba's JIT
     results bit for bit on real texts, a worker inside a kernel lets the main thread run, wrong
     argument types raise TypeError; and `sftdata dedup` reports exactly what it reports with
     numba's JIT."""
@@ -146,13 +146,22 @@ def test_build_load_and_agree_with_numba(tmp_path):
     kdir.mkdir()
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     env_digest = hashlib.sha256(aot.environment().encode()).hexdigest()[:16]
-    # an older build for this environment (deleted by the build) and one of another environment
-    # sharing the folder, e.g. another Python or CPU (kept)
-    stale = [kdir / ("sftdata_kernels_0123456789abcdef" + suffix), kdir / "sftdata_kernels_0123456789abcdef.json"]
-    other = [kdir / ("sftdata_kernels_fedcba9876543210" + suffix), kdir / "sftdata_kernels_fedcba9876543210.json"]
-    for files, env in ((stale, env_digest), (other, "another")):
-        files[0].write_bytes(b"old")
-        files[1].write_text(json.dumps({"environment": env}))
+
+    # four older builds of this environment (the oldest is deleted by the build: the 3 most
+    # recent stay, for worktrees sharing a folder) and one of another environment sharing the
+    # folder, e.g. another Python or CPU (kept)
+    def files(k: str) -> list[Path]:
+        return [kdir / (f"sftdata_kernels_{k}" + suffix), kdir / f"sftdata_kernels_{k}.json"]
+
+    olds = [files(f"{i:016x}") for i in range(4)]
+    other = files("fedcba9876543210")
+    for age, (module, manifest) in enumerate(olds):
+        module.write_bytes(b"old")
+        manifest.write_text(json.dumps({"environment": env_digest}))
+        os.utime(manifest, (1e9 + age, 1e9 + age))  # olds[0] is the oldest
+    other[0].write_bytes(b"old")
+    other[1].write_text(json.dumps({"environment": "another"}))
+    stale, recent = olds[0], [p for f in olds[1:] for p in f]
     build = subprocess.run(
         [sys.executable, "-m", "sftdata.aot", "--dir", str(kdir)], env=_env(), capture_output=True, text=True
     )
@@ -165,7 +174,7 @@ def test_build_load_and_agree_with_numba(tmp_path):
         [sys.executable, "-c", "from sftdata import aot; print(aot.path())"], env=env, capture_output=True, text=True
     ).stdout.strip()
     assert Path(key).is_file() and Path(key).parent == kdir
-    assert not any(p.exists() for p in stale) and all(p.exists() for p in other)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in other + recent)
     manifest = json.loads(Path(key).with_name(Path(key).name.split(".")[0] + ".json").read_text())
     assert set(manifest["exports"]["minhash"]) == set(minhash._AOT_EXPORTS)
     again = subprocess.run(
@@ -245,7 +254,14 @@ def test_stale_or_disabled_module_is_never_loaded(monkeypatch, tmp_path):
     monkeypatch.setenv("SFTDATA_KERNEL_DIR", str(tmp_path))
     (tmp_path / ("sftdata_kernels_0000000000000000" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"x")
     assert not aot.path().exists() and aot._load() is None
-    for name, value in (("SFTDATA_AOT", "0"), ("NUMBA_CPU_NAME", "generic"), ("NUMBA_BOUNDSCHECK", "1")):
+    monkeypatch.setenv("NUMBA_BOUNDSCHECK", "0")  # off, as unset
+    assert aot.disabled_by() is None
+    for name, value in (
+        ("SFTDATA_AOT", "0"),
+        ("NUMBA_CPU_NAME", "generic"),
+        ("NUMBA_BOUNDSCHECK", "1"),
+        ("NUMBA_OPT", "0"),
+    ):
         monkeypatch.setenv(name, value)
         assert aot.disabled_by() is not None
         with pytest.raises(RuntimeError, match="not built"):

@@ -1054,8 +1054,8 @@ def test_audit_progress_bar_on_a_terminal_only(tmp_path):
 
 def test_snippet_is_the_first_characters_with_whitespace_collapsed():
     """The findings' snippet: what collapsing the whitespace of the first 4 x width characters
-    gives, cut to width (the shortcuts through the first width + 1 and 2 x width must not change
-    it)."""
+    gives, cut to width (the shortcuts through the first width + 8 and 2 x width characters must
+    not change it)."""
 
     def reference(text: str, width: int = 60) -> str:
         flat = " ".join(text[: width * 4].split())
@@ -1063,7 +1063,7 @@ def test_snippet_is_the_first_characters_with_whitespace_collapsed():
 
     texts = ["", "short", "x" * 500, " " * 130 + "late start " * 20, "a\n\n\tb " * 40, "word " * 24, "w " * 70]
     texts += [" " * k + "abc def " * 30 for k in range(0, 240, 7)]
-    # around the shortcut for text with nothing to collapse in its first width + 1 characters:
+    # around the shortcut for text with nothing to collapse in its first width + 8 characters:
     # a space, a double space, a newline, a no-break space or a line separator at every place
     import random
 
@@ -1075,7 +1075,7 @@ def test_snippet_is_the_first_characters_with_whitespace_collapsed():
             texts.append(t[:k] + ws)
             texts.append(t[:k] + " " * 200 + t)
     for t in texts:
-        for width in (10, 60):
+        for width in (0, 1, 10, 60):
             assert dedup.snippet(t, width) == reference(t, width), (t[:30], width)
 
 

@@ -48,15 +48,22 @@ def test_jsonl_records_carry_numbers_lines_and_errors(tmp_path):
 
 def test_json_errors_name_the_column_in_the_line(tmp_path):
     """A JSONL line json.loads refuses is reported at its column in the line; one that ends before
-    its record does (a cut line) says so, instead of the "column 1" of the line's newline."""
+    its record does (a cut line, also one cut inside a string with no newline after it) says so,
+    instead of the "column 1" of the line's newline."""
     path = tmp_path / "d.jsonl"
-    path.write_text('{"a": 1, "b": [1, 2\n{"a": 1,, "b": 2}\n{"a": "x"}   }\r\n{"a": \n')
+    path.write_text('{"a": 1, "b": [1, 2\n{"a": 1,, "b": 2}\n{"a": "x"}   }\r\n{"a":   \n{"a": "abc')
     errors = [r.error for r in readers.iter_records(str(path))]
-    assert "the line ends before the record does" in errors[0] and "after column 19" in errors[0], errors[0]
-    assert "cut short" in errors[0]
+    assert errors[0] == (
+        "not valid JSON: the line ends before the record does (Expecting ',' delimiter, line 19 characters long): "
+        "was it cut short?"
+    ), errors[0]
     assert errors[1] == "not valid JSON: Expecting property name enclosed in double quotes at column 9", errors[1]
     assert errors[2] == "not valid JSON: Extra data at column 14", errors[2]
-    assert "after column 6" in errors[3] and "cut short" in errors[3], errors[3]
+    assert "line 5 characters long" in errors[3] and "cut short" in errors[3], errors[3]
+    assert errors[4] == (
+        "not valid JSON: the line ends before the record does (a string is not closed, line 10 characters long): "
+        "was it cut short?"
+    ), errors[4]
 
 
 def test_gzip_csv_and_parquet(tmp_path):

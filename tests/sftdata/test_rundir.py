@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,27 @@ def test_atomic_open_leaves_nothing_half_written(tmp_path):
     rundir.write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1} and len(list((tmp_path / "sub").iterdir())) == 1
     assert rundir.write_jsonl(tmp_path / "r.jsonl", [{"x": 1}, {"x": 2}]) == 2
+
+
+def test_jsonl_finite_lines_hold_the_same_values_as_json_dumps(tmp_path):
+    """write_jsonl(finite=True) encodes with msgspec: each line parses to what json.dumps's line
+    parses to (text in any script, escapes, nested values, big and small numbers); a row with a
+    value msgspec does not know (a path, a numpy number) falls back to json.dumps(default=str)."""
+    import numpy as np
+
+    rows = [
+        {"check": "dedup.near", "message": 't.jsonl:3 near-duplicates … 中文 ‘quotes’ "q" \\ \n\t\u2028', "data": None},
+        {"x": [1, 2.5, -0.0, 1e-07, 123456789012345678901234567890, True, None, {"a": []}], "y": (1, "two")},
+        {"path": Path("/tmp/a b.jsonl"), "n": np.int64(5), "f": np.float64(0.25)},
+        {},
+    ]
+    plain, fast = tmp_path / "plain.jsonl", tmp_path / "fast.jsonl"
+    assert rundir.write_jsonl(plain, rows) == rundir.write_jsonl(fast, rows, finite=True) == len(rows)
+    # split on "\n" only, as JSONL readers do (U+2028 in a string is written as itself)
+    a, b = (p.read_text(encoding="utf-8").split("\n")[:-1] for p in (plain, fast))
+    assert [json.loads(x) for x in a] == [json.loads(x) for x in b]
+    assert b[2] == a[2]  # the fallback row: json.dumps's own line
+    assert b[0] != a[0]  # msgspec's: no spaces after , and :
 
 
 def test_manifest_records_stages_and_input_hashes(tmp_path):
