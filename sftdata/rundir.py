@@ -160,6 +160,32 @@ def write_parquet(path: str | os.PathLike[str], table: Any) -> None:
         pq.write_table(table, f)
 
 
+def pyarrow_without_pandas() -> bool:
+    """Let pyarrow settle, once, that pandas is absent, unless something imported pandas already:
+    its first array otherwise imports pandas (0.4 s; `sftdata dedup --run-dir` on T0 paid it)
+    only to ask whether the values are pandas objects, which sftlab never hands it. For a process
+    that runs one command and exits (`kit.WHOLE_PROCESS`): pyarrow then skips its pandas checks
+    for the rest of the process (an explicit `to_pandas()` still imports pandas). Returns whether
+    it did so."""
+    if "pandas" in sys.modules or "pyarrow" in sys.modules:  # pyarrow may have settled it already
+        return False
+    import pyarrow as pa
+
+    class NoPandas:  # an import finder under which `import pandas` raises ImportError
+        @staticmethod
+        def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+            if name == "pandas" or name.startswith("pandas."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    finder = NoPandas()
+    sys.meta_path.insert(0, finder)  # type: ignore[arg-type]
+    try:
+        pa.array([0])  # pyarrow's pandas shim tries its import here, once, and remembers
+    finally:
+        sys.meta_path.remove(finder)  # type: ignore[arg-type]
+    return "pandas" not in sys.modules
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str | None:
     p = Path(path)
     if not p.is_file():

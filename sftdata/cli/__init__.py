@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     line, and then the process exits at once (`_exit`) unless a profiler or tracer (cProfile,
     coverage, a debugger) is watching, which needs Python's own exit to write its results."""
     if argv is None:
+        from sftdata.cli import kit
+
+        kit.WHOLE_PROCESS = True  # this command is all the process does (see rundir.pyarrow_without_pandas)
         code = _main(sys.argv[1:])
         if sys.getprofile() is None and sys.gettrace() is None:
             _exit(code)

@@ -357,6 +357,8 @@ def _write_run_dir(
     argv: list[str] | None,
     inputs: list[str],
 ) -> None:
+    if kit.WHOLE_PROCESS:
+        rundir.pyarrow_without_pandas()
     import pyarrow as pa
 
     schema = pa.schema(

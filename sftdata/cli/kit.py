@@ -18,6 +18,10 @@ __all__ = ["DataError", "SftlabError", "UsageError", "flag", "parser", "positive
 
 
 _FLAGS = {"fmt": "--from"}  # library parameters whose flag is not their name
+# True when the process runs one command and exits (the `sftdata` console script), False when a
+# caller runs commands in its own process (`main([...])`: tests, notebooks): a command may then
+# set process-wide state that only it uses
+WHOLE_PROCESS = False
 
 
 def flag(param: str | None) -> str | None:

@@ -1168,3 +1168,47 @@ def test_cli_kernel_loading_without_registries_gives_the_same_result(tmp_path):
     assert out["0"][0]["registries"]  # numba's own loading installs them
     if numba.__version__.startswith(cli_dedup._FAST_LOAD_NUMBA):
         assert not out["1"][0]["registries"]
+
+
+_PANDAS_PROBE = """
+import sys
+from sftdata import rundir
+import_ok = rundir.pyarrow_without_pandas()
+import pyarrow as pa
+table = pa.table({"a": pa.array([1, 2]), "b": pa.array(["x", None])})
+before = "pandas" in sys.modules
+frame = table.to_pandas()  # an explicit conversion still imports pandas
+print(import_ok, before, type(frame).__module__.split(".")[0], frame["a"].tolist(), "pandas" in sys.modules)
+"""
+
+
+def test_run_dir_without_importing_pandas_writes_the_same_files(tmp_path):
+    """The `sftdata` command (a process of its own) lets pyarrow settle that pandas is absent
+    before writing dedup/*.parquet, so no pandas import (0.4 s) happens; the files equal those a
+    caller's in-process `main([...])` writes (pyarrow's pandas checks left as they are). In that
+    process pyarrow's explicit pandas conversion still works."""
+    import pyarrow.parquet as pq
+
+    probe = subprocess.run([sys.executable, "-c", _PANDAS_PROBE], capture_output=True, text=True, check=True)
+    assert probe.stdout.split() == ["True", "False", "pandas", "[1,", "2]", "True"], probe.stdout + probe.stderr
+
+    rows = [{"instruction": f"say {w} {w} and then stop", "output": f"{w} {w} now"} for w in "abcdefgh"]
+    rows += rows[:3] + [{"instruction": "say a a and then stop please", "output": "a a now"}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    code = (
+        "import sys\n"
+        "from sftdata.cli import main\n"
+        "main()\n"  # the console script's path: this process is the command's (kit.WHOLE_PROCESS)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "dedup", str(data), "--threshold", "0.7", "--run-dir", str(tmp_path / "cmd")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert cmd_dedup.main([str(data), "--threshold", "0.7", "--run-dir", str(tmp_path / "lib")]) == 1
+    for name in ("clusters.parquet", "pairs.parquet"):
+        a, b = (pq.read_table(tmp_path / d / "dedup" / name) for d in ("cmd", "lib"))
+        assert a.num_rows > 0 and a.equals(b) and a.schema.metadata == b.schema.metadata, name
+    a, b = ((tmp_path / d / "dedup" / "findings.jsonl").read_text(encoding="utf-8") for d in ("cmd", "lib"))
+    assert a == b and a.count("\n") >= 3
