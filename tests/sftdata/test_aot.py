@@ -231,11 +231,14 @@ def test_build_load_and_agree_with_numba(tmp_path):
 
 
 def _can_build() -> bool:
+    import importlib.util
     import shutil
     import sysconfig
 
     return (
-        bool(shutil.which("cc") or shutil.which("gcc")) and Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+        bool(shutil.which("cc") or shutil.which("gcc"))
+        and Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+        and importlib.util.find_spec("setuptools") is not None  # numba's pycc builds with it
     )
 
 
