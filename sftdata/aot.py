@@ -167,17 +167,19 @@ def _load() -> Any:
     return module
 
 
-def kernels(prefix: str, exports: dict[str, str]) -> dict[str, Callable[..., Any]] | None:
-    """The entry points `exports` of module `prefix` from the built module, each checking its
-    arguments; None when the module is not available (or lacks one of them)."""
+def bind(namespace: dict[str, Any], prefix: str, exports: dict[str, str]) -> bool:
+    """Put the entry points `exports` of module `prefix` (minhash, dedup) from the built module
+    into `namespace` (that module's globals), each checking its arguments; False, changing
+    nothing, when the module is not available (or lacks one of them): numba's JIT then runs."""
     module = load()
     if module is None:
-        return None
+        return False
     found = {name: getattr(module, prefix + name, None) for name in exports}
     if any(fn is None for fn in found.values()):
         log.warning("ahead-of-time kernels lack some of %s; using numba's JIT", sorted(exports))
-        return None
-    return {name: checked(name, fn, exports[name]) for name, fn in found.items()}
+        return False
+    namespace.update({name: checked(name, fn, exports[name]) for name, fn in found.items()})
+    return True
 
 
 def in_use() -> bool:
@@ -278,7 +280,7 @@ def checked(name: str, fn: Callable[..., Any], signature: str) -> Callable[..., 
 
 def build(directory_: Path | None = None, *, force: bool = False) -> Path:
     """Compile the kernels into `directory_` (default `directory()`) unless this key's module is
-    there already (or `force`); delete the modules of other keys. Returns the module's path.
+    there already (or `force`); prune older builds (`_remove_outdated`). Returns the module's path.
     Written under a temporary name and renamed, so a reader never sees half a file. Raises
     RuntimeError (with the reason) when it cannot be built."""
     why = disabled_by()
@@ -298,16 +300,12 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
         from numba.pycc import compiler as pycc_compiler
     except ImportError as e:
         raise RuntimeError(f"numba's ahead-of-time compiler is not available ({e})") from None
-    from sftdata import minhash
-
-    minhash._jit_numba()  # every helper bound as numba compiles it; the entry points' Python functions
-    sha_ni = minhash._use_sha_ni()
     cc = CC(name)
     cc.target_cpu = "host"
     cc.verbose = False
     for prefix, module_path in MODULES.items():
         module = importlib.import_module(module_path)
-        module._jit_numba()
+        module._jit_numba()  # every helper bound as numba compiles it, next to the entry points' Python functions
         for fn_name, signature in module._AOT_EXPORTS.items():
             dispatcher = getattr(module, fn_name)
             cc.export(prefix + fn_name, signature)(dispatcher.py_func)
@@ -339,7 +337,7 @@ def build(directory_: Path | None = None, *, force: bool = False) -> Path:
             "numba": _numba_version(),
             "python": sys.version.split()[0],
             "numpy": np.__version__,
-            "sha_ni": sha_ni,
+            "sha_ni": importlib.import_module("sftdata.minhash")._use_sha_ni(),
             "seconds": round(time.perf_counter() - t0, 1),
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "exports": {p: sorted(importlib.import_module(m)._AOT_EXPORTS) for p, m in MODULES.items()},

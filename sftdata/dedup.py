@@ -466,9 +466,7 @@ def _jit() -> None:
             return
         from sftdata import aot
 
-        compiled = aot.kernels("dedup", _AOT_EXPORTS)
-        if compiled is not None:
-            globals().update(compiled)
+        if aot.bind(globals(), "dedup", _AOT_EXPORTS):
             _jitted = True
             return
     _jit_numba()
@@ -1145,9 +1143,8 @@ def _duplicate_finding(
     estimate: float,
     verified: float,
     size: int,
-    numbers: _Numbers | None = None,
+    numbers: _Numbers,
 ) -> Finding:
-    numbers = numbers if numbers is not None else _Numbers()
     mine = snippet(text)
     if kind == "exact":
         message = (

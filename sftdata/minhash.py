@@ -1291,9 +1291,7 @@ def _jit() -> None:
             return
         from sftdata import aot
 
-        compiled = aot.kernels("minhash", _AOT_EXPORTS)
-        if compiled is not None:
-            globals().update(compiled)
+        if aot.bind(globals(), "minhash", _AOT_EXPORTS):
             _jitted = True
             return
     _jit_numba()
@@ -1352,6 +1350,5 @@ _PY = {
         "_sign_batch",
         "_sign_batch_ni",
         "_normalize_batch",
-        "_sha1ni",
     )
 }
